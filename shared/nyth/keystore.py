@@ -1,0 +1,90 @@
+"""Secrets at rest: a passphrase-derived key (Argon2id) sealing small files.
+
+Every long-term key a service or profile keeps on disk goes through here, so no key
+material is ever written in the clear. File layout (all fixed, versioned):
+
+    magic "NYTHKEY1" (8) | salt (16) | opslimit (u32 BE) | memlimit (u64 BE) | secretbox(...)
+
+secretbox = nonce (24) | XSalsa20-Poly1305 ciphertext of the payload.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.pwhash
+import nacl.secret
+import nacl.utils
+
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.identity import Identity
+
+MAGIC = b"NYTHKEY1"
+SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES
+_HEADER = struct.Struct(">8s16sIQ")
+MAX_FILE_SIZE = 1 << 20
+
+# Interactive limits keep a profile unlock under ~0.1 s on a 2-core machine while still
+# costing an attacker 64 MiB per guess; a hardened deployment can raise them by env.
+DEFAULT_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+DEFAULT_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+
+
+def derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    if not passphrase:
+        raise ValueError("passphrase must not be empty")
+    return nacl.pwhash.argon2id.kdf(
+        nacl.secret.SecretBox.KEY_SIZE, passphrase.encode("utf-8"), salt,
+        opslimit=opslimit, memlimit=memlimit,
+    )
+
+
+def seal(payload: bytes, passphrase: str, *, opslimit: int = DEFAULT_OPSLIMIT,
+         memlimit: int = DEFAULT_MEMLIMIT) -> bytes:
+    salt = nacl.utils.random(SALT_SIZE)
+    key = derive_key(passphrase, salt, opslimit, memlimit)
+    box = nacl.secret.SecretBox(key)
+    return _HEADER.pack(MAGIC, salt, opslimit, memlimit) + bytes(box.encrypt(payload))
+
+
+def open_sealed(data: bytes, passphrase: str) -> bytes:
+    if len(data) > MAX_FILE_SIZE:
+        raise DecodeError("sealed file is too large")
+    if len(data) < _HEADER.size + 40 or not data.startswith(MAGIC):
+        raise DecodeError("not a Nyth sealed key file")
+    _magic, salt, opslimit, memlimit = _HEADER.unpack_from(data)
+    if not (nacl.pwhash.argon2id.OPSLIMIT_MIN <= opslimit <= nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE
+            and nacl.pwhash.argon2id.MEMLIMIT_MIN <= memlimit
+            <= nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE):
+        raise DecodeError("sealed key file has out-of-range KDF parameters")
+    key = derive_key(passphrase, salt, opslimit, memlimit)
+    try:
+        return nacl.secret.SecretBox(key).decrypt(data[_HEADER.size:])
+    except nacl.exceptions.CryptoError as exc:
+        raise AuthenticationError("wrong passphrase or corrupted key file") from exc
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically write a file only the owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_or_create_identity(path: Path, passphrase: str) -> Identity:
+    """The service's long-term identity, sealed under passphrase at path."""
+    if path.exists():
+        seed = open_sealed(path.read_bytes(), passphrase)
+        return Identity.from_seed(seed)
+    identity = Identity.generate()
+    write_private_file(path, seal(identity.seed, passphrase))
+    return identity
