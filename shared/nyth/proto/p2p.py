@@ -1,0 +1,136 @@
+"""What travels inside P2P packets: messages with ids, and acks.
+
+Byte layouts (big-endian):
+
+    MESSAGE  0x10 | msg id (16) | kind (1) | timestamp ms (u64) | body (rest of packet data)
+    ACK      0x11 | msg id (16)
+
+The receiver acks every message id, including duplicates (the ack may have been lost),
+and delivers each id to the user once.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import struct
+from dataclasses import dataclass
+
+from nyth.errors import DecodeError
+
+MSG_ID_SIZE = 16
+_MESSAGE, _ACK = 0x10, 0x11
+_HEADER = struct.Struct(">B16sBQ")
+# Packet data holds 8174 bytes; keep a margin for future header fields.
+MAX_BODY = 8000
+MAX_TEXT_CHARS = 4000
+MAX_NAME_CHARS = 64
+
+
+class MessageKind(enum.IntEnum):
+    TEXT = 1
+    CONTACT_REQUEST = 2
+    CONTACT_ACCEPT = 3
+    CONTACT_REFUSE = 4
+    GROUP_INVITE = 5
+
+
+def new_msg_id() -> bytes:
+    return os.urandom(MSG_ID_SIZE)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    msg_id: bytes
+    kind: MessageKind
+    timestamp_ms: int
+    body: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.msg_id) != MSG_ID_SIZE:
+            raise DecodeError("message id must be 16 bytes")
+        if len(self.body) > MAX_BODY:
+            raise DecodeError(f"message body is {len(self.body)} bytes, at most {MAX_BODY}")
+        if not 0 <= self.timestamp_ms < 1 << 63:
+            raise DecodeError("timestamp out of range")
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(_MESSAGE, self.msg_id, self.kind, self.timestamp_ms) + self.body
+
+
+@dataclass(frozen=True)
+class Ack:
+    msg_id: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.msg_id) != MSG_ID_SIZE:
+            raise DecodeError("ack id must be 16 bytes")
+
+    def encode(self) -> bytes:
+        return bytes([_ACK]) + self.msg_id
+
+
+def decode_payload(data: bytes) -> Envelope | Ack:
+    if not data:
+        raise DecodeError("empty packet payload")
+    if data[0] == _ACK:
+        if len(data) != 1 + MSG_ID_SIZE:
+            raise DecodeError("ack must be 17 bytes")
+        return Ack(data[1:])
+    if data[0] != _MESSAGE:
+        raise DecodeError(f"unknown payload type 0x{data[0]:02x}")
+    if len(data) < _HEADER.size:
+        raise DecodeError("message header truncated")
+    _type, msg_id, kind, timestamp = _HEADER.unpack_from(data)
+    try:
+        kind = MessageKind(kind)
+    except ValueError as exc:
+        raise DecodeError(f"unknown message kind {kind}") from exc
+    return Envelope(msg_id, kind, timestamp, data[_HEADER.size:])
+
+
+# -- bodies ----------------------------------------------------------------------------------
+
+def encode_text(text: str) -> bytes:
+    if not text or len(text) > MAX_TEXT_CHARS:
+        raise DecodeError(f"text must be 1..{MAX_TEXT_CHARS} characters")
+    return text.encode("utf-8")
+
+
+def decode_text(body: bytes) -> str:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("text is not valid UTF-8") from exc
+    if not text or len(text) > MAX_TEXT_CHARS:
+        raise DecodeError(f"text must be 1..{MAX_TEXT_CHARS} characters")
+    return text
+
+
+@dataclass(frozen=True)
+class ContactRequest:
+    """Sent by whoever adds a contact; the callee's user accepts or refuses it."""
+
+    name: str
+    text: str
+
+    def encode(self) -> bytes:
+        if len(self.name) > MAX_NAME_CHARS or len(self.text) > MAX_TEXT_CHARS:
+            raise DecodeError("contact request name or text too long")
+        return json.dumps({"name": self.name, "text": self.text}, ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> ContactRequest:
+        try:
+            obj = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DecodeError("contact request is not valid JSON") from exc
+        if not isinstance(obj, dict) or set(obj) != {"name", "text"}:
+            raise DecodeError("contact request must have exactly name and text")
+        name, text = obj["name"], obj["text"]
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise DecodeError("contact request fields must be strings")
+        if len(name) > MAX_NAME_CHARS or len(text) > MAX_TEXT_CHARS:
+            raise DecodeError("contact request name or text too long")
+        return cls(name, text)
