@@ -1,0 +1,269 @@
+"""The peer engine's local HTTP API (for the CLI, the web UI and bots).
+
+Bound to loopback or an internal network and protected by a bearer token: whoever
+holds the token can read and send as this profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.identity import normalize_onion
+from nyth.proto.p2p import MAX_TEXT_CHARS
+from nyth.web import error_responses, install_common
+from pydantic import BaseModel, Field
+from sse_starlette.sse import EventSourceResponse
+
+from nyth_peer.engine import Engine
+from nyth_peer.groups import GroupError
+from nyth_peer.messenger import ContactError
+from nyth_peer.profile import NoProfileError, Profile, ProfileExistsError
+
+Onion = Annotated[str, Path(min_length=56, max_length=62, description="v3 onion address")]
+GroupId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="group id (hex)")]
+MsgId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="message id (hex)")]
+
+
+class ProfileCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    passphrase: str = Field(min_length=8, max_length=1024)
+
+
+class Unlock(BaseModel):
+    passphrase: str = Field(min_length=1, max_length=1024)
+
+
+class ContactAdd(BaseModel):
+    onion: str = Field(min_length=56, max_length=80, description="the contact's onion address")
+    text: str = Field("", max_length=MAX_TEXT_CHARS, description="a note sent with the request")
+
+
+class TextIn(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class GroupCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    servers: list[str] = Field(min_length=1, max_length=8, description="group server onions")
+
+
+class GroupInvite(BaseModel):
+    contact: str = Field(min_length=56, max_length=80)
+
+
+def _onion(text: str) -> str:
+    try:
+        return normalize_onion(text)
+    except DecodeError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def create_app(engine: Engine, api_token: str) -> FastAPI:
+    app = FastAPI(title="Nyth peer engine", version="1",
+                  description="Local API of one Nyth profile: contacts, P2P messages with "
+                              "delivery states, groups, and a live event stream.")
+
+    async def require_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+                token.encode(), api_token.encode()):
+            raise HTTPException(401, "missing or wrong API token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def unlocked() -> Engine:
+        if engine.profile is None:
+            raise HTTPException(423, "profile is locked or not created yet")
+        return engine
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)],
+                   responses=error_responses(401, 422))
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        profile = engine.profile
+        return {"status": "ok",
+                "profile": "unlocked" if profile else (
+                    "locked" if Profile.exists(engine.settings.data_dir) else "none"),
+                "onion": profile.identity.onion if profile else None,
+                "onion_state": engine.onion_status.get("state")}
+
+    # -- profile ---------------------------------------------------------------------------
+    @v1.post("/profile", status_code=201, responses=error_responses(409))
+    async def create_profile(body: ProfileCreate) -> dict[str, Any]:
+        try:
+            profile = await asyncio.to_thread(Profile.create, engine.settings.data_dir,
+                                              body.name, body.passphrase)
+        except ProfileExistsError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        await engine.activate(profile)
+        return _profile_view(engine)
+
+    @v1.post("/profile/unlock", responses=error_responses(403, 404))
+    async def unlock(body: Unlock) -> dict[str, Any]:
+        if engine.profile is None:
+            try:
+                profile = await asyncio.to_thread(Profile.unlock, engine.settings.data_dir,
+                                                  body.passphrase)
+            except NoProfileError as exc:
+                raise HTTPException(404, str(exc)) from exc
+            except AuthenticationError as exc:
+                raise HTTPException(403, "wrong passphrase") from exc
+            await engine.activate(profile)
+        return _profile_view(engine)
+
+    @v1.get("/profile", responses=error_responses(423))
+    async def get_profile() -> dict[str, Any]:
+        return _profile_view(unlocked())
+
+    @v1.get("/status", responses=error_responses(423))
+    async def status() -> dict[str, Any]:
+        e = unlocked()
+        assert e.messenger is not None and e.groups is not None
+        return {"onion": e.onion_status, "contacts": e.messenger.connection,
+                "servers": e.groups.server_state}
+
+    # -- contacts and messages -------------------------------------------------------------
+    @v1.get("/contacts", responses=error_responses(423))
+    async def contacts() -> list[dict[str, Any]]:
+        return _messenger().contacts()
+
+    @v1.post("/contacts", status_code=201, responses=error_responses(400, 423))
+    async def add_contact(body: ContactAdd) -> dict[str, Any]:
+        return _contact_call(lambda m: m.add_contact(_onion(body.onion), body.text))
+
+    @v1.get("/contacts/{onion}", responses=error_responses(404, 423))
+    async def contact(onion: Onion) -> dict[str, Any]:
+        return _contact_call(lambda m: m.contact(_onion(onion)), missing=404)
+
+    @v1.post("/contacts/{onion}/accept", responses=error_responses(409, 423))
+    async def accept(onion: Onion) -> dict[str, Any]:
+        return _contact_call(lambda m: m.answer_request(_onion(onion), True), missing=409)
+
+    @v1.post("/contacts/{onion}/refuse", responses=error_responses(409, 423))
+    async def refuse(onion: Onion) -> dict[str, Any]:
+        return _contact_call(lambda m: m.answer_request(_onion(onion), False), missing=409)
+
+    @v1.post("/contacts/{onion}/messages", status_code=202, responses=error_responses(400, 423))
+    async def send(onion: Onion, body: TextIn) -> dict[str, Any]:
+        return _contact_call(lambda m: m.send_text(_onion(onion), body.text))
+
+    @v1.get("/contacts/{onion}/messages", responses=error_responses(404, 423))
+    async def messages(onion: Onion,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+        return _contact_call(lambda m: m.messages(_onion(onion), limit), missing=404)
+
+    @v1.get("/contacts/{onion}/messages/{msg_id}", responses=error_responses(404, 423))
+    async def message(onion: Onion, msg_id: MsgId) -> dict[str, Any]:
+        return _contact_call(lambda m: m.message(_onion(onion), msg_id), missing=404)
+
+    @v1.post("/contacts/{onion}/messages/{msg_id}/retry", responses=error_responses(409, 423))
+    async def retry(onion: Onion, msg_id: MsgId) -> dict[str, Any]:
+        return _contact_call(lambda m: m.retry_now(_onion(onion), msg_id), missing=409)
+
+    @v1.post("/contacts/{onion}/messages/{msg_id}/cancel", responses=error_responses(409, 423))
+    async def cancel(onion: Onion, msg_id: MsgId) -> dict[str, Any]:
+        return _contact_call(lambda m: m.cancel(_onion(onion), msg_id), missing=409)
+
+    # -- groups ----------------------------------------------------------------------------
+    @v1.get("/groups", responses=error_responses(423))
+    async def groups() -> list[dict[str, Any]]:
+        return _groups().groups()
+
+    @v1.post("/groups", status_code=201, responses=error_responses(400, 423))
+    async def create_group(body: GroupCreate) -> dict[str, Any]:
+        servers = [_onion(s) for s in body.servers]
+        return await _group_call(_groups().create(body.name, servers))
+
+    @v1.get("/groups/invites", responses=error_responses(423))
+    async def invites() -> list[dict[str, Any]]:
+        return _groups().invites()
+
+    @v1.post("/groups/invites/{gid}/accept", responses=error_responses(400, 423))
+    async def accept_invite(gid: GroupId) -> dict[str, Any]:
+        return await _group_call(_groups().accept_invite(gid))
+
+    @v1.get("/groups/{gid}", responses=error_responses(404, 423))
+    async def group(gid: GroupId) -> dict[str, Any]:
+        return _group_sync(lambda g: g.group(gid), missing=404)
+
+    @v1.post("/groups/{gid}/invite", status_code=202, responses=error_responses(400, 423))
+    async def invite(gid: GroupId, body: GroupInvite) -> dict[str, Any]:
+        contact = _onion(body.contact)
+        try:
+            return _group_sync(lambda g: g.invite(gid, contact))
+        except ContactError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @v1.post("/groups/{gid}/messages", status_code=202, responses=error_responses(400, 423))
+    async def post(gid: GroupId, body: TextIn) -> dict[str, Any]:
+        return _group_sync(lambda g: g.post(gid, body.text))
+
+    @v1.get("/groups/{gid}/messages", responses=error_responses(404, 423))
+    async def history(gid: GroupId,
+                      limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+        return _group_sync(lambda g: g.history(gid, limit), missing=404)
+
+    # -- events ----------------------------------------------------------------------------
+    @v1.get("/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "state changes as server-sent events"}})
+    async def events(request: Request) -> EventSourceResponse:
+        queue = engine.events.subscribe()
+
+        async def stream() -> AsyncIterator[dict[str, str]]:
+            try:
+                while True:
+                    event = await queue.get()
+                    yield {"id": str(event["seq"]), "event": event["type"],
+                           "data": json.dumps(event)}
+            finally:
+                engine.events.unsubscribe(queue)
+
+        return EventSourceResponse(stream(), ping=15)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _messenger() -> Any:
+        e = unlocked()
+        return e.messenger
+
+    def _groups() -> Any:
+        e = unlocked()
+        return e.groups
+
+    def _contact_call(fn: Any, missing: int = 400) -> Any:
+        messenger = _messenger()
+        try:
+            return fn(messenger)
+        except ContactError as exc:
+            raise HTTPException(missing, str(exc)) from exc
+
+    def _group_sync(fn: Any, missing: int = 400) -> Any:
+        groups_ = _groups()
+        try:
+            return fn(groups_)
+        except GroupError as exc:
+            raise HTTPException(missing, str(exc)) from exc
+
+    async def _group_call(coro: Any) -> Any:
+        try:
+            return await coro
+        except GroupError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    app.include_router(v1)
+    install_common(app, "peer", max_body_bytes=64 * 1024)
+    return app
+
+
+def _profile_view(engine: Engine) -> dict[str, Any]:
+    assert engine.profile is not None
+    onion = engine.profile.identity.onion
+    return {"name": engine.profile.name, "onion": onion, "address": f"{onion}.onion",
+            "onion_state": engine.onion_status}

@@ -1,0 +1,112 @@
+"""The peer engine: one profile's P2P node, onion, messenger and groups, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from nyth.config import parse_host_port
+from nyth.proto.delivery import RetryPolicy
+from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
+from nyth.tor.publisher import OnionPublisher
+from nyth.tor.socks import onion_http_client
+
+from nyth_peer.events import EventBus
+from nyth_peer.groups import GroupService
+from nyth_peer.messenger import ACCEPTED, Messenger
+from nyth_peer.p2p import P2P_VIRTUAL_PORT, P2PNode
+from nyth_peer.profile import Profile
+from nyth_peer.settings import PeerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: PeerSettings) -> None:
+        self.settings = settings
+        self.events = EventBus()
+        self.profile: Profile | None = None
+        self.messenger: Messenger | None = None
+        self.groups: GroupService | None = None
+        self.node: P2PNode | None = None
+        self.onion_status: dict[str, Any] = {"state": "locked", "reason": "profile not unlocked"}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: Any = None
+        self.retry = RetryPolicy(initial=settings.retry_initial_seconds,
+                                 cap=settings.retry_cap_seconds)
+        self._lock = asyncio.Lock()
+
+    @property
+    def socks(self) -> SocksEndpoint:
+        return SocksEndpoint(*parse_host_port(self.settings.tor_socks))
+
+    @property
+    def control(self) -> ControlEndpoint:
+        host, port = parse_host_port(self.settings.tor_control)
+        password = self.settings.tor_control_password
+        return ControlEndpoint(host, port, password.get_secret_value() if password else None)
+
+    async def activate(self, profile: Profile) -> None:
+        async with self._lock:
+            if self.profile is not None:
+                return
+            self.profile = profile
+            self.messenger = Messenger(profile, self.events, self.retry)
+            self.node = P2PNode(profile.identity, self.socks, on_message=self.messenger.on_message,
+                                on_ack=self.messenger.on_ack, on_state=self.messenger.on_state)
+            port = await self.node.listen(self.settings.p2p_host, self.settings.p2p_port)
+            target = self.settings.onion_target or f"{self.settings.p2p_host}:{port}"
+            publisher = OnionPublisher(self.control, profile.identity,
+                                       virtual_port=P2P_VIRTUAL_PORT, target=target,
+                                       on_status=self._on_onion_status)
+            self._tasks.append(asyncio.ensure_future(publisher.run()))
+            self._http = onion_http_client(self.socks, timeout=120.0)
+            self.groups = GroupService(profile, self.events, self.messenger, self._http, self.retry)
+            self.messenger.start(self.node)
+            self.groups.start()
+            self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
+            log.info("profile unlocked: %s.onion", profile.identity.onion)
+            self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    def _on_onion_status(self, status: Any) -> None:
+        fields = asdict(status) if is_dataclass(status) else dict(vars(status))
+        self.onion_status = fields
+        self.events.publish("onion", **fields)
+
+    async def _greet_contacts(self) -> None:
+        """Say hello to every contact once we are online, as Cwtch peers do, so contacts
+        that queued messages for us deliver them now instead of at their next retry."""
+        assert self.messenger is not None and self.node is not None
+        deadline = time.time() + 120
+        while self.onion_status.get("state") != "published" and time.time() < deadline:
+            await asyncio.sleep(0.5)
+        sem = asyncio.Semaphore(4)
+
+        async def greet(onion: str) -> None:
+            async with sem:
+                try:
+                    assert self.node is not None
+                    await self.node.session_for(onion, timeout=60)
+                except Exception as exc:
+                    log.debug("contact not reachable at start: %s", type(exc).__name__)
+
+        contacts = [c["onion"] for c in self.messenger.contacts() if c["status"] == ACCEPTED]
+        await asyncio.gather(*(greet(o) for o in contacts))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.groups is not None:
+            await self.groups.stop()
+        if self.messenger is not None:
+            await self.messenger.stop()
+        if self.node is not None:
+            await self.node.close()
+        if self._http is not None:
+            await self._http.aclose()
+        if self.profile is not None:
+            self.profile.store.close()

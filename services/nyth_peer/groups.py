@@ -1,0 +1,373 @@
+"""Groups: create, invite, join, post, and sync from untrusted group servers over Tor.
+
+Every blob a server hands us is trial-decrypted with the key of each group we hold on
+that server; a blob that opens is checked (signature, padding) and joins that group's
+DAG. Posts go to every server of the group, retried until each acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
+from nyth.proto.bundle import ServerBundle, check_pin
+from nyth.proto.dag import GroupDag
+from nyth.proto.delivery import RetryPolicy
+from nyth.proto.group import (
+    BLOB_SIZE,
+    GroupMessage,
+    Invite,
+    new_group_key,
+    open_group_message,
+    seal_group_message,
+)
+from nyth.proto.identity import normalize_onion
+
+from nyth_peer.events import EventBus
+from nyth_peer.messenger import Messenger
+from nyth_peer.profile import Profile
+
+log = logging.getLogger(__name__)
+
+PAGE = 500
+MAX_INVITES = 100
+
+
+class GroupError(Exception):
+    """A user request about groups that cannot be honoured."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def server_url(onion: str, path: str) -> str:
+    return f"http://{onion}.onion{path}"
+
+
+class GroupService:
+    def __init__(self, profile: Profile, events: EventBus, messenger: Messenger,
+                 http: httpx.AsyncClient, retry: RetryPolicy) -> None:
+        self.profile = profile
+        self.store = profile.store
+        self.events = events
+        self.messenger = messenger
+        self.http = http
+        self.retry = retry
+        self.dags: dict[str, GroupDag] = {}
+        self.server_state: dict[str, dict[str, Any]] = {}
+        self._syncers: dict[str, asyncio.Task[None]] = {}
+        self._poster: asyncio.Task[None] | None = None
+        self._post_wake = asyncio.Event()
+        messenger.on_invite = self._on_invite
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for group in self.store.list("groups"):
+            self._load_dag(group["id"])
+            for onion in group["servers"]:
+                self._ensure_syncer(onion)
+        self._poster = asyncio.ensure_future(self._post_loop())
+
+    async def stop(self) -> None:
+        tasks = [*self._syncers.values(), *([self._poster] if self._poster else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _load_dag(self, gid: str) -> GroupDag:
+        dag = GroupDag()
+        for row in self.store.list(f"group_messages:{gid}"):
+            dag.add(GroupMessage(bytes.fromhex(row["author"]), row["timestamp_ms"],
+                                 tuple(bytes.fromhex(p) for p in row["parents"]), row["body"],
+                                 bytes.fromhex(row["hash"])))
+        self.dags[gid] = dag
+        return dag
+
+    # -- servers ---------------------------------------------------------------------------
+    async def pin_server(self, onion: str, presented: bytes | None = None) -> ServerBundle:
+        """Fetch (or take from an invite) a server's bundle and pin it on first use."""
+        onion = normalize_onion(onion)
+        if presented is None:
+            try:
+                response = await self.http.get(server_url(onion, "/v1/bundle"))
+                response.raise_for_status()
+                presented = base64.b64decode(response.json()["bundle"], validate=True)
+            except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+                raise GroupError(f"cannot fetch the key bundle of {onion}.onion: {exc}") from exc
+        pin = self.store.get("pins", onion)
+        try:
+            check_pin(onion, presented, base64.b64decode(pin["bundle"]) if pin else None)
+        except BundleChangedError as exc:
+            self.events.publish("server", onion=onion, state="refused", reason=str(exc))
+            raise GroupError(str(exc)) from exc
+        except (DecodeError, AuthenticationError) as exc:
+            raise GroupError(f"{onion}.onion sent an invalid key bundle: {exc}") from exc
+        bundle = ServerBundle.verify(presented, onion)
+        if bundle.blob_size != BLOB_SIZE:
+            raise GroupError(f"{onion}.onion stores {bundle.blob_size}-byte blobs, we need {BLOB_SIZE}")
+        if pin is None:
+            self.store.put("pins", onion, {"bundle": _b64(presented), "pinned_at": time.time()})
+        return bundle
+
+    # -- groups ----------------------------------------------------------------------------
+    def groups(self) -> list[dict[str, Any]]:
+        return [self._group_view(g) for g in self.store.list("groups")]
+
+    def group(self, gid: str) -> dict[str, Any]:
+        return self._group_view(self._group_row(gid))
+
+    def _group_row(self, gid: str) -> dict[str, Any]:
+        row = self.store.get("groups", gid)
+        if row is None:
+            raise GroupError(f"no group {gid}")
+        return row
+
+    def _group_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        dag = self.dags.get(row["id"]) or GroupDag()
+        return {"id": row["id"], "name": row["name"], "servers": row["servers"],
+                "created_at": row["created_at"], "messages": len(dag),
+                "missing": len(dag.missing()),
+                "server_state": {s: self.server_state.get(s, {"state": "idle"})
+                                 for s in row["servers"]}}
+
+    async def create(self, name: str, servers: list[str]) -> dict[str, Any]:
+        if not servers or len(servers) > 8:
+            raise GroupError("a group needs 1 to 8 servers")
+        bundles = [await self.pin_server(s) for s in servers]
+        invite = Invite(name, new_group_key(),
+                        tuple(base64.b64decode(self.store.get("pins", b.onion)["bundle"])  # type: ignore[index]
+                              for b in bundles))
+        invite.encode()  # validates name length and server count before we store anything
+        return self._join(invite)
+
+    def _join(self, invite: Invite) -> dict[str, Any]:
+        gid = invite.group_id.hex()
+        existing = self.store.get("groups", gid)
+        if existing is not None:
+            return self._group_view(existing)
+        row = {"id": gid, "name": invite.name, "key": _b64(invite.key),
+               "servers": [b.onion for b in invite.servers],
+               "invite": _b64(invite.encode()), "created_at": time.time()}
+        self.store.put("groups", gid, row)
+        self.dags[gid] = GroupDag()
+        for onion in row["servers"]:
+            self._ensure_syncer(onion, restart=True)
+        self.events.publish("group", group=self._group_view(row))
+        return self._group_view(row)
+
+    def invite(self, gid: str, contact: str) -> dict[str, Any]:
+        row = self._group_row(gid)
+        return self.messenger.send_invite(contact, base64.b64decode(row["invite"]))
+
+    async def _on_invite(self, onion: str, body: bytes) -> None:
+        invite = Invite.decode(body)
+        gid = invite.group_id.hex()
+        if self.store.has("groups", gid):
+            return
+        if len(self.store.list("invites")) >= MAX_INVITES:
+            log.info("invite dropped: too many pending invites")
+            return
+        row = {"id": gid, "name": invite.name, "from": onion, "invite": _b64(body),
+               "servers": [b.onion for b in invite.servers], "received_at": time.time()}
+        self.store.put("invites", gid, row)
+        self.events.publish("group_invite", invite={k: v for k, v in row.items() if k != "invite"})
+
+    def invites(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "invite"} for r in self.store.list("invites")]
+
+    async def accept_invite(self, gid: str) -> dict[str, Any]:
+        row = self.store.get("invites", gid)
+        if row is None:
+            raise GroupError("no such invite")
+        invite = Invite.decode(base64.b64decode(row["invite"]))
+        for bundle_bytes, bundle in zip(invite.bundles, invite.servers, strict=True):
+            await self.pin_server(bundle.onion, bundle_bytes)
+        group = self._join(invite)
+        self.store.delete("invites", gid)
+        return group
+
+    # -- posting ---------------------------------------------------------------------------
+    def post(self, gid: str, text: str) -> dict[str, Any]:
+        row = self._group_row(gid)
+        dag = self.dags[gid]
+        blob, message = seal_group_message(
+            self.profile.identity, base64.b64decode(row["key"]), bytes.fromhex(gid),
+            timestamp_ms=int(time.time() * 1000), parents=dag.heads(), body=text)
+        record = self._record(message, state="queued")
+        record["pending_servers"] = list(row["servers"])
+        with self.store.transaction():
+            self.store.put(f"group_messages:{gid}", record["hash"], record)
+            self.store.put("group_outbox", record["hash"],
+                           {"gid": gid, "hash": record["hash"], "blob": _b64(blob),
+                            "servers": list(row["servers"]), "attempts": 0,
+                            "next_attempt_at": time.time()})
+        dag.add(message)
+        self.events.publish("group_message", group=gid, message=record)
+        self._post_wake.set()
+        return record
+
+    def _record(self, message: GroupMessage, *, state: str) -> dict[str, Any]:
+        return {"hash": message.hash.hex(), "author": message.author.hex(),
+                "timestamp_ms": message.timestamp_ms,
+                "parents": [p.hex() for p in message.parents], "body": message.body,
+                "state": state, "reason": None, "next_retry_at": None}
+
+    async def _post_loop(self) -> None:
+        while True:
+            self._post_wake.clear()
+            now = time.time()
+            rows = self.store.list("group_outbox")
+            due = [r for r in rows if r["next_attempt_at"] <= now]
+            for row in due:
+                await self._post_one(row)
+            if due:
+                continue
+            timeout = max(0.05, min(r["next_attempt_at"] for r in rows) - now) if rows else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._post_wake.wait(), timeout)
+
+    async def _post_one(self, row: dict[str, Any]) -> None:
+        blob = base64.b64decode(row["blob"])
+        failures = []
+        for onion in list(row["servers"]):
+            try:
+                response = await self.http.post(
+                    server_url(onion, "/v1/blobs"), content=blob,
+                    headers={"content-type": "application/octet-stream"})
+                if response.status_code != 201:
+                    raise GroupError(f"{onion[:8]}… answered {response.status_code}")
+                row["servers"].remove(onion)
+            except (httpx.HTTPError, GroupError) as exc:
+                failures.append(f"{onion[:8]}….onion: {exc or type(exc).__name__}")
+        gid, key = row["gid"], f"group_messages:{row['gid']}"
+        record = self.store.get(key, row["hash"])
+        if record is None:
+            self.store.delete("group_outbox", row["hash"])
+            return
+        record["pending_servers"] = list(row["servers"])
+        if not row["servers"]:
+            record.update(state="posted", reason=None, next_retry_at=None)
+            with self.store.transaction():
+                self.store.put(key, row["hash"], record)
+                self.store.delete("group_outbox", row["hash"])
+        else:
+            row["attempts"] += 1
+            row["next_attempt_at"] = time.time() + self.retry.delay(row["attempts"])
+            record.update(state="queued", reason="; ".join(failures),
+                          next_retry_at=row["next_attempt_at"])
+            with self.store.transaction():
+                self.store.put(key, row["hash"], record)
+                self.store.put("group_outbox", row["hash"], row)
+        self.events.publish("group_message", group=gid, message=record)
+
+    # -- syncing ---------------------------------------------------------------------------
+    def _ensure_syncer(self, onion: str, restart: bool = False) -> None:
+        task = self._syncers.get(onion)
+        if task is not None and not task.done():
+            if not restart:
+                return
+            task.cancel()
+        self._syncers[onion] = asyncio.ensure_future(self._sync_loop(onion))
+
+    def _set_server_state(self, onion: str, state: str, reason: str | None = None,
+                          next_retry_at: float | None = None) -> None:
+        current = self.server_state.get(onion, {})
+        if current.get("state") == state and current.get("reason") == reason:
+            return
+        self.server_state[onion] = {"state": state, "reason": reason, "since": time.time(),
+                                    "next_retry_at": next_retry_at}
+        self.events.publish("server", onion=onion, **self.server_state[onion])
+
+    async def _sync_loop(self, onion: str) -> None:
+        failures = 0
+        while True:
+            try:
+                self._set_server_state(onion, "connecting")
+                await self._fetch_backlog(onion)
+                self._set_server_state(onion, "live")
+                failures = 0
+                await self._follow(onion)
+                reason = "the server closed the stream"
+            except (httpx.HTTPError, GroupError, ValueError, KeyError) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            failures += 1
+            delay = self.retry.delay(failures)
+            self._set_server_state(onion, "unreachable", reason, time.time() + delay)
+            await asyncio.sleep(delay)
+
+    def _groups_on(self, onion: str) -> list[dict[str, Any]]:
+        return [g for g in self.store.list("groups") if onion in g["servers"]]
+
+    def _cursor(self, onion: str) -> str:
+        row = self.store.get("cursors", onion)
+        return row["cursor"] if row else "0"
+
+    async def _fetch_backlog(self, onion: str) -> None:
+        while True:
+            response = await self.http.get(server_url(onion, "/v1/blobs"),
+                                           params={"after": self._cursor(onion), "limit": PAGE})
+            if response.status_code != 200:
+                raise GroupError(f"server answered {response.status_code} to a fetch")
+            page = response.json()
+            for item in page["blobs"]:
+                self._ingest(onion, item["id"], base64.b64decode(item["blob"]))
+            self.store.put("cursors", onion, {"cursor": page["next"]})
+            if not page["more"]:
+                return
+
+    async def _follow(self, onion: str) -> None:
+        url = server_url(onion, "/v1/blobs/stream")
+        async with aconnect_sse(self.http, "GET", url, params={"after": self._cursor(onion)},
+                                timeout=httpx.Timeout(30.0, read=120.0)) as source:
+            if source.response.status_code != 200:
+                raise GroupError(f"server answered {source.response.status_code} to the stream")
+            async for event in source.aiter_sse():
+                if event.event != "blob" or not event.id:
+                    continue
+                self._ingest(onion, event.id, base64.b64decode(event.data))
+                self.store.put("cursors", onion, {"cursor": event.id})
+
+    def _ingest(self, onion: str, cursor: str, blob: bytes) -> None:
+        if len(blob) != BLOB_SIZE:
+            log.info("server %s… sent a %d-byte blob; ignored", onion[:8], len(blob))
+            return
+        for group in self._groups_on(onion):
+            gid = group["id"]
+            try:
+                message = open_group_message(base64.b64decode(group["key"]), bytes.fromhex(gid), blob)
+            except AuthenticationError:
+                continue
+            except NythError as exc:
+                log.info("malformed message in group %s: %s", gid[:8], exc)
+                continue
+            dag = self.dags.setdefault(gid, GroupDag())
+            key = f"group_messages:{gid}"
+            existing = self.store.get(key, message.hash.hex())
+            if existing is not None:
+                return  # ours coming back, or a copy from another server of the group
+            record = self._record(message, state="received")
+            record["server"] = onion
+            self.store.put(key, record["hash"], record)
+            dag.add(message)
+            self.events.publish("group_message", group=gid, message=record)
+            return
+
+    def history(self, gid: str, limit: int = 500) -> dict[str, Any]:
+        self._group_row(gid)
+        dag = self.dags.get(gid) or self._load_dag(gid)
+        key = f"group_messages:{gid}"
+        ordered = dag.ordered()[-limit:]
+        messages = []
+        for message in ordered:
+            row = self.store.get(key, message.hash.hex()) or self._record(message, state="received")
+            messages.append(row)
+        return {"group": gid, "messages": messages,
+                "missing": sorted(h.hex() for h in dag.missing())}

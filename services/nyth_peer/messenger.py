@@ -1,0 +1,354 @@
+"""Contacts and P2P delivery: the outbox, acks, retries, dedup.
+
+Outbox rows live in the profile store until the recipient acks them, so a restart
+resumes every pending delivery. Received message ids are remembered per contact, so a
+retried message (its ack was lost) is acked again but shown once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from typing import Any
+
+from nyth.errors import DecodeError
+from nyth.proto.delivery import DeliveryState, RetryPolicy
+from nyth.proto.p2p import (
+    ContactRequest,
+    Envelope,
+    MessageKind,
+    decode_text,
+    encode_text,
+    new_msg_id,
+)
+from nyth.tor.socks import OnionConnectError
+
+from nyth_peer.events import EventBus
+from nyth_peer.p2p import P2PNode
+from nyth_peer.profile import Profile
+
+log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 120.0
+
+# Contact statuses
+PENDING_OUTBOUND = "pending_outbound"   # we asked; they have not answered
+PENDING_INBOUND = "pending_inbound"     # they asked; our user has not answered
+ACCEPTED = "accepted"
+REFUSED = "refused"                     # either side said no
+_NEEDS_ACCEPTED = {MessageKind.TEXT, MessageKind.GROUP_INVITE}
+
+
+class ContactError(Exception):
+    """A user request that cannot be honoured (unknown contact, wrong status...)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Messenger:
+    def __init__(self, profile: Profile, events: EventBus, retry: RetryPolicy) -> None:
+        self.profile = profile
+        self.store = profile.store
+        self.events = events
+        self.retry = retry
+        self.node: P2PNode | None = None
+        self.on_invite: Any = None  # set by the group service: async (onion, body) -> None
+        self.connection: dict[str, dict[str, Any]] = {}
+        self._acks: dict[bytes, asyncio.Future[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, node: P2PNode) -> None:
+        self.node = node
+        for row in self.store.list("outbox"):
+            self._kick(row["onion"])
+
+    async def stop(self) -> None:
+        for task in self._senders.values():
+            task.cancel()
+        await asyncio.gather(*self._senders.values(), return_exceptions=True)
+
+    # -- contacts --------------------------------------------------------------------------
+    def contacts(self) -> list[dict[str, Any]]:
+        return [self._contact_view(c) for c in self.store.list("contacts")]
+
+    def contact(self, onion: str) -> dict[str, Any]:
+        row = self.store.get("contacts", onion)
+        if row is None:
+            raise ContactError(f"no contact {onion}.onion")
+        return self._contact_view(row)
+
+    def _contact_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "connection": self.connection.get(row["onion"],
+                                                         {"state": "disconnected", "reason": None})}
+
+    def _set_contact(self, row: dict[str, Any]) -> None:
+        self.store.put("contacts", row["onion"], row)
+        self.events.publish("contact", contact=self._contact_view(row))
+
+    def add_contact(self, onion: str, text: str) -> dict[str, Any]:
+        if onion == self.profile.identity.onion:
+            raise ContactError("that is your own address")
+        existing = self.store.get("contacts", onion)
+        if existing is not None and existing["status"] in (ACCEPTED, PENDING_OUTBOUND):
+            return self._contact_view(existing)
+        request = ContactRequest(self.profile.name, text)
+        with self.store.transaction():
+            if existing is not None and existing["status"] == PENDING_INBOUND:
+                # They asked us already: adding them back is accepting.
+                existing["status"] = ACCEPTED
+                self._set_contact(existing)
+                self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
+                return self._contact_view(existing)
+            row = {"onion": onion, "name": None, "status": PENDING_OUTBOUND, "request_text": text,
+                   "created_at": time.time()}
+            self._set_contact(row)
+            self._enqueue(onion, MessageKind.CONTACT_REQUEST, request.encode())
+        return self._contact_view(row)
+
+    def answer_request(self, onion: str, accept: bool) -> dict[str, Any]:
+        row = self.store.get("contacts", onion)
+        if row is None or row["status"] != PENDING_INBOUND:
+            raise ContactError("no pending contact request from that address")
+        with self.store.transaction():
+            row["status"] = ACCEPTED if accept else REFUSED
+            self._set_contact(row)
+            kind = MessageKind.CONTACT_ACCEPT if accept else MessageKind.CONTACT_REFUSE
+            self._enqueue(onion, kind, b"")
+        return self._contact_view(row)
+
+    # -- sending ---------------------------------------------------------------------------
+    def send_text(self, onion: str, text: str) -> dict[str, Any]:
+        contact = self.store.get("contacts", onion)
+        if contact is None or contact["status"] == REFUSED:
+            raise ContactError("not a contact (add them first)")
+        body = encode_text(text)
+        return self._enqueue(onion, MessageKind.TEXT, body, text=text)
+
+    def send_invite(self, onion: str, invite: bytes) -> dict[str, Any]:
+        contact = self.store.get("contacts", onion)
+        if contact is None or contact["status"] != ACCEPTED:
+            raise ContactError("groups can only be shared with accepted contacts")
+        return self._enqueue(onion, MessageKind.GROUP_INVITE, invite)
+
+    def _enqueue(self, onion: str, kind: MessageKind, body: bytes,
+                 text: str | None = None) -> dict[str, Any]:
+        msg_id = new_msg_id().hex()
+        now = time.time()
+        row = {"id": msg_id, "onion": onion, "kind": kind.name.lower(), "direction": "out",
+               "body": base64.b64encode(body).decode(), "text": text, "timestamp_ms": _now_ms(),
+               "state": DeliveryState.QUEUED.value, "reason": None, "next_retry_at": None,
+               "attempts": 0, "next_attempt_at": now, "created_at": now, "delivered_at": None}
+        with self.store.transaction():
+            self.store.put("outbox", msg_id, row)
+            if kind is MessageKind.TEXT:
+                self.store.put(f"messages:{onion}", msg_id, self._public(row))
+        self.events.publish("message", message=self._public(row))
+        self._kick(onion)
+        return self._public(row)
+
+    @staticmethod
+    def _public(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("id", "onion", "kind", "direction", "text", "timestamp_ms",
+                                    "state", "reason", "next_retry_at", "attempts",
+                                    "delivered_at")}
+
+    def _update(self, row: dict[str, Any], **changes: Any) -> None:
+        row.update(changes)
+        with self.store.transaction():
+            if row["state"] in (DeliveryState.DELIVERED.value, DeliveryState.FAILED.value):
+                self.store.delete("outbox", row["id"])
+            else:
+                self.store.put("outbox", row["id"], row)
+            if row["kind"] == "text":
+                self.store.put(f"messages:{row['onion']}", row["id"], self._public(row))
+        self.events.publish("message", message=self._public(row))
+
+    def messages(self, onion: str, limit: int = 200) -> list[dict[str, Any]]:
+        if not self.store.has("contacts", onion):
+            raise ContactError(f"no contact {onion}.onion")
+        return self.store.list(f"messages:{onion}", limit=limit)
+
+    def message(self, onion: str, msg_id: str) -> dict[str, Any]:
+        row = self.store.get(f"messages:{onion}", msg_id)
+        if row is None:
+            raise ContactError("no such message")
+        return row
+
+    def retry_now(self, onion: str, msg_id: str) -> dict[str, Any]:
+        row = self.store.get("outbox", msg_id)
+        if row is None or row["onion"] != onion:
+            raise ContactError("that message is not waiting to be sent")
+        self._update(row, next_attempt_at=time.time(), next_retry_at=None)
+        self._kick(onion)
+        return self._public(row)
+
+    def cancel(self, onion: str, msg_id: str) -> dict[str, Any]:
+        row = self.store.get("outbox", msg_id)
+        if row is None or row["onion"] != onion:
+            raise ContactError("that message is not waiting to be sent")
+        self._update(row, state=DeliveryState.FAILED.value, reason="cancelled by you",
+                     next_retry_at=None)
+        return self._public(row)
+
+    def _kick(self, onion: str) -> None:
+        self._wake.setdefault(onion, asyncio.Event()).set()
+        task = self._senders.get(onion)
+        if (task is None or task.done()) and self.node is not None:
+            self._senders[onion] = asyncio.ensure_future(self._sender(onion))
+
+    def _eligible(self, row: dict[str, Any], status: str | None) -> bool:
+        if MessageKind[row["kind"].upper()] in _NEEDS_ACCEPTED:
+            return status == ACCEPTED
+        return True
+
+    async def _sender(self, onion: str) -> None:
+        """Deliver onion's outbox in order, retrying with backoff until acked."""
+        wake = self._wake.setdefault(onion, asyncio.Event())
+        while True:
+            wake.clear()
+            rows = [r for r in self.store.list("outbox") if r["onion"] == onion]
+            if not rows:
+                return
+            contact = self.store.get("contacts", onion)
+            status = contact["status"] if contact else None
+            now = time.time()
+            waiting = [r for r in rows if not self._eligible(r, status)]
+            for row in waiting:
+                reason = "waiting for the contact to accept your contact request"
+                if status == REFUSED:
+                    self._update(row, state=DeliveryState.FAILED.value,
+                                 reason="the contact did not accept your request",
+                                 next_retry_at=None)
+                elif row["reason"] != reason:
+                    self._update(row, reason=reason)
+            due = [r for r in rows if self._eligible(r, status) and r["next_attempt_at"] <= now]
+            if due:
+                await self._attempt(onion, due)
+                continue
+            pending = [r["next_attempt_at"] for r in rows if self._eligible(r, status)]
+            timeout = max(0.05, min(pending) - now) if pending else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    async def _attempt(self, onion: str, rows: list[dict[str, Any]]) -> None:
+        assert self.node is not None
+        for row in rows:
+            self._update(row, state=DeliveryState.SENDING.value, reason=None, next_retry_at=None)
+        try:
+            session = await self.node.session_for(onion, timeout=CONNECT_TIMEOUT)
+            futures = []
+            for row in rows:
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                msg_id = bytes.fromhex(row["id"])
+                self._acks[msg_id] = fut
+                futures.append(fut)
+                await session.send(Envelope(msg_id, MessageKind[row["kind"].upper()],
+                                            row["timestamp_ms"], base64.b64decode(row["body"])))
+            done, _ = await asyncio.wait(futures, timeout=ACK_TIMEOUT)
+            failure = None if len(done) == len(futures) else (
+                f"no acknowledgement from the contact within {ACK_TIMEOUT:.0f} s")
+        except OnionConnectError as exc:
+            failure = exc.reason
+        except (ConnectionError, OSError) as exc:
+            failure = f"connection lost while sending: {exc}"
+        finally:
+            for row in rows:
+                self._acks.pop(bytes.fromhex(row["id"]), None)
+        for row in rows:
+            current = self.store.get("outbox", row["id"])
+            if current is None:   # acked (or cancelled) meanwhile
+                continue
+            attempts = current["attempts"] + 1
+            delay = self.retry.delay(attempts)
+            self._update(current, state=DeliveryState.QUEUED.value, attempts=attempts,
+                         reason=failure or "not acknowledged", next_attempt_at=time.time() + delay,
+                         next_retry_at=time.time() + delay)
+
+    # -- receiving -------------------------------------------------------------------------
+    def on_ack(self, onion: str, msg_id: bytes) -> None:
+        row = self.store.get("outbox", msg_id.hex())
+        if row is not None and row["onion"] == onion:
+            self._update(row, state=DeliveryState.DELIVERED.value, reason=None,
+                         next_retry_at=None, delivered_at=time.time())
+            if row["kind"] == "contact_request":
+                self.events.publish("contact_request_delivered", onion=onion)
+        fut = self._acks.pop(msg_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_state(self, onion: str, state: str, reason: str | None) -> None:
+        self.connection[onion] = {"state": state, "reason": reason, "since": time.time()}
+        self.events.publish("connection", onion=onion, state=state, reason=reason)
+        if state == "connected" and onion in self._wake:
+            # A contact that reaches us is reachable: deliver what waits for it now.
+            for row in self.store.list("outbox"):
+                if row["onion"] == onion and row["state"] == DeliveryState.QUEUED.value:
+                    self._update(row, next_attempt_at=time.time())
+            self._kick(onion)
+
+    async def on_message(self, onion: str, envelope: Envelope) -> bool:
+        """Handle one received message; True means ack it."""
+        seen = f"seen:{onion}"
+        msg_id = envelope.msg_id.hex()
+        if self.store.has(seen, msg_id):
+            return True
+        contact = self.store.get("contacts", onion)
+        status = contact["status"] if contact else None
+        kind = envelope.kind
+        try:
+            if kind is MessageKind.CONTACT_REQUEST:
+                self._on_contact_request(onion, contact, ContactRequest.decode(envelope.body))
+            elif kind is MessageKind.CONTACT_ACCEPT:
+                if contact is not None and status in (PENDING_OUTBOUND, ACCEPTED):
+                    contact["status"] = ACCEPTED
+                    self._set_contact(contact)
+                    self._kick(onion)
+            elif kind is MessageKind.CONTACT_REFUSE:
+                if contact is not None and status == PENDING_OUTBOUND:
+                    contact["status"] = REFUSED
+                    self._set_contact(contact)
+                    self._kick(onion)
+            elif status != ACCEPTED:
+                # Not (yet) a contact: unacked, so a legitimate sender retries later.
+                return False
+            elif kind is MessageKind.TEXT:
+                row = {"id": msg_id, "onion": onion, "kind": "text", "direction": "in",
+                       "text": decode_text(envelope.body), "timestamp_ms": envelope.timestamp_ms,
+                       "state": DeliveryState.DELIVERED.value, "reason": None,
+                       "next_retry_at": None, "attempts": 0, "delivered_at": time.time()}
+                with self.store.transaction():
+                    self.store.put(f"messages:{onion}", msg_id, row)
+                    self.store.put(seen, msg_id, {})
+                self.events.publish("message", message=row)
+                return True
+            elif kind is MessageKind.GROUP_INVITE and self.on_invite is not None:
+                await self.on_invite(onion, envelope.body)
+        except DecodeError as exc:
+            log.info("dropping malformed %s from a contact: %s", kind.name, exc)
+        self.store.put(seen, msg_id, {})
+        return True
+
+    def _on_contact_request(self, onion: str, contact: dict[str, Any] | None,
+                            request: ContactRequest) -> None:
+        if contact is None:
+            self._set_contact({"onion": onion, "name": request.name, "status": PENDING_INBOUND,
+                               "request_text": request.text, "created_at": time.time()})
+            self.events.publish("contact_request", onion=onion, name=request.name,
+                                text=request.text)
+            return
+        contact["name"] = request.name
+        if contact["status"] in (PENDING_OUTBOUND, ACCEPTED):
+            # Mutual add, or they lost their state: (re)accept.
+            contact["status"] = ACCEPTED
+            self._set_contact(contact)
+            self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
+        else:
+            self._set_contact(contact)

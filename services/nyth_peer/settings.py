@@ -1,0 +1,36 @@
+"""Peer engine configuration, from ``NYTH_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from nyth.config import HostPort, NythSettings
+from pydantic import Field, SecretStr
+
+
+class PeerSettings(NythSettings):
+    secret_fields: ClassVar[tuple[str, ...]] = ("passphrase", "api_token", "tor_control_password")
+
+    data_dir: Path = Field(description="Profile directory (sealed key file and database).")
+    passphrase: SecretStr | None = Field(
+        None, description="Unlock (or, with NYTH_PROFILE_NAME, create) the profile at start.")
+    passphrase_file: Path | None = None
+    profile_name: str | None = Field(None, max_length=64,
+                                     description="Create a profile with this name if none exists.")
+    api_host: str = Field("127.0.0.1", description="Local API; keep it on loopback/internal.")
+    api_port: int = Field(8700, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for the API; default: generated into <data dir>/api-token.")
+    api_token_file: Path | None = None
+    p2p_host: str = "127.0.0.1"
+    p2p_port: int = Field(0, ge=0, le=65535, description="Listener tor forwards the onion to.")
+    onion_target: HostPort | None = Field(
+        None, description="host:port tor connects to for our onion (default: p2p listener).")
+    tor_socks: HostPort = Field(description="tor gateway SOCKS port (host:port).")
+    tor_control: HostPort = Field(description="tor gateway control port (host:port).")
+    tor_control_password: SecretStr | None = None
+    tor_control_password_file: Path | None = None
+    retry_initial_seconds: float = Field(2.0, gt=0, le=3600)
+    retry_cap_seconds: float = Field(300.0, gt=0, le=86_400)
+    log_level: str = "info"
