@@ -1,0 +1,68 @@
+"""`nyth devnet up`: a whole Nyth network as local processes, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nyth.runtime.devnet import Devnet
+
+devnet_app = typer.Typer(help="A whole network on this machine (private Tor network included).",
+                         no_args_is_help=True)
+console = Console()
+
+
+@devnet_app.command("up")
+def up(
+    directory: Annotated[Path, typer.Option("--dir", help="state directory (wiped first)")] = Path(".devnet"),
+    peers: Annotated[str, typer.Option(help="comma-separated demo peer names")] = "alice,bob",
+    relays: Annotated[int, typer.Option(min=1, max=8, help="relays besides the 3 authorities")] = 2,
+) -> None:
+    """Start redis-server, a private Tor network, a tor gateway, a group server and demo
+    peers; print how to reach them; stop everything on Ctrl-C."""
+    names = [n.strip() for n in peers.split(",") if n.strip()]
+    started = time.monotonic()
+    devnet = Devnet(directory.resolve())
+    devnet.remove()  # a fresh network each time: old onions and consensus are useless
+
+    def _stop(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with console.status("starting redis-server and a private Tor network…"):
+            devnet.start_infrastructure()
+        with console.status("starting the group server and peers…"):
+            server = devnet.add_group_server()
+            handles = [devnet.add_peer(name) for name in names]
+            server.wait_online()
+            for handle in handles:
+                handle.wait_online()
+        table = Table("peer", "onion", "API", "token file")
+        for handle in handles:
+            table.add_row(handle.name, handle.onion, handle.api_url,
+                          str(directory / "secrets" / f"{handle.name}.api-token"))
+        console.print(table)
+        console.print(f"group server: {server.onion}.onion (local {server.url})")
+        console.print(f"up in {time.monotonic() - started:.1f} s. Try:")
+        first = handles[0]
+        console.print(f"  export NYTH_API_URL={first.api_url} "
+                      f"NYTH_API_TOKEN_FILE={directory}/secrets/{first.name}.api-token")
+        if len(handles) > 1:
+            console.print(f"  nyth contact add {handles[1].onion} --text hello")
+        console.print(f"  nyth group create friends --server {server.onion}")
+        console.print("Ctrl-C stops everything.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping…"):
+            devnet.stop()
+        console.print("stopped; no process left behind.")

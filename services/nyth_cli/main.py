@@ -1,0 +1,262 @@
+"""`nyth`: the command line over a peer engine's API, and `nyth devnet` for a whole
+network on one machine."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nyth.peer_client import ApiError, PeerClient
+
+app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
+                  no_args_is_help=True)
+profile_app = typer.Typer(help="Create, unlock and show your profile.", no_args_is_help=True)
+contact_app = typer.Typer(help="Contacts and contact requests.", no_args_is_help=True)
+group_app = typer.Typer(help="Groups on untrusted group servers.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+app.add_typer(contact_app, name="contact")
+app.add_typer(group_app, name="group")
+
+console = Console()
+_state: dict[str, Any] = {}
+
+ApiOpt = Annotated[str, typer.Option("--api", envvar="NYTH_API_URL", help="peer engine API URL")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="NYTH_API_TOKEN",
+                                              help="API bearer token")]
+TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", envvar="NYTH_API_TOKEN_FILE",
+                                                   help="file holding the API token")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print raw JSON")]
+
+
+@app.callback()
+def main(api: ApiOpt = "http://127.0.0.1:8700", token: TokenOpt = None,
+         token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
+    _state.update(api=api, token=token, token_file=token_file, json=as_json)
+
+
+def client() -> PeerClient:
+    token = _state.get("token")
+    if not token and _state.get("token_file"):
+        token = Path(_state["token_file"]).read_text().strip()
+    if not token:
+        raise typer.BadParameter("give the API token with --token, --token-file or NYTH_API_TOKEN")
+    return PeerClient(_state["api"], token)
+
+
+def call(method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+    try:
+        with client() as c:
+            if method == "GET":
+                return c.get(path, **params)
+            return c.post(path, body)
+    except ApiError as exc:
+        console.print(f"[red]error {exc.status}:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        console.print(f"[red]cannot reach the peer engine at {_state['api']}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def show(data: Any) -> None:
+    console.print_json(json.dumps(data))
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _state_text(row: dict[str, Any]) -> str:
+    text = row["state"]
+    if row.get("reason"):
+        text += f" ({row['reason']})"
+    if row.get("next_retry_at"):
+        text += f", next retry {_when(row['next_retry_at'])}"
+    return text
+
+
+# -- profile ---------------------------------------------------------------------------------
+@profile_app.command("create")
+def profile_create(name: str,
+                   passphrase: Annotated[str, typer.Option(prompt=True, hide_input=True,
+                                                           confirmation_prompt=True)]) -> None:
+    """Create a profile (its keys are sealed with the passphrase)."""
+    result = call("POST", "/v1/profile", {"name": name, "passphrase": passphrase})
+    console.print(f"profile [bold]{result['name']}[/bold]: {result['address']}")
+
+
+@profile_app.command("unlock")
+def profile_unlock(passphrase: Annotated[str, typer.Option(prompt=True, hide_input=True)]) -> None:
+    result = call("POST", "/v1/profile/unlock", {"passphrase": passphrase})
+    console.print(f"unlocked {result['address']}")
+
+
+@profile_app.command("show")
+def profile_show() -> None:
+    result = call("GET", "/v1/profile")
+    if _state["json"]:
+        show(result)
+        return
+    console.print(f"[bold]{result['name']}[/bold] {result['address']} "
+                  f"(onion: {result['onion_state'].get('state')})")
+
+
+@app.command()
+def status() -> None:
+    """Connection states with reasons: onion, contacts, group servers."""
+    result = call("GET", "/v1/status")
+    if _state["json"]:
+        show(result)
+        return
+    onion = result["onion"]
+    console.print(f"onion: {onion.get('state')} {onion.get('reason') or ''}")
+    for name, section in (("contact", result["contacts"]), ("server", result["servers"])):
+        for onion_id, st in section.items():
+            console.print(f"{name} {onion_id[:16]}…: {st['state']} {st.get('reason') or ''}")
+
+
+# -- contacts --------------------------------------------------------------------------------
+@contact_app.command("add")
+def contact_add(onion: str, text: str = typer.Option("", help="a note with the request")) -> None:
+    """Send a contact request to an onion address."""
+    result = call("POST", "/v1/contacts", {"onion": onion, "text": text})
+    console.print(f"{result['onion']}: {result['status']}")
+
+
+@contact_app.command("list")
+def contact_list() -> None:
+    result = call("GET", "/v1/contacts")
+    if _state["json"]:
+        show(result)
+        return
+    table = Table("onion", "name", "status", "connection")
+    for c in result:
+        conn = c["connection"]
+        table.add_row(c["onion"], c.get("name") or "", c["status"],
+                      f"{conn['state']} {conn.get('reason') or ''}")
+    console.print(table)
+
+
+@contact_app.command("accept")
+def contact_accept(onion: str) -> None:
+    console.print(call("POST", f"/v1/contacts/{onion}/accept")["status"])
+
+
+@contact_app.command("refuse")
+def contact_refuse(onion: str) -> None:
+    console.print(call("POST", f"/v1/contacts/{onion}/refuse")["status"])
+
+
+@app.command()
+def send(onion: str, text: str) -> None:
+    """Send a P2P message; prints its id and delivery state."""
+    result = call("POST", f"/v1/contacts/{onion}/messages", {"text": text})
+    console.print(f"{result['id']} {_state_text(result)}")
+
+
+@app.command()
+def messages(onion: str, limit: int = 50) -> None:
+    """The conversation with a contact, with delivery states."""
+    result = call("GET", f"/v1/contacts/{onion}/messages", limit=limit)
+    if _state["json"]:
+        show(result)
+        return
+    for m in result:
+        arrow = "→" if m["direction"] == "out" else "←"
+        when = _when(m["timestamp_ms"] / 1000)
+        state = f"  [dim]{_state_text(m)}[/dim]" if m["direction"] == "out" else ""
+        console.print(f"{when} {arrow} {m['text']}{state}")
+
+
+@app.command()
+def retry(onion: str, msg_id: str) -> None:
+    """Retry a queued message now."""
+    console.print(_state_text(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/retry")))
+
+
+@app.command()
+def cancel(onion: str, msg_id: str) -> None:
+    """Cancel a message that is still waiting to be delivered."""
+    console.print(_state_text(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/cancel")))
+
+
+# -- groups ----------------------------------------------------------------------------------
+@group_app.command("create")
+def group_create(name: str, server: Annotated[list[str], typer.Option(help="group server onion")]) -> None:
+    result = call("POST", "/v1/groups", {"name": name, "servers": server})
+    console.print(f"group {result['id']} ({result['name']})")
+
+
+@group_app.command("list")
+def group_list() -> None:
+    result = call("GET", "/v1/groups")
+    if _state["json"]:
+        show(result)
+        return
+    for g in result:
+        console.print(f"{g['id']} {g['name']}: {g['messages']} messages, {g['missing']} missing")
+
+
+@group_app.command("invite")
+def group_invite(gid: str, contact: str) -> None:
+    result = call("POST", f"/v1/groups/{gid}/invite", {"contact": contact})
+    console.print(f"invite {_state_text(result)}")
+
+
+@group_app.command("invites")
+def group_invites() -> None:
+    for inv in call("GET", "/v1/groups/invites"):
+        console.print(f"{inv['id']} {inv['name']} from {inv['from']}")
+
+
+@group_app.command("join")
+def group_join(gid: str) -> None:
+    result = call("POST", f"/v1/groups/invites/{gid}/accept")
+    console.print(f"joined {result['name']} ({result['id']})")
+
+
+@group_app.command("post")
+def group_post(gid: str, text: str) -> None:
+    result = call("POST", f"/v1/groups/{gid}/messages", {"text": text})
+    console.print(f"{result['hash'][:16]} {_state_text(result)}")
+
+
+@group_app.command("read")
+def group_read(gid: str, limit: int = 100) -> None:
+    result = call("GET", f"/v1/groups/{gid}/messages", limit=limit)
+    if _state["json"]:
+        show(result)
+        return
+    for m in result["messages"]:
+        console.print(f"{_when(m['timestamp_ms'] / 1000)} {m['author'][:8]}: {m['body']}"
+                      f"  [dim]{m['state']}[/dim]")
+    if result["missing"]:
+        console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
+
+
+@app.command()
+def events() -> None:
+    """Follow the live event stream (Ctrl-C to stop)."""
+    try:
+        with client() as c:
+            for event in c.events():
+                console.print_json(json.dumps(event))
+    except KeyboardInterrupt:
+        pass
+
+
+def _register_devnet() -> None:
+    # Imported lazily: devnet pulls in the tor/redis launchers, which plain API use never needs.
+    from nyth_cli.devnet import devnet_app
+
+    app.add_typer(devnet_app, name="devnet")
+
+
+_register_devnet()

@@ -1,0 +1,179 @@
+"""A whole Nyth network as local processes: redis-server, a private Tor network, a tor
+gateway, group servers and peers. Used by `nyth devnet up`, the integration tests and
+the benchmarks, so all three exercise the same real pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nyth.keystore import write_private_file
+from nyth.peer_client import PeerClient
+from nyth.runtime.process import ServiceProcess, free_port
+from nyth.runtime.redis_server import RedisServer
+from nyth.tor.gateway import TorGateway
+from nyth.tor.privnet import PrivateTorNetwork
+
+
+def _secret_file(directory: Path, name: str) -> Path:
+    path = directory / "secrets" / name
+    if not path.exists():
+        write_private_file(path, secrets.token_urlsafe(24).encode())
+    return path
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}"
+                       + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class PeerHandle:
+    name: str
+    process: ServiceProcess
+    api_url: str
+    token: str
+    data_dir: Path
+    onion: str = ""
+
+    def client(self, timeout: float = 60.0) -> PeerClient:
+        return PeerClient(self.api_url, self.token, timeout=timeout)
+
+    def wait_online(self, timeout: float = 90.0) -> str:
+        """Wait until the peer's onion is published; returns the onion."""
+        def published() -> str | None:
+            health = httpx.get(f"{self.api_url}/healthz", timeout=5).json()
+            return health["onion"] if health.get("onion_state") == "published" else None
+        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published")
+        return self.onion
+
+
+@dataclass
+class GroupServerHandle:
+    name: str
+    process: ServiceProcess
+    url: str
+    onion: str = ""
+
+    def wait_online(self, timeout: float = 90.0) -> str:
+        def published() -> str | None:
+            health = httpx.get(f"{self.url}/healthz", timeout=5).json()
+            return health["onion"] if health.get("onion_published") else None
+        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published")
+        return self.onion
+
+
+@dataclass
+class Devnet:
+    """Start order: redis, Tor network, gateway, group servers, peers; stop in reverse."""
+
+    base_dir: Path
+    relays: int = 2
+    network: PrivateTorNetwork | None = None     # reuse a running one (tests)
+    gateway: TorGateway | None = None            # reuse a running one (tests)
+    redis: RedisServer | None = None             # reuse a running one (tests)
+    retry_cap_seconds: float = 30.0
+    peers: dict[str, PeerHandle] = field(default_factory=dict)
+    group_servers: dict[str, GroupServerHandle] = field(default_factory=dict)
+    _owned: list[Any] = field(default_factory=list)
+
+    def start_infrastructure(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self.redis is None:
+            self.redis = RedisServer(self.base_dir / "redis")
+            self.redis.data_dir.mkdir(parents=True, exist_ok=True)
+            self.redis.start()
+            self._owned.append(self.redis)
+        if self.network is None:
+            self.network = PrivateTorNetwork(self.base_dir / "tor-network", relays=self.relays)
+            self.network.start()
+            self._owned.append(self.network)
+        if self.gateway is None:
+            password = secrets.token_urlsafe(16)
+            self.gateway = TorGateway(self.base_dir / "tor-gateway", control_password=password,
+                                      network=self.network)
+            self.gateway.start()
+            self._owned.append(self.gateway)
+
+    def _tor_env(self) -> dict[str, str]:
+        assert self.gateway is not None
+        socks, control = self.gateway.socks, self.gateway.control
+        env = {"NYTH_TOR_SOCKS": f"{socks.host}:{socks.port}",
+               "NYTH_TOR_CONTROL": f"{control.host}:{control.port}"}
+        if control.password:
+            path = self.base_dir / "secrets" / "tor-control"
+            write_private_file(path, control.password.encode())
+            env["NYTH_TOR_CONTROL_PASSWORD_FILE"] = str(path)
+        return env
+
+    def add_group_server(self, name: str = "group-server", **env: str) -> GroupServerHandle:
+        assert self.redis is not None
+        port = free_port()
+        data_dir = self.base_dir / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        process = ServiceProcess.python_module(
+            name, "nyth_group_server",
+            {"NYTH_DATA_DIR": str(data_dir), "NYTH_LISTEN_PORT": str(port),
+             "NYTH_REDIS_URL": self.redis.url, "NYTH_STREAM_KEY": f"nyth:{name}",
+             "NYTH_KEY_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
+             **self._tor_env(), **env},
+            health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
+        process.start()
+        self._owned.append(process)
+        handle = GroupServerHandle(name, process, f"http://127.0.0.1:{port}")
+        self.group_servers[name] = handle
+        return handle
+
+    def add_peer(self, name: str, **env: str) -> PeerHandle:
+        port = free_port()
+        data_dir = self.base_dir / "peers" / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token_file = _secret_file(self.base_dir, f"{name}.api-token")
+        process = ServiceProcess.python_module(
+            name, "nyth_peer",
+            {"NYTH_DATA_DIR": str(data_dir), "NYTH_API_PORT": str(port),
+             "NYTH_PROFILE_NAME": name, "NYTH_API_TOKEN_FILE": str(token_file),
+             "NYTH_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
+             "NYTH_RETRY_CAP_SECONDS": str(self.retry_cap_seconds),
+             **self._tor_env(), **env},
+            health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
+        process.start()
+        self._owned.append(process)
+        handle = PeerHandle(name, process, f"http://127.0.0.1:{port}",
+                            token_file.read_text().strip(), data_dir)
+        self.peers[name] = handle
+        return handle
+
+    def stop(self) -> None:
+        for item in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                item.stop()
+        self._owned.clear()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Devnet:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
