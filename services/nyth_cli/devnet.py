@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from nyth.runtime.devnet import Devnet
 from rich.console import Console
 from rich.table import Table
-
-from nyth.runtime.devnet import Devnet
 
 devnet_app = typer.Typer(help="A whole network on this machine (private Tor network included).",
                          no_args_is_help=True)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from nyth.peer_client import ApiError, PeerClient
 from rich.console import Console
 from rich.table import Table
-
-from nyth.peer_client import ApiError, PeerClient
 
 app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
                   no_args_is_help=True)
