@@ -4,4 +4,5 @@ private Tor network as local processes), tests/e2e (docker compose)."""
 pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.tor_network",
+    "tests.fixtures.stack",
 ]
