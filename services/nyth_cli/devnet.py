@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from nyth.runtime.devnet import Devnet
 from rich.console import Console
-from rich.table import Table
 
 devnet_app = typer.Typer(help="A whole network on this machine (private Tor network included).",
                          no_args_is_help=True)
@@ -43,19 +42,19 @@ def up(
             server.wait_online()
             for handle in handles:
                 handle.wait_online()
-        table = Table("peer", "onion", "API", "token file")
+        # Plain lines, not a table: onion addresses must survive copy-paste whole.
         for handle in handles:
-            table.add_row(handle.name, handle.onion, handle.api_url,
-                          str(directory / "secrets" / f"{handle.name}.api-token"))
-        console.print(table)
-        console.print(f"group server: {server.onion}.onion (local {server.url})")
+            console.print(f"peer {handle.name}: {handle.onion}.onion  API {handle.api_url}  "
+                          f"token file {directory}/secrets/{handle.name}.api-token", soft_wrap=True)
+        console.print(f"group server: {server.onion}.onion  (local {server.url})", soft_wrap=True)
         console.print(f"up in {time.monotonic() - started:.1f} s. Try:")
         first = handles[0]
         console.print(f"  export NYTH_API_URL={first.api_url} "
-                      f"NYTH_API_TOKEN_FILE={directory}/secrets/{first.name}.api-token")
+                      f"NYTH_API_TOKEN_FILE={directory}/secrets/{first.name}.api-token",
+                      soft_wrap=True)
         if len(handles) > 1:
-            console.print(f"  nyth contact add {handles[1].onion} --text hello")
-        console.print(f"  nyth group create friends --server {server.onion}")
+            console.print(f"  nyth contact add {handles[1].onion} --text hello", soft_wrap=True)
+        console.print(f"  nyth group create friends --server {server.onion}", soft_wrap=True)
         console.print("Ctrl-C stops everything.")
         while True:
             time.sleep(3600)

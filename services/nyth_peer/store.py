@@ -37,6 +37,7 @@ class Store:
         self._box = nacl.secret.SecretBox(storage_key)
         self._name_key = hashlib.blake2b(storage_key, digest_size=32, person=b"nyth-store-name").digest()
         self._lock = threading.RLock()
+        self._depth = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a message the API reported as queued must survive a power cut.
@@ -62,13 +63,24 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """All-or-nothing; nested calls join the outermost transaction."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
     def put(self, collection: str, key: str, value: dict[str, Any]) -> None:

@@ -62,3 +62,18 @@ def test_store_order_limit_and_tamper(tmp_path):
     store._db.execute("UPDATE records SET value = zeroblob(length(value)) WHERE seq = 3")
     with pytest.raises(AuthenticationError):
         store.list("c")
+
+
+def test_nested_transactions_commit_or_roll_back_together(tmp_path):
+    store = Profile.create(tmp_path, "alice", "correct horse battery").store
+    with store.transaction():
+        store.put("c", "a", {"v": 1})
+        with store.transaction():
+            store.put("c", "b", {"v": 2})
+    assert len(store.list("c")) == 2
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put("c", "x", {"v": 3})
+        with store.transaction():
+            store.put("c", "y", {"v": 4})
+        raise RuntimeError("abort")
+    assert [r["v"] for r in store.list("c")] == [1, 2]
