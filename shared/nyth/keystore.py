@@ -42,8 +42,20 @@ def derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> by
     )
 
 
+def _check_kdf_params(opslimit: int, memlimit: int) -> None:
+    if not (nacl.pwhash.argon2id.OPSLIMIT_MIN <= opslimit <= nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE
+            and nacl.pwhash.argon2id.MEMLIMIT_MIN <= memlimit
+            <= nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE):
+        raise DecodeError("sealed key file has out-of-range KDF parameters")
+    if memlimit % 1024:
+        # Argon2 counts memory in KiB (memlimit // 1024): refuse non-canonical values, or a
+        # changed low bit of this unauthenticated header would still open the file.
+        raise DecodeError("sealed key file memlimit is not a whole number of KiB")
+
+
 def seal(payload: bytes, passphrase: str, *, opslimit: int = DEFAULT_OPSLIMIT,
          memlimit: int = DEFAULT_MEMLIMIT) -> bytes:
+    _check_kdf_params(opslimit, memlimit)  # never write a file open_sealed would refuse
     salt = nacl.utils.random(SALT_SIZE)
     key = derive_key(passphrase, salt, opslimit, memlimit)
     box = nacl.secret.SecretBox(key)
@@ -56,10 +68,7 @@ def open_sealed(data: bytes, passphrase: str) -> bytes:
     if len(data) < _HEADER.size + 40 or not data.startswith(MAGIC):
         raise DecodeError("not a Nyth sealed key file")
     _magic, salt, opslimit, memlimit = _HEADER.unpack_from(data)
-    if not (nacl.pwhash.argon2id.OPSLIMIT_MIN <= opslimit <= nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE
-            and nacl.pwhash.argon2id.MEMLIMIT_MIN <= memlimit
-            <= nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE):
-        raise DecodeError("sealed key file has out-of-range KDF parameters")
+    _check_kdf_params(opslimit, memlimit)
     key = derive_key(passphrase, salt, opslimit, memlimit)
     try:
         return nacl.secret.SecretBox(key).decrypt(data[_HEADER.size:])

@@ -54,7 +54,9 @@ class GroupDag:
                 if c in self._messages}
 
     def ordered(self) -> list[GroupMessage]:
-        indegree = {h: sum(1 for p in m.parents if p in self._messages)
+        # Count distinct parents: a message may name the same parent twice, and
+        # _children holds each edge once, so duplicates would never reach zero.
+        indegree = {h: len({p for p in m.parents if p in self._messages})
                     for h, m in self._messages.items()}
         ready = [(m.timestamp_ms, h) for h, m in self._messages.items() if indegree[h] == 0]
         heapq.heapify(ready)

@@ -32,6 +32,9 @@ class RetryPolicy:
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the attempts-th consecutive failure (attempts ≥ 1)."""
-        base = min(self.cap, self.initial * self.factor ** max(0, attempts - 1))
+        try:
+            base = min(self.cap, self.initial * self.factor ** max(0, attempts - 1))
+        except OverflowError:  # float ** overflows after ~1000 attempts (days offline)
+            base = self.cap
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.1, base * (1 + spread))

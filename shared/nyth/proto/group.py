@@ -21,9 +21,9 @@ Invite (sent P2P):
     magic "NYTHINV1" | group key (32) | name length (u8) | name (UTF-8, ≤ 64 bytes)
     | n servers (u8, 1..8) | n × signed server bundle (164 each)
 
-group id = first 16 bytes of BLAKE2b(key | sorted server onion public keys,
-person "nyth-group-id"); it names the group locally and binds signatures to it, and is
-never sent to a server.
+group id = BLAKE2b with a 16-byte digest (digest_size=16, not a truncation) of
+(key | sorted server onion public keys), person "nyth-group-id"; it names the group
+locally and binds signatures to it, and is never sent to a server.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ _SIG_DOMAIN = b"nyth-group-msg-v1"
 INVITE_MAGIC = b"NYTHINV1"
 MAX_NAME_BYTES = 64
 MAX_SERVERS = 8
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise DecodeError("text is not encodable as UTF-8") from exc
 
 
 def new_group_key() -> bytes:
@@ -91,7 +98,7 @@ def _message_hash(gid: bytes, signed: bytes, signature: bytes) -> bytes:
 def seal_group_message(identity: Identity, key: bytes, gid: bytes, *, timestamp_ms: int,
                        parents: Sequence[bytes], body: str) -> tuple[bytes, GroupMessage]:
     """Build, sign and encrypt one group message; returns (blob, message)."""
-    data = body.encode("utf-8")
+    data = _utf8(body)
     if not data or len(data) > MAX_BODY_BYTES:
         raise DecodeError(f"group message body must be 1..{MAX_BODY_BYTES} bytes of UTF-8")
     if len(parents) > MAX_PARENTS or any(len(p) != HASH_SIZE for p in parents):
@@ -160,9 +167,11 @@ class Invite:
         return group_id(self.key, self.servers)
 
     def encode(self) -> bytes:
-        name = self.name.encode("utf-8")
+        name = _utf8(self.name)
         if len(name) > MAX_NAME_BYTES:
             raise DecodeError(f"group name is longer than {MAX_NAME_BYTES} bytes")
+        if len(self.key) != KEY_SIZE or any(len(b) != BUNDLE_SIZE for b in self.bundles):
+            raise DecodeError("invite key or a server bundle has the wrong size")
         if not 1 <= len(self.bundles) <= MAX_SERVERS:
             raise DecodeError(f"a group needs 1..{MAX_SERVERS} servers")
         return (INVITE_MAGIC + self.key + bytes([len(name)]) + name + bytes([len(self.bundles)])

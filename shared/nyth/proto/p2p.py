@@ -92,10 +92,25 @@ def decode_payload(data: bytes) -> Envelope | Ack:
 
 # -- bodies ----------------------------------------------------------------------------------
 
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a JSON "\ud800" escape
+        raise DecodeError("text is not encodable as UTF-8") from exc
+
+
+def _fits(body: bytes) -> bytes:
+    # Character limits alone allow up to 4 bytes per character (or 6 per JSON escape);
+    # refuse here, at the caller, rather than queue a message no Envelope can carry.
+    if len(body) > MAX_BODY:
+        raise DecodeError(f"message body is {len(body)} bytes, at most {MAX_BODY}")
+    return body
+
+
 def encode_text(text: str) -> bytes:
     if not text or len(text) > MAX_TEXT_CHARS:
         raise DecodeError(f"text must be 1..{MAX_TEXT_CHARS} characters")
-    return text.encode("utf-8")
+    return _fits(_utf8(text))
 
 
 def decode_text(body: bytes) -> str:
@@ -118,13 +133,14 @@ class ContactRequest:
     def encode(self) -> bytes:
         if len(self.name) > MAX_NAME_CHARS or len(self.text) > MAX_TEXT_CHARS:
             raise DecodeError("contact request name or text too long")
-        return json.dumps({"name": self.name, "text": self.text}, ensure_ascii=False).encode()
+        return _fits(_utf8(json.dumps({"name": self.name, "text": self.text},
+                                      ensure_ascii=False)))
 
     @classmethod
     def decode(cls, body: bytes) -> ContactRequest:
         try:
             obj = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise DecodeError("contact request is not valid JSON") from exc
         if not isinstance(obj, dict) or set(obj) != {"name", "text"}:
             raise DecodeError("contact request must have exactly name and text")
@@ -133,4 +149,5 @@ class ContactRequest:
             raise DecodeError("contact request fields must be strings")
         if len(name) > MAX_NAME_CHARS or len(text) > MAX_TEXT_CHARS:
             raise DecodeError("contact request name or text too long")
+        _utf8(name + text)  # JSON escapes can smuggle in lone surrogates
         return cls(name, text)

@@ -13,7 +13,8 @@ Handshake (I = caller, who knows the callee's onion and so its long-term key; R 
     dh3 = DH(I ephemeral, R ephemeral)
     th  = BLAKE2b-256(magic | I lt | I eph | R lt | R eph)
     key(label) = BLAKE2b-256(dh1 | dh2 | dh3 | th, person=label)
-    proof_X = BLAKE2b-256(th, key=key("confirm-X"))
+    proof_I = BLAKE2b-256(th, key=key("nyth-i-confirm"))   (R: "nyth-r-confirm")
+    data keys: I->R key("nyth-i2r-data"), R->I key("nyth-r2i-data")
 
 Only the holder of I's long-term key can compute dh1 and only R's can compute dh2, so a
 matching proof authenticates each side to the other; the callee learns who called.

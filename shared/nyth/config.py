@@ -1,0 +1,151 @@
+"""12-factor settings shared by every Nyth service.
+
+Every service reads its configuration from environment variables prefixed ``NYTH_``.
+Secrets may instead come from a file named by ``NYTH_<NAME>_FILE`` (the Docker / compose
+secrets convention), so a passphrase never has to sit in the process environment,
+where ``docker inspect`` and ``/proc/<pid>/environ`` would show it.
+
+Pydantic puts the raw input into its error messages; for secrets that would leak the
+passphrase into logs, so services must report configuration errors through
+`format_settings_error` / `load_settings`, which leave input values out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import AfterValidator, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NYTH_"
+# A secret file larger than this is certainly a misconfiguration (a key file, a log...),
+# and reading it whole into memory for nothing is not worth it.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class ConfigError(ValueError):
+    """The service configuration is invalid; the message is safe to log."""
+
+
+def _read_secret_file(path: Path, env_name: str) -> str:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {env_name}_FILE {str(path)!r}: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(
+            f"{env_name}_FILE {str(path)!r} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{env_name}_FILE {str(path)!r} is not UTF-8 text") from None
+    # Editors and `echo` add a final newline that is never part of the secret.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def read_secret(
+    name: str, environ: Mapping[str, str] | None = None, *, required: bool = False
+) -> str | None:
+    """The secret ``NYTH_<NAME>``, or the contents of the file named by ``NYTH_<NAME>_FILE``.
+
+    Setting both is an error (which one wins would be a silent surprise).
+    """
+    env = os.environ if environ is None else environ
+    key = ENV_PREFIX + name.upper()
+    direct = env.get(key)
+    file_name = env.get(key + "_FILE")
+    if direct is not None and file_name is not None:
+        raise ConfigError(f"set only one of {key} and {key}_FILE")
+    if file_name is not None:
+        try:
+            return _read_secret_file(Path(file_name), key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if direct is None and required:
+        raise ConfigError(f"{key} or {key}_FILE is required")
+    return direct
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port"; raises ValueError with a readable message."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("expected host:port")
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [ipv6]:port, got {text!r}")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"expected host:port, got {text!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _normalize_host_port(text: str) -> str:
+    return format_host_port(*parse_host_port(text))
+
+
+HostPort = Annotated[str, AfterValidator(_normalize_host_port)]
+"""A "host:port" string, validated and normalized."""
+
+
+class NythSettings(BaseSettings):
+    """Base for service settings: ``NYTH_`` prefix, unknown variables ignored.
+
+    Subclasses list in ``secret_fields`` the SecretStr fields that may also be given as a
+    file: field ``key_passphrase`` is then filled from the file in ``key_passphrase_file``
+    (env ``NYTH_KEY_PASSPHRASE_FILE``), which the subclass declares as ``Path | None``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False, validate_default=True
+    )
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _resolve_secret_files(self) -> NythSettings:
+        for name in self.secret_fields:
+            file_path: Path | None = getattr(self, f"{name}_file")
+            env_name = ENV_PREFIX + name.upper()
+            if file_path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"set only one of {env_name} and {env_name}_FILE")
+            object.__setattr__(self, name, SecretStr(_read_secret_file(file_path, env_name)))
+        return self
+
+
+def format_settings_error(exc: ValidationError) -> str:
+    """One line per problem, naming the env variable, never echoing the input value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = "_".join(str(part) for part in error["loc"]).upper()
+        where = f"{ENV_PREFIX}{loc}: " if loc else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}{message}")
+    return "; ".join(lines)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build settings from the environment, turning validation errors into ConfigError."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {format_settings_error(exc)}") from None

@@ -1,0 +1,350 @@
+"""Group keys and ids, fixed-size sealed group messages, invites."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import nacl.bindings
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
+from nyth.proto.group import (
+    BLOB_SIZE,
+    GROUP_ID_SIZE,
+    HASH_SIZE,
+    INNER_SIZE,
+    INVITE_MAGIC,
+    KEY_SIZE,
+    MAX_BODY_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PARENTS,
+    MAX_SERVERS,
+    Invite,
+    group_id,
+    new_group_key,
+    open_group_message,
+    seal_group_message,
+)
+from nyth.proto.identity import Identity
+
+AUTHOR = Identity.from_seed(b"a" * 32)
+SERVERS = [Identity.from_seed(bytes([i]) * 32) for i in range(MAX_SERVERS + 1)]
+BUNDLES = [ServerBundle(s.public_key, bytes(32), BLOB_SIZE, 1000, 86400, 1_800_000_000)
+           for s in SERVERS]
+SIGNED = [b.sign(s) for b, s in zip(BUNDLES, SERVERS, strict=True)]
+KEY = bytes(range(32))
+GID = group_id(KEY, BUNDLES[:1])
+REJECT = (DecodeError, AuthenticationError)
+
+hashes = st.binary(min_size=HASH_SIZE, max_size=HASH_SIZE)
+parent_lists = st.lists(hashes, max_size=MAX_PARENTS, unique=True)
+bodies = st.text(min_size=1, max_size=400).filter(
+    lambda t: len(t.encode()) <= MAX_BODY_BYTES)
+timestamps = st.integers(0, (1 << 63) - 1)
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def seal_inner(inner: bytes, key: bytes = KEY) -> bytes:
+    nonce = os.urandom(24)
+    return nonce + nacl.bindings.crypto_secretbox(inner, nonce, key)
+
+
+def open_inner(blob: bytes, key: bytes = KEY) -> bytes:
+    return nacl.bindings.crypto_secretbox_open(blob[24:], blob[:24], key)
+
+
+# -- sizes and ids -----------------------------------------------------------------------
+
+def test_sizes() -> None:
+    assert INNER_SIZE == BLOB_SIZE - 24 - 16 == 2008
+    assert MAX_BODY_BYTES == 2008 - (1 + 32 + 8 + 1) - 8 * 32 - 2 - 64 == 1644
+    assert len(new_group_key()) == KEY_SIZE and new_group_key() != new_group_key()
+
+
+def test_group_id_layout() -> None:
+    keys = sorted(b.onion_public_key for b in BUNDLES[:3])
+    expected = hashlib.blake2b(KEY + b"".join(keys), digest_size=16,
+                               person=b"nyth-group-id").digest()
+    assert group_id(KEY, BUNDLES[:3]) == expected
+    assert len(expected) == GROUP_ID_SIZE
+
+
+@settings(max_examples=50)
+@given(st.permutations(range(4)))
+def test_group_id_ignores_server_order_but_binds_key_and_servers(order: list[int]) -> None:
+    chosen = [BUNDLES[i] for i in order]
+    assert group_id(KEY, chosen) == group_id(KEY, BUNDLES[:4])
+    assert group_id(KEY, chosen) != group_id(KEY, BUNDLES[:3])
+    assert group_id(KEY, chosen) != group_id(bytes(32), chosen)
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33])
+def test_group_id_refuses_wrong_key_size(size: int) -> None:
+    with pytest.raises(DecodeError):
+        group_id(bytes(size), BUNDLES[:1])
+
+
+# -- group messages ------------------------------------------------------------------------
+
+@settings(max_examples=60)
+@given(timestamps, parent_lists, bodies)
+def test_round_trip(timestamp_ms: int, parents: list[bytes], body: str) -> None:
+    blob, sent = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=timestamp_ms,
+                                    parents=parents, body=body)
+    assert len(blob) == BLOB_SIZE
+    received = open_group_message(KEY, GID, blob)
+    assert received == sent
+    assert (received.author, received.timestamp_ms, received.parents, received.body) \
+        == (AUTHOR.public_key, timestamp_ms, tuple(parents), body)
+
+
+def test_inner_layout_and_message_hash() -> None:
+    parents = [b"p" * 32, b"q" * 32]
+    blob, message = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0x0102030405060708,
+                                       parents=parents, body="héllo")
+    inner = open_inner(blob)
+    body = "héllo".encode()
+    signed = (b"\x01" + AUTHOR.public_key + bytes.fromhex("0102030405060708") + b"\x02"
+              + b"p" * 32 + b"q" * 32 + struct.pack(">H", len(body)) + body)
+    signature = AUTHOR.sign(b"nyth-group-msg-v1" + GID + signed)
+    assert inner == signed + signature + bytes(INNER_SIZE - len(signed) - 64)
+    assert message.hash == hashlib.blake2b(GID + signed + signature, digest_size=32,
+                                           person=b"nyth-gmsg-hash").digest()
+
+
+@settings(max_examples=60)
+@given(timestamps, parent_lists, bodies.filter(lambda t: len(t.encode()) >= 8))
+def test_blob_hides_body_author_and_group(timestamp_ms: int, parents: list[bytes],
+                                          body: str) -> None:
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=timestamp_ms,
+                                 parents=parents, body=body)
+    for secret in (body.encode(), AUTHOR.public_key, GID, KEY, *parents):
+        assert secret not in blob
+
+
+@settings(max_examples=30)
+@given(st.sampled_from(["x", "é" * 822, "x" * MAX_BODY_BYTES, "😀" * 411]),
+       st.integers(0, MAX_PARENTS))
+def test_all_blobs_have_the_same_length(body: str, n_parents: int) -> None:
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0,
+                                 parents=[bytes([i]) * 32 for i in range(n_parents)], body=body)
+    assert len(blob) == BLOB_SIZE
+
+
+def test_same_message_twice_gives_unrelated_blobs() -> None:
+    one, m1 = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=1, parents=[], body="same")
+    two, m2 = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=1, parents=[], body="same")
+    assert one[:24] != two[:24] and one != two
+    assert m1.hash == m2.hash  # ed25519 is deterministic: same content, same hash
+
+
+@settings(max_examples=30)
+@given(bodies)
+def test_blob_for_group_a_does_not_open_in_group_b(body: str) -> None:
+    key_b = new_group_key()
+    gid_b = group_id(key_b, BUNDLES[:1])
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0, parents=[], body=body)
+    with pytest.raises(AuthenticationError):
+        open_group_message(key_b, gid_b, blob)
+    with pytest.raises(AuthenticationError):
+        open_group_message(key_b, GID, blob)
+
+
+def test_same_key_other_group_id_fails_signature() -> None:
+    """Same key on other servers is another group: the signature binds the group id."""
+    other_gid = group_id(KEY, BUNDLES[1:2])
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0, parents=[], body="hi")
+    with pytest.raises(AuthenticationError, match="signature"):
+        open_group_message(KEY, other_gid, blob)
+
+
+@settings(max_examples=80)
+@given(st.one_of(st.integers(0, 8 * 200 - 1), st.integers(0, 8 * BLOB_SIZE - 1)))
+def test_any_flipped_bit_fails_authentication(bit: int) -> None:
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=5, parents=[b"p" * 32],
+                                 body="body")
+    with pytest.raises(AuthenticationError):
+        open_group_message(KEY, GID, flip(blob, bit))
+
+
+@settings(max_examples=50)
+@given(st.integers(0, BLOB_SIZE - 1), st.binary(min_size=1, max_size=64))
+def test_truncation_and_extension_are_rejected(cut: int, extra: bytes) -> None:
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=5, parents=[], body="body")
+    for bad in (blob[:cut], blob + extra):
+        with pytest.raises(DecodeError):
+            open_group_message(KEY, GID, bad)
+
+
+@settings(max_examples=50)
+@given(st.binary(min_size=BLOB_SIZE, max_size=BLOB_SIZE))
+def test_random_blob_is_not_ours(blob: bytes) -> None:
+    with pytest.raises(AuthenticationError):
+        open_group_message(KEY, GID, blob)
+
+
+def _signed_inner(*, version: int = 1, n_parents: int | None = None,
+                  parents: tuple[bytes, ...] = (), body: bytes = b"hi",
+                  body_len: int | None = None, signer: Identity = AUTHOR,
+                  padding: bytes = b"") -> bytes:
+    signed = (struct.pack(">B32sQB", version, AUTHOR.public_key, 7,
+                          len(parents) if n_parents is None else n_parents)
+              + b"".join(parents)
+              + struct.pack(">H", len(body) if body_len is None else body_len) + body)
+    inner = signed + signer.sign(b"nyth-group-msg-v1" + GID + signed) + padding
+    return inner + bytes(INNER_SIZE - len(inner))
+
+
+@pytest.mark.parametrize(("inner", "error"), [
+    (_signed_inner(version=2), DecodeError),
+    (_signed_inner(version=0), DecodeError),
+    (_signed_inner(n_parents=MAX_PARENTS + 1, parents=(b"p" * 32,) * 9), DecodeError),
+    (_signed_inner(n_parents=255), DecodeError),
+    (_signed_inner(body=b"", body_len=0), DecodeError),
+    (_signed_inner(body_len=MAX_BODY_BYTES + 1), DecodeError),
+    (_signed_inner(body_len=0xFFFF), DecodeError),
+    (_signed_inner(body=b"\xff\xfe"), DecodeError),               # signed, but not UTF-8
+    (_signed_inner(body=b"\xed\xa0\x80"), DecodeError),           # encoded surrogate
+    (_signed_inner(padding=b"\x01"), DecodeError),
+    (_signed_inner(signer=Identity.from_seed(b"m" * 32)), AuthenticationError),
+    (_signed_inner(body_len=1), REJECT),                          # shifts the signature
+    (bytes(INNER_SIZE), DecodeError),
+    (b"\x01" + bytes(INNER_SIZE - 1), DecodeError),
+])
+def test_malformed_message_from_a_key_holder_is_rejected(
+        inner: bytes, error: type[Exception] | tuple[type[Exception], ...]) -> None:
+    with pytest.raises(error):
+        open_group_message(KEY, GID, seal_inner(inner))
+
+
+def test_well_formed_hand_built_message_opens() -> None:
+    message = open_group_message(KEY, GID, seal_inner(_signed_inner(parents=(b"p" * 32,))))
+    assert message.body == "hi" and message.parents == (b"p" * 32,)
+
+
+@settings(max_examples=80)
+@given(st.binary(max_size=400), st.integers(0, 255), st.integers(0, 0xFFFF))
+def test_arbitrary_inner_from_a_key_holder_never_crashes(head: bytes, n: int,
+                                                         body_len: int) -> None:
+    inner = (b"\x01" + AUTHOR.public_key + bytes(8) + bytes([n]) + head
+             + struct.pack(">H", body_len))[:INNER_SIZE]
+    inner += bytes(INNER_SIZE - len(inner))
+    with pytest.raises(REJECT):
+        open_group_message(KEY, GID, seal_inner(inner))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"body": ""}, {"body": "x" * (MAX_BODY_BYTES + 1)}, {"body": "é" * 823},
+    {"parents": [b"p" * 32] * (MAX_PARENTS + 1)}, {"parents": [b"p" * 31]},
+    {"timestamp_ms": -1}, {"timestamp_ms": 1 << 63}, {"body": "\ud800"},
+])
+def test_seal_refuses_invalid_messages(kwargs: dict[str, object]) -> None:
+    fields: dict[str, object] = {"timestamp_ms": 0, "parents": [], "body": "x", **kwargs}
+    with pytest.raises(DecodeError):
+        seal_group_message(AUTHOR, KEY, GID, **fields)
+
+
+# -- invites -------------------------------------------------------------------------------
+
+invites = st.builds(
+    Invite,
+    name=st.text(max_size=MAX_NAME_BYTES).filter(lambda n: len(n.encode()) <= MAX_NAME_BYTES),
+    key=st.binary(min_size=KEY_SIZE, max_size=KEY_SIZE),
+    bundles=st.lists(st.sampled_from(SIGNED), min_size=1, max_size=MAX_SERVERS).map(tuple),
+)
+
+
+def decodes_canonically_or_rejects(data: bytes) -> None:
+    try:
+        invite = Invite.decode(data)
+    except REJECT:
+        return
+    assert invite.encode() == data
+
+
+def test_invite_layout() -> None:
+    invite = Invite("club", KEY, (SIGNED[0], SIGNED[1]))
+    assert invite.encode() == INVITE_MAGIC + KEY + b"\x04club\x02" + SIGNED[0] + SIGNED[1]
+    assert invite.servers == BUNDLES[:2]
+    assert invite.group_id == group_id(KEY, BUNDLES[:2])
+
+
+@settings(max_examples=60)
+@given(invites)
+def test_invite_round_trip(invite: Invite) -> None:
+    assert Invite.decode(invite.encode()) == invite
+
+
+@settings(max_examples=120)
+@given(invites, st.data())
+def test_invite_flipped_bit_decodes_canonically_or_is_rejected(invite: Invite,
+                                                                data: st.DataObject) -> None:
+    encoded = invite.encode()
+    decodes_canonically_or_rejects(flip(encoded, data.draw(st.integers(0, 8 * len(encoded) - 1))))
+
+
+def test_invite_flips_outside_key_and_name_are_always_rejected() -> None:
+    encoded = Invite("n", KEY, (SIGNED[0],)).encode()
+    name_len_at = len(INVITE_MAGIC) + KEY_SIZE
+    for bit in [*range(8 * len(INVITE_MAGIC)),                         # magic
+                *range(8 * name_len_at, 8 * (name_len_at + 1)),        # name length
+                *range(8 * (name_len_at + 2), 8 * len(encoded))]:      # count, bundles
+        with pytest.raises(REJECT):
+            Invite.decode(flip(encoded, bit))
+
+
+@settings(max_examples=80)
+@given(invites, st.data())
+def test_invite_truncation_and_extension_are_rejected(invite: Invite,
+                                                      data: st.DataObject) -> None:
+    encoded = invite.encode()
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    extra = data.draw(st.binary(min_size=1, max_size=BUNDLE_SIZE + 1))
+    for bad in (encoded[:cut], encoded + extra):
+        with pytest.raises(REJECT):
+            Invite.decode(bad)
+
+
+@settings(max_examples=80)
+@given(st.binary(max_size=300).map(lambda b: INVITE_MAGIC + b) | st.binary(max_size=100))
+def test_invite_arbitrary_bytes_never_crash(data: bytes) -> None:
+    decodes_canonically_or_rejects(data)
+
+
+def test_invite_specific_rejections() -> None:
+    head = INVITE_MAGIC + KEY
+    bad = [
+        b"", INVITE_MAGIC, head, head + b"\x00",                          # truncated
+        head + b"\x00\x00",                                               # no servers
+        head + b"\x00\x09" + SIGNED[0] * 9,                               # too many servers
+        head + bytes([MAX_NAME_BYTES + 1]) + b"x" * 65 + b"\x01" + SIGNED[0],
+        head + b"\x02\xff\xfe\x01" + SIGNED[0],                           # name not UTF-8
+        head + b"\x00\x01" + SIGNED[0][:-1] + b"\x00",                    # bad signature
+        head + b"\x00\x02" + SIGNED[0],                                   # count > present
+    ]
+    for data in bad:
+        with pytest.raises(REJECT):
+            Invite.decode(data)
+
+
+@pytest.mark.parametrize("invite", [
+    Invite("x" * (MAX_NAME_BYTES + 1), KEY, (SIGNED[0],)),
+    Invite("é" * 33, KEY, (SIGNED[0],)),
+    Invite("x", KEY, ()),
+    Invite("x", KEY, (*SIGNED[:MAX_SERVERS], SIGNED[0])),
+    Invite("x", KEY[:31], (SIGNED[0],)),
+    Invite("x", KEY, (SIGNED[0][:-1],)),
+    Invite("\ud800", KEY, (SIGNED[0],)),
+])
+def test_invite_encoder_refuses_what_it_could_not_decode(invite: Invite) -> None:
+    with pytest.raises(DecodeError):
+        invite.encode()
