@@ -7,7 +7,6 @@ after a cursor (paged, or as a Server-Sent Events stream) and trial-decrypt.
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -208,6 +207,19 @@ def _start_publisher(state: ServerState) -> None:
              settings.onion_port, settings.effective_onion_target, control)
 
 
+async def _cancel_and_wait(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    # Cancel repeatedly: on Python 3.11 a cancel that lands while redis-py's read
+    # timeout fires can be swallowed, and a single cancel() then waits forever.
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done() and asyncio.get_running_loop().time() < deadline:
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.done():
+        log.warning("task %s did not stop within %.0f s", task.get_name(), timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("task %s failed: %r", task.get_name(), task.exception())
+
+
 def _redis_client(url: str) -> aioredis.Redis:
     # A few quick retries ride out a Redis restart; beyond that the caller gets a 503
     # promptly instead of hanging (and may retry: blobs are idempotent for clients).
@@ -253,10 +265,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         finally:
             for task in state.tasks:
                 task.cancel()
-            for task in state.tasks:
-                print("awaiting", task.get_name(), flush=True)
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await asyncio.gather(*(_cancel_and_wait(task) for task in state.tasks))
             await redis.aclose()
 
     app = FastAPI(
