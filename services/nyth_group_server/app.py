@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -378,11 +379,21 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
                 state.active_streams -= 1
                 STREAMS.dec()
 
+        # sse-starlette sets this when uvicorn begins shutting down; streams then end
+        # cooperatively (a proper end of body) instead of being cut off mid-response.
+        shutdown = anyio.Event()
+
         async def events() -> AsyncIterator[ServerSentEvent]:
+            async def close_feed_on_shutdown() -> None:
+                await shutdown.wait()
+                state.feed.close()
+
+            watcher = asyncio.create_task(close_feed_on_shutdown())
             try:
                 async for event in _blob_events(state, start):
                     yield event
             finally:
+                watcher.cancel()
                 release()
 
         async def release_after_response() -> None:
@@ -391,6 +402,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         return EventSourceResponse(
             events(), ping=settings.keepalive_seconds,
             background=BackgroundTask(release_after_response),
+            shutdown_event=shutdown, shutdown_grace_period=2.0,
         )
 
     @app.get(
@@ -448,6 +460,8 @@ async def _blob_events(state: ServerState, start: Cursor) -> AsyncIterator[Serve
             cursor = blob.id
         if more:
             continue
+        if feed.closing:
+            return
         if covered_to is not None and covered_to > cursor:
             cursor = covered_to
         await feed.wait_beyond(cursor, timeout=feed.poll_interval)

@@ -197,6 +197,7 @@ class LiveFeed:
         self.head: Cursor | None = None
         self._changed = asyncio.Event()
         self.connected = False
+        self.closing = False
 
     async def run(self) -> None:
         backoff = 0.1
@@ -251,6 +252,11 @@ class LiveFeed:
             if len(entries) < self.page_size:
                 return
 
+    def close(self) -> None:
+        """Server shutdown: release every waiting stream so it can end cleanly."""
+        self.closing = True
+        self._wake()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -264,9 +270,9 @@ class LiveFeed:
         return [blob for blob in list(self._ring)[index:] if blob.id >= age_floor]
 
     async def wait_beyond(self, cursor: Cursor, timeout: float) -> None:
-        """Return once the feed has seen an id > cursor, or after timeout."""
+        """Return once the feed has seen an id > cursor, after timeout, or on close."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.head is None or self.head <= cursor:
+        while not self.closing and (self.head is None or self.head <= cursor):
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return

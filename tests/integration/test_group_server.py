@@ -1,0 +1,456 @@
+"""The group server as a real process (``python -m nyth_group_server``) on a real Redis.
+
+Covers the HTTP API, retention actually enforced, SSE fan-out between two processes
+sharing one Redis, and durability: after kill -9 of the server or of redis-server,
+every post that was answered 201 is still there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from nyth.proto.bundle import ServerBundle
+from nyth.runtime.redis_server import RedisServer
+from nyth_group_server.launch import GroupServerProcess
+
+pytestmark = pytest.mark.integration
+
+SIZE = 256
+
+Launch = Callable[..., GroupServerProcess]
+
+
+@pytest.fixture
+def launch(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Launch]:
+    """Start group server processes; by default all on this test's Redis db and prefix."""
+    started: list[GroupServerProcess] = []
+
+    def _launch(name: str = "gs", *, data_dir: str | None = None, redis: str | None = None,
+                **env: str) -> GroupServerProcess:
+        proc = GroupServerProcess(
+            tmp_path / (data_dir or name), redis_url=redis or redis_url, name=name,
+            stream_key=redis_prefix,
+            env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_LOG_LEVEL": "warning", **env},
+        )
+        # Replicas share a data dir: a second process must not log into the first's file.
+        proc.log_path = tmp_path / f"{name}.log"
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield _launch
+    for proc in started:
+        proc.stop()
+
+
+def _client(proc: GroupServerProcess, **kwargs: Any) -> httpx.Client:
+    kwargs.setdefault("timeout", 10)
+    return httpx.Client(base_url=proc.base_url, trust_env=False, **kwargs)
+
+
+def _post(client: httpx.Client, blob: bytes) -> httpx.Response:
+    return client.post("/v1/blobs", content=blob,
+                       headers={"content-type": "application/octet-stream"})
+
+
+def _read_all(client: httpx.Client, limit: int = 1000) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    after = "0"
+    while True:
+        response = client.get("/v1/blobs", params={"after": after, "limit": limit})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        out += [(item["id"], base64.b64decode(item["blob"])) for item in page["blobs"]]
+        after = page["next"]
+        if not page["more"]:
+            return out
+
+
+# -- plain API --------------------------------------------------------------------------
+
+
+def test_bundle_is_signed_and_states_the_enforced_limits(launch: Launch) -> None:
+    proc = launch(NYTH_MAX_BLOBS="500", NYTH_MAX_AGE_SECONDS="7200")
+    with _client(proc) as client:
+        body = client.get("/v1/bundle").json()
+        health = client.get("/healthz").json()
+    raw = base64.b64decode(body["bundle"])
+    bundle = ServerBundle.verify(raw, body["onion"])
+    assert (bundle.blob_size, bundle.max_blobs, bundle.max_age_seconds) == (SIZE, 500, 7200)
+    assert (body["blob_size"], body["max_blobs"], body["max_age_seconds"]) == (SIZE, 500, 7200)
+    assert health == {"status": "ok", "onion": body["onion"], "redis": "ok",
+                      "onion_published": None, "onion_state": None, "onion_reason": None,
+                      "reason": None}
+
+    # Clients pin the exact bytes: a restart with the same limits must not re-sign.
+    proc.restart()
+    with _client(proc) as client:
+        assert base64.b64decode(client.get("/v1/bundle").json()["bundle"]) == raw
+
+
+def test_changed_limits_issue_a_new_bundle_for_the_same_onion(launch: Launch) -> None:
+    first = launch("a", data_dir="shared", NYTH_MAX_BLOBS="500")
+    with _client(first) as client:
+        old = client.get("/v1/bundle").json()
+    first.stop()
+    second = launch("b", data_dir="shared", NYTH_MAX_BLOBS="600")
+    with _client(second) as client:
+        new = client.get("/v1/bundle").json()
+    assert new["onion"] == old["onion"] and new["bundle"] != old["bundle"]
+    assert ServerBundle.verify(base64.b64decode(new["bundle"]), new["onion"]).max_blobs == 600
+
+
+def test_post_and_read_back_in_pages(launch: Launch) -> None:
+    proc = launch()
+    blobs = [os.urandom(SIZE) for _ in range(25)]
+    with _client(proc) as client:
+        ids = []
+        for blob in blobs:
+            response = _post(client, blob)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        # Raw bodies without a content type are accepted too.
+        extra = os.urandom(SIZE)
+        response = client.post("/v1/blobs", content=extra)
+        assert response.status_code == 201
+        ids.append(response.json()["id"])
+        blobs.append(extra)
+
+        assert _read_all(client, limit=10) == list(zip(ids, blobs, strict=True))
+        first = client.get("/v1/blobs", params={"limit": 10}).json()
+        assert [b["id"] for b in first["blobs"]] == ids[:10]
+        assert first["next"] == ids[9] and first["more"] is True
+        last = client.get("/v1/blobs", params={"after": ids[-1]}).json()
+        assert last == {"blobs": [], "next": ids[-1], "more": False}
+        exact = client.get("/v1/blobs", params={"after": ids[-2], "limit": 1}).json()
+        assert [b["id"] for b in exact["blobs"]] == [ids[-1]] and exact["more"] is False
+        # Every stored blob has the same length: nothing about a blob's content shows.
+        assert {len(blob) for _, blob in _read_all(client)} == {SIZE}
+
+        metrics = client.get("/metrics").text
+        assert "nyth_group_blobs_posted_total 26.0" in metrics
+        assert 'route="/v1/blobs"' in metrics
+
+
+def test_size_limits(launch: Launch) -> None:
+    proc = launch()
+    with _client(proc) as client:
+        too_big = _post(client, b"x" * (SIZE + 1))
+        assert too_big.status_code == 413
+        assert too_big.json() == {"error": f"request body is larger than the limit of {SIZE} bytes"}
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(64):
+                yield b"y" * 4096
+
+        # Chunked, no Content-Length: cut off while streaming.
+        chunked = client.post("/v1/blobs", content=chunks())
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413
+
+        too_small = _post(client, b"x" * (SIZE - 1))
+        assert too_small.status_code == 422
+        assert too_small.json() == {"error": f"blob must be exactly {SIZE} bytes, got {SIZE - 1}"}
+        assert _post(client, b"").status_code == 422
+        wrong_type = client.post("/v1/blobs", content=b"x" * SIZE,
+                                 headers={"content-type": "application/json"})
+        assert wrong_type.status_code == 415
+        assert _read_all(client) == []
+
+
+def test_retention_by_count_is_enforced(launch: Launch) -> None:
+    proc = launch(NYTH_MAX_BLOBS="5")
+    with _client(proc) as client:
+        ids = [_post(client, os.urandom(SIZE)).json()["id"] for _ in range(12)]
+        assert [i for i, _ in _read_all(client)] == ids[-5:]
+        assert client.get("/v1/bundle").json()["max_blobs"] == 5
+
+
+def test_retention_by_age_is_enforced(launch: Launch, redis_url: str,
+                                      redis_prefix: str) -> None:
+    proc = launch(NYTH_MAX_AGE_SECONDS="1", NYTH_TRIM_INTERVAL_SECONDS="0.2")
+    with _client(proc) as client:
+        for _ in range(3):
+            assert _post(client, os.urandom(SIZE)).status_code == 201
+        assert len(_read_all(client)) == 3
+        time.sleep(1.6)
+        assert _read_all(client) == []
+    # Not only hidden: the trimmer deleted them from Redis.
+    with redis.Redis.from_url(redis_url) as raw:
+        assert raw.xlen(f"{redis_prefix}:blobs") == 0
+
+
+# -- Server-Sent Events ------------------------------------------------------------------
+
+
+@dataclass
+class SseClient:
+    """Reads one SSE stream in the background, parsing events as a browser would."""
+
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    comments: int = 0
+    status: int | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def open(self, url: str, params: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None) -> None:
+        opened = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            async with httpx.AsyncClient(trust_env=False, timeout=30) as client, \
+                    client.stream("GET", url, params=params, headers=headers) as response:
+                self.status = response.status_code
+                opened.set_result(None)
+                event_id = event = ""
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith(":"):
+                        self.comments += 1
+                    elif line.startswith("id: "):
+                        event_id = line[4:]
+                    elif line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data.append(line[6:])
+                    elif line == "" and data:
+                        self.events.append((event_id, event, "\n".join(data)))
+                        data = []
+
+        self._task = asyncio.create_task(run())
+        await asyncio.wait_for(asyncio.shield(opened), 10)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[str, str, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            if self._task is not None and self._task.done():
+                self._task.result()
+                raise AssertionError(f"stream ended after {len(self.events)} events")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(self.events)} of {count} events arrived")
+            await asyncio.sleep(0.02)
+        return self.events
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+@pytest.fixture
+async def sse() -> AsyncIterator[Callable[[], SseClient]]:
+    clients: list[SseClient] = []
+
+    def make() -> SseClient:
+        clients.append(SseClient())
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def _apost(client: httpx.AsyncClient, blob: bytes) -> str:
+    response = await client.post("/v1/blobs", content=blob)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def test_sse_two_processes_on_one_redis_serve_the_same_stream(
+    launch: Launch, sse: Callable[[], SseClient]
+) -> None:
+    # Two replicas of one server: same keys (data dir), same Redis stream.
+    a = launch("a", data_dir="replicated", NYTH_KEEPALIVE_SECONDS="0.5")
+    b = launch("b", data_dir="replicated", NYTH_KEEPALIVE_SECONDS="0.5")
+    blobs = [os.urandom(SIZE) for _ in range(6)]
+    async with httpx.AsyncClient(base_url=a.base_url, trust_env=False) as to_a:
+        backlog_ids = [await _apost(to_a, blob) for blob in blobs[:3]]
+
+        client_of_b = sse()
+        await client_of_b.open(f"{b.base_url}/v1/blobs/stream")
+        assert client_of_b.status == 200
+        events = await client_of_b.wait_for(3)
+        assert events == [(i, "blob", base64.b64encode(blob).decode())
+                          for i, blob in zip(backlog_ids, blobs[:3], strict=True)]
+
+        started = time.monotonic()
+        live_ids = [await _apost(to_a, blob) for blob in blobs[3:]]
+        events = await client_of_b.wait_for(6, timeout=5)
+        fan_out = time.monotonic() - started
+        assert [e[0] for e in events] == backlog_ids + live_ids
+        assert [base64.b64decode(e[2]) for e in events] == blobs
+        # Pub-sub, not the periodic safety poll (2 s), carried them.
+        assert fan_out < 1.5, f"fan-out took {fan_out:.2f} s"
+
+        # Keep-alive comments flow while nothing is posted.
+        comments = client_of_b.comments
+        await asyncio.sleep(1.2)
+        assert client_of_b.comments > comments
+
+        # Resumption: Last-Event-ID wins over `after`, as after an EventSource reconnect.
+        resumed = sse()
+        await resumed.open(f"{a.base_url}/v1/blobs/stream", params={"after": "0"},
+                           headers={"Last-Event-ID": backlog_ids[-1]})
+        assert [e[0] for e in await resumed.wait_for(3)] == live_ids
+        from_cursor = sse()
+        await from_cursor.open(f"{b.base_url}/v1/blobs/stream",
+                               params={"after": live_ids[0]})
+        assert [e[0] for e in await from_cursor.wait_for(2)] == live_ids[1:]
+        await asyncio.sleep(0.3)
+        assert len(resumed.events) == 3 and len(from_cursor.events) == 2
+
+
+async def test_sse_bad_inputs_and_stream_limit(launch: Launch, sse: Callable[[], SseClient]) -> None:
+    proc = launch(NYTH_MAX_STREAMS="1")
+    url = f"{proc.base_url}/v1/blobs/stream"
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        for params, headers in [({"after": "nope"}, {}), ({"after": "1-2-3"}, {}),
+                                ({"after": "-1"}, {}), ({"after": "1" * 30 + "-0"}, {}),
+                                ({}, {"Last-Event-ID": "garbage"}),
+                                ({}, {"Last-Event-ID": "99999999999999999999-0"})]:
+            response = await client.get(url, params=params, headers=headers)
+            assert response.status_code == 422, (params, headers, response.text)
+            assert "cursor" in response.json()["error"] or "40" in response.json()["error"]
+
+        first = sse()
+        await first.open(url)
+        assert first.status == 200
+        busy = await client.get(url)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+        assert "too many open streams" in busy.json()["error"]
+        await first.close()
+        # The slot is released when the client goes away.
+        deadline = time.monotonic() + 5
+        while True:
+            second = sse()
+            await second.open(url)
+            if second.status == 200:
+                break
+            await second.close()
+            assert time.monotonic() < deadline, "stream slot was never released"
+            await asyncio.sleep(0.1)
+
+
+async def test_sigterm_stops_cleanly_with_streams_open(
+    launch: Launch, sse: Callable[[], SseClient]
+) -> None:
+    proc = launch(NYTH_LOG_LEVEL="info")
+    stream = sse()
+    await stream.open(f"{proc.base_url}/v1/blobs/stream")
+    started = time.monotonic()
+    code = await asyncio.to_thread(proc.stop, 15)
+    # uvicorn re-raises the signal after its clean shutdown: -15 (or 0), never -9.
+    assert code in (0, -15), proc.log_tail()
+    assert time.monotonic() - started < 8
+    log = Path(proc.log_path).read_text()
+    assert "Application shutdown complete" in log
+    assert "ERROR" not in log and "Traceback" not in log
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+class Poster:
+    """Threads posting random blobs as fast as they can, remembering every 201."""
+
+    def __init__(self, base_url: str, threads: int = 4) -> None:
+        self.base_url = base_url
+        self.acknowledged: dict[str, bytes] = {}
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Poster:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, trust_env=False, timeout=5) as client:
+            while not self._stop.is_set():
+                blob = os.urandom(SIZE)
+                try:
+                    response = client.post("/v1/blobs", content=blob)
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.failures += 1
+                    time.sleep(0.02)
+                    continue
+                with self._lock:
+                    if response.status_code == 201:
+                        self.acknowledged[response.json()["id"]] = blob
+                    else:
+                        self.failures += 1
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+    def wait_count(self, n: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            assert time.monotonic() < deadline, f"only {self.count()} of {n} posts acknowledged"
+            time.sleep(0.01)
+
+
+def _assert_all_acknowledged_present(proc: GroupServerProcess, poster: Poster) -> None:
+    with _client(proc, timeout=30) as client:
+        stored = dict(_read_all(client))
+    missing = set(poster.acknowledged) - set(stored)
+    assert not missing, f"{len(missing)} acknowledged blobs lost, e.g. {sorted(missing)[:3]}"
+    for blob_id, blob in poster.acknowledged.items():
+        assert stored[blob_id] == blob
+
+
+def test_kill_9_of_the_server_loses_no_acknowledged_post(launch: Launch) -> None:
+    proc = launch()
+    with Poster(proc.base_url) as poster:
+        poster.wait_count(150)
+        proc.kill()
+        before_restart = poster.count()
+        proc.start()
+        poster.wait_count(before_restart + 150)
+    assert poster.failures > 0, "the kill happened while nobody was posting?"
+    _assert_all_acknowledged_present(proc, poster)
+
+
+def test_kill_9_of_redis_loses_no_acknowledged_post(tmp_path: Path, launch: Launch) -> None:
+    own_redis = RedisServer(tmp_path / "own-redis")
+    own_redis.start()
+    try:
+        proc = launch(redis=own_redis.url)
+        with Poster(proc.base_url) as poster:
+            poster.wait_count(150)
+            own_redis.kill()
+            acknowledged_at_kill = poster.count()
+            with _client(proc) as client:
+                health = client.get("/healthz")
+                assert health.status_code == 503
+                assert health.json()["status"] == "unavailable"
+                assert health.json()["reason"] == "redis is unreachable"
+                down = _post(client, os.urandom(SIZE))
+                assert down.status_code == 503 and "error" in down.json()
+            time.sleep(0.3)
+            own_redis.start()
+            poster.wait_count(acknowledged_at_kill + 150, timeout=30)
+        with _client(proc) as client:
+            assert client.get("/healthz").status_code == 200
+        _assert_all_acknowledged_present(proc, poster)
+    finally:
+        own_redis.stop()

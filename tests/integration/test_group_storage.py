@@ -1,0 +1,128 @@
+"""BlobStore and LiveFeed against a real redis-server (in-process, no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from nyth.errors import DecodeError
+from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
+
+pytestmark = pytest.mark.integration
+
+SIZE = 64
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def _store(client: aioredis.Redis, prefix: str, **kwargs: object) -> BlobStore:
+    options: dict[str, object] = {"blob_size": SIZE, "max_blobs": 1000, "max_age_seconds": 3600}
+    options.update(kwargs)
+    return BlobStore(client, key_prefix=prefix, **options)  # type: ignore[arg-type]
+
+
+async def test_append_and_page(client: aioredis.Redis, redis_prefix: str) -> None:
+    store = _store(client, redis_prefix)
+    ids = [await store.append(bytes([i]) * SIZE) for i in range(25)]
+    assert ids == sorted(ids) and len(set(ids)) == 25
+    seen: list[Cursor] = []
+    cursor = Cursor.ZERO
+    while True:
+        page = await store.read_after(cursor, 10)
+        seen += [b.id for b in page.blobs]
+        assert all(len(b.blob) == SIZE for b in page.blobs)
+        cursor = page.next
+        if not page.more:
+            break
+    assert seen == ids
+    empty = await store.read_after(ids[-1], 10)
+    assert empty.blobs == [] and empty.next == ids[-1] and not empty.more
+    # The largest possible cursor has no successor; it is simply "after everything".
+    last = Cursor((1 << 64) - 1, (1 << 64) - 1)
+    assert (await store.read_after(last, 5)).blobs == []
+
+
+async def test_wrong_size_is_refused(client: aioredis.Redis, redis_prefix: str) -> None:
+    store = _store(client, redis_prefix)
+    with pytest.raises(DecodeError):
+        await store.append(b"x" * (SIZE - 1))
+    assert await store.count() == 0
+
+
+async def test_count_retention_is_exact(client: aioredis.Redis, redis_prefix: str) -> None:
+    store = _store(client, redis_prefix, max_blobs=7)
+    ids = [await store.append(bytes([i]) * SIZE) for i in range(20)]
+    assert await store.count() == 7
+    page = await store.read_after(Cursor.ZERO, 100)
+    assert [b.id for b in page.blobs] == ids[-7:]
+
+
+async def test_age_retention_on_read_and_by_trim(client: aioredis.Redis, redis_prefix: str) -> None:
+    clock = Clock()
+    store = _store(client, redis_prefix, max_age_seconds=60, clock=clock)
+    for i in range(5):
+        await store.append(bytes([i]) * SIZE)
+    assert len((await store.read_after(Cursor.ZERO, 100)).blobs) == 5
+    clock.now += 61
+    # Expired blobs are never served, even before the trimmer has run...
+    assert (await store.read_after(Cursor.ZERO, 100)).blobs == []
+    # ...and the trimmer really deletes them.
+    assert await store.trim_by_age() == 5
+    assert await store.count() == 0
+
+
+async def test_foreign_entries_in_the_stream_are_never_served(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    store = _store(client, redis_prefix)
+    await client.xadd(store.stream_key, {"other": "x"})
+    blob_id = await store.append(b"k" * SIZE)
+    page = await store.read_after(Cursor.ZERO, 10)
+    assert [b.id for b in page.blobs] == [blob_id]
+
+
+async def test_live_feed_wakes_on_posts_from_another_client(
+    redis_url: str, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    store = _store(client, redis_prefix)
+    before = await store.append(b"a" * SIZE)
+    feed = LiveFeed(store, poll_interval=30.0, ring_size=4)
+    task = asyncio.create_task(feed.run())
+    try:
+        await asyncio.wait_for(_until(lambda: feed.head == before), 5)
+        # Another process's store on the same Redis: only pub-sub can tell us in time.
+        other_client = aioredis.Redis.from_url(redis_url)
+        other = _store(other_client, redis_prefix)
+        posted = [await other.append(bytes([i]) * SIZE) for i in range(6)]
+        await other_client.aclose()
+        await asyncio.wait_for(feed.wait_beyond(posted[-2], timeout=10), 11)
+        assert feed.head == posted[-1]
+        # The ring holds the newest 4: a cursor inside is served from memory...
+        cached = feed.cached_after(posted[2])
+        assert cached is not None and [b.id for b in cached] == posted[3:]
+        # ...a cursor behind the ring must go to Redis.
+        assert feed.cached_after(before) is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _until(predicate: object) -> None:
+    while not predicate():  # type: ignore[operator]
+        await asyncio.sleep(0.01)
