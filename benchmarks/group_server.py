@@ -1,0 +1,198 @@
+"""Group server throughput against raw Redis on the same redis-server, same run.
+
+One redis-server (AOF, appendfsync always: nyth.runtime.redis_server.RedisServer, the
+configuration the service relies on) and one `python -m nyth_group_server` process on
+it, reached over its local HTTP port (no Tor: this isolates the service's own cost).
+
+(a) writes: raw XADD of 2048-byte values from redis-py (sequential; pipelined; and N
+    concurrent asyncio clients, which lets redis-server group fsyncs the way it does for
+    the service) vs POST /v1/blobs with N concurrent httpx clients.
+(b)+(c) reads: for 10^3, 10^4, 10^5 stored blobs (filled by pipelined XADD straight into
+    the server's stream key), a full read by raw XRANGE pages vs a full read through
+    GET /v1/blobs pages (JSON + base64 decoded by the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import time
+
+import httpx
+import redis
+import redis.asyncio as aioredis
+from nyth.runtime.process import ServiceProcess, free_port
+from nyth.runtime.redis_server import RedisServer
+
+from benchmarks.common import Results, workdir
+
+BLOB_SIZE = 2048
+STREAM_PREFIX = "bench:gs"          # NYTH_STREAM_KEY; storage.py appends ":blobs"
+STREAM_KEY = f"{STREAM_PREFIX}:blobs"
+RAW_KEY = "bench:raw:blobs"
+PAGE = 1000                         # the server's default max_page
+SEQ_WRITES = 2000
+PIPE_WRITES = 20000
+PIPE_BATCH = 100
+HTTP_WRITES = 2000
+CONCURRENCY_LEVELS = (1, 4, 16)
+SIZES = (1_000, 10_000, 100_000)
+
+
+def _blob() -> bytes:
+    return os.urandom(BLOB_SIZE)
+
+
+def _raw_sequential(r: redis.Redis, n: int) -> float:
+    blob = _blob()
+    started = time.perf_counter()
+    for _ in range(n):
+        r.xadd(RAW_KEY, {"b": blob})
+    return n / (time.perf_counter() - started)
+
+
+def _pipelined_fill(r: redis.Redis, key: str, n: int, batch: int = PIPE_BATCH) -> float:
+    blob = _blob()
+    started = time.perf_counter()
+    done = 0
+    while done < n:
+        step = min(batch, n - done)
+        pipe = r.pipeline(transaction=False)
+        for _ in range(step):
+            pipe.xadd(key, {"b": blob})
+        pipe.execute()
+        done += step
+    return n / (time.perf_counter() - started)
+
+
+async def _raw_concurrent(url: str, n: int, concurrency: int) -> float:
+    client = aioredis.Redis.from_url(url, max_connections=concurrency)
+    blob = _blob()
+    per = n // concurrency
+
+    async def worker() -> None:
+        for _ in range(per):
+            await client.xadd(RAW_KEY, {"b": blob})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    rate = per * concurrency / (time.perf_counter() - started)
+    await client.aclose()
+    return rate
+
+
+async def _http_posts(base: str, n: int, concurrency: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False,
+                                 timeout=30) as client:
+        blob = _blob()
+        headers = {"content-type": "application/octet-stream"}
+        per = n // concurrency
+
+        async def worker() -> None:
+            for _ in range(per):
+                response = await client.post("/v1/blobs", content=blob, headers=headers)
+                if response.status_code != 201:
+                    raise RuntimeError(f"POST /v1/blobs -> {response.status_code}")
+
+        await worker()  # warm-up: connections, first request
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return per * concurrency / (time.perf_counter() - started)
+
+
+def _raw_full_read(r: redis.Redis, key: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    count, start = 0, "-"
+    while True:
+        entries = r.xrange(key, min=start, max="+", count=PAGE)
+        for _id, fields in entries:
+            count += len(fields[b"b"]) // BLOB_SIZE
+        if len(entries) < PAGE:
+            break
+        start = "(" + entries[-1][0].decode()
+    return count, time.perf_counter() - started
+
+
+def _api_full_read(client: httpx.Client) -> tuple[int, float]:
+    started = time.perf_counter()
+    count, after = 0, "0"
+    while True:
+        page = client.get("/v1/blobs", params={"after": after, "limit": PAGE}).json()
+        for item in page["blobs"]:
+            count += len(base64.b64decode(item["blob"])) // BLOB_SIZE
+        after = page["next"]
+        if not page["more"]:
+            break
+    return count, time.perf_counter() - started
+
+
+def run() -> Results:
+    res = Results("group-server (local HTTP, no Tor; redis AOF appendfsync always)")
+    base_dir = workdir("gs")
+    redis_server = RedisServer(base_dir / "redis")
+    process: ServiceProcess | None = None
+    try:
+        redis_server.start()
+        port = free_port()
+        secret = base_dir / "passphrase"
+        secret.write_text("bench-passphrase")
+        secret.chmod(0o600)
+        process = ServiceProcess.python_module(
+            "group-server", "nyth_group_server",
+            {"NYTH_DATA_DIR": str(base_dir / "gs"), "NYTH_LISTEN_PORT": str(port),
+             "NYTH_REDIS_URL": redis_server.url, "NYTH_STREAM_KEY": STREAM_PREFIX,
+             "NYTH_KEY_PASSPHRASE_FILE": str(secret), "NYTH_LOG_LEVEL": "warning"},
+            health_url=f"http://127.0.0.1:{port}/healthz", log_path=base_dir / "gs.log")
+        process.start()
+        base = f"http://127.0.0.1:{port}"
+        r = redis.Redis.from_url(redis_server.url)
+
+        # -- (a) writes -------------------------------------------------------------------
+        print("(a) writes", flush=True)
+        seq = _raw_sequential(r, SEQ_WRITES)
+        res.add("raw XADD sequential", f"{seq:,.0f}/s", f"n={SEQ_WRITES}, 1 client, 1 fsync each")
+        pipe = _pipelined_fill(r, RAW_KEY, PIPE_WRITES)
+        res.add("raw XADD pipelined", f"{pipe:,.0f}/s", f"n={PIPE_WRITES}, batches of {PIPE_BATCH}")
+        r.delete(RAW_KEY)
+        for level in CONCURRENCY_LEVELS:
+            conc = asyncio.run(_raw_concurrent(redis_server.url, HTTP_WRITES, level))
+            r.delete(RAW_KEY)
+            posts = asyncio.run(_http_posts(base, HTTP_WRITES, level))
+            res.add(f"raw XADD, {level:>2} concurrent clients", f"{conc:,.0f}/s",
+                    f"n={HTTP_WRITES}, redis.asyncio")
+            res.add(f"API POST /v1/blobs, {level:>2} concurrent clients", f"{posts:,.0f}/s",
+                    f"n={HTTP_WRITES}, httpx keep-alive")
+            res.add(f"ratio API / raw XADD at {level:>2} clients", f"{posts / conc:.3f}")
+            if level == 1:
+                res.add("ratio API (1 client) / raw sequential XADD", f"{posts / seq:.3f}")
+        res.add("ratio API (16 clients) / raw pipelined XADD", f"{posts / pipe:.3f}")
+        res.note("client and server share the 2 cores: the httpx client's CPU counts against the API")
+
+        # -- (b)+(c) reads ----------------------------------------------------------------
+        print("(b)+(c) reads", flush=True)
+        r.delete(STREAM_KEY)
+        stored = 0
+        with httpx.Client(base_url=base, trust_env=False, timeout=60) as client:
+            for size in SIZES:
+                fill = _pipelined_fill(r, STREAM_KEY, size - stored, batch=500)
+                stored = size
+                raw_n, raw_t = _raw_full_read(r, STREAM_KEY)
+                api_n, api_t = _api_full_read(client)
+                if raw_n != size or api_n != size:
+                    res.note(f"size {size}: raw read {raw_n}, API read {api_n} blobs")
+                res.add(f"{size:>7,} blobs: fetch all via API", f"{api_t:.2f} s",
+                        f"{api_n / api_t:,.0f} blobs/s, {api_n * BLOB_SIZE / api_t / 1e6:.1f} MB/s")
+                res.add(f"{size:>7,} blobs: fetch all via raw XRANGE", f"{raw_t:.2f} s",
+                        f"{raw_n / raw_t:,.0f} blobs/s (fill {fill:,.0f}/s)")
+                res.add(f"{size:>7,} blobs: ratio API rate / raw rate",
+                        f"{(api_n / api_t) / (raw_n / raw_t):.2f}")
+        r.close()
+    finally:
+        if process is not None:
+            process.stop()
+        redis_server.stop()
+        shutil.rmtree(base_dir, ignore_errors=True)
+    return res
