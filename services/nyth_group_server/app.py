@@ -414,7 +414,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         published, onion_state, onion_reason = _status_fields(state.publisher)
         health = Health(status="ok", onion=state.identity.onion, redis="ok",
                         onion_published=published, onion_state=onion_state,
-                        onion_reason=onion_reason)
+                        onion_reason=onion_reason, reason=None)
         try:
             await asyncio.wait_for(state.redis.ping(), timeout=2.0)
         except (RedisError, OSError, TimeoutError) as exc:

@@ -143,7 +143,7 @@ class BlobStore:
             return Page([], after, False)
         start = max(start, self.age_floor())
         # One extra entry tells whether there is more without a second round trip.
-        entries = await self.redis.xrange(self.stream_key, min=str(start), max="+",
+        entries: Any = await self.redis.xrange(self.stream_key, min=str(start), max="+",
                                           count=limit + 1)
         blobs = _decode_entries(entries)
         more = len(blobs) > limit
@@ -151,7 +151,7 @@ class BlobStore:
         return Page(blobs, blobs[-1].id if blobs else after, more)
 
     async def last_id(self) -> Cursor:
-        entries = await self.redis.xrevrange(self.stream_key, max="+", min="-", count=1)
+        entries: Any = await self.redis.xrevrange(self.stream_key, max="+", min="-", count=1)
         return cursor_from_redis(entries[0][0]) if entries else Cursor.ZERO
 
     async def trim_by_age(self) -> int:
@@ -236,7 +236,7 @@ class LiveFeed:
             self._wake()
             return
         while True:
-            entries = await self.store.redis.xrange(
+            entries: Any = await self.store.redis.xrange(
                 self.store.stream_key, min=f"({self.head}", max="+", count=self.page_size
             )
             blobs = _decode_entries(entries)

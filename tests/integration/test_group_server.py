@@ -454,3 +454,37 @@ def test_kill_9_of_redis_loses_no_acknowledged_post(tmp_path: Path, launch: Laun
         _assert_all_acknowledged_present(proc, poster)
     finally:
         own_redis.stop()
+
+
+# -- behind an onion ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_published_onion_serves_the_api_through_tor(launch: Launch, tor_gateway: Any) -> None:
+    from nyth.tor.socks import onion_http_client
+
+    control = tor_gateway.control
+    proc = launch(NYTH_TOR_CONTROL=str(control), NYTH_TOR_CONTROL_PASSWORD=control.password,
+                  NYTH_LOG_LEVEL="info")
+    async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False) as local:
+        deadline = time.monotonic() + 90
+        while True:
+            health = (await local.get("/healthz")).json()
+            if health["onion_published"]:
+                break
+            assert time.monotonic() < deadline, f"onion never published: {health}"
+            await asyncio.sleep(0.5)
+        assert health["onion_state"] == "published"
+        onion = health["onion"]
+    assert f"{onion}.onion" in Path(proc.log_path).read_text()
+
+    blob = os.urandom(SIZE)
+    async with onion_http_client(tor_gateway.socks, timeout=60) as via_tor:
+        base = f"http://{onion}.onion"
+        body = (await via_tor.get(f"{base}/v1/bundle")).json()
+        assert ServerBundle.verify(base64.b64decode(body["bundle"]), onion).blob_size == SIZE
+        posted = await via_tor.post(f"{base}/v1/blobs", content=blob)
+        assert posted.status_code == 201
+        page = (await via_tor.get(f"{base}/v1/blobs")).json()
+    assert [(b["id"], base64.b64decode(b["blob"])) for b in page["blobs"]] == [
+        (posted.json()["id"], blob)]
