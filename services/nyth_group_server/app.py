@@ -402,6 +402,8 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         return EventSourceResponse(
             events(), ping=settings.keepalive_seconds,
             background=BackgroundTask(release_after_response),
+            # A client that stops reading would otherwise hold its slot forever.
+            send_timeout=60,
             shutdown_event=shutdown, shutdown_grace_period=2.0,
         )
 

@@ -456,6 +456,33 @@ def test_kill_9_of_redis_loses_no_acknowledged_post(tmp_path: Path, launch: Laun
         own_redis.stop()
 
 
+async def test_sse_streams_survive_a_redis_restart(tmp_path: Path, launch: Launch,
+                                                  sse: Callable[[], SseClient]) -> None:
+    own_redis = RedisServer(tmp_path / "own-redis")
+    own_redis.start()
+    try:
+        proc = launch(redis=own_redis.url, NYTH_KEEPALIVE_SECONDS="0.5")
+        stream = sse()
+        await stream.open(f"{proc.base_url}/v1/blobs/stream")
+        async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False) as client:
+            first = await _apost(client, os.urandom(SIZE))
+            await stream.wait_for(1)
+            await asyncio.to_thread(own_redis.kill)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(own_redis.start)
+            deadline = time.monotonic() + 15
+            while True:
+                response = await client.post("/v1/blobs", content=os.urandom(SIZE))
+                if response.status_code == 201:
+                    break
+                assert time.monotonic() < deadline, response.text
+                await asyncio.sleep(0.2)
+            events = await stream.wait_for(2, timeout=15)
+        assert [e[0] for e in events] == [first, response.json()["id"]]
+    finally:
+        own_redis.stop()
+
+
 # -- behind an onion ------------------------------------------------------------------------
 
 
