@@ -12,7 +12,7 @@ from nyth.config import parse_host_port
 from nyth.proto.delivery import RetryPolicy
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.publisher import OnionPublisher
-from nyth.tor.socks import onion_http_client
+from nyth.tor.socks import forget_onion_failures, onion_http_client
 
 from nyth_peer.events import EventBus
 from nyth_peer.groups import GroupService
@@ -38,6 +38,7 @@ class Engine:
         self.retry = RetryPolicy(initial=settings.retry_initial_seconds,
                                  cap=settings.retry_cap_seconds)
         self._lock = asyncio.Lock()
+        self._last_newnym = 0.0
 
     @property
     def socks(self) -> SocksEndpoint:
@@ -65,11 +66,24 @@ class Engine:
             self._tasks.append(asyncio.ensure_future(publisher.run()))
             self._http = onion_http_client(self.socks, timeout=120.0)
             self.groups = GroupService(profile, self.events, self.messenger, self._http, self.retry)
+            self.groups.on_onion_failure = self.forget_onion_failures
+            self.messenger.on_onion_failure = self.forget_onion_failures
             self.messenger.start(self.node)
             self.groups.start()
             self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    def forget_onion_failures(self) -> None:
+        """After a failed onion lookup tor avoids those directories for minutes; a service
+        that just came back would stay unreachable. NEWNYM (at most every 10 s) clears it."""
+        now = time.monotonic()
+        if now - self._last_newnym < 10:
+            return
+        self._last_newnym = now
+        task = asyncio.ensure_future(forget_onion_failures(self.control))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._tasks.append(task)
 
     def _on_onion_status(self, status: Any) -> None:
         fields = asdict(status) if is_dataclass(status) else dict(vars(status))

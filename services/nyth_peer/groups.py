@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 PAGE = 500
 MAX_INVITES = 100
+# A request through Tor to a server that died mid-rendezvous can hang without any
+# socket error; every request gets a hard deadline so queues keep moving.
+REQUEST_DEADLINE = 30.0
 
 
 class GroupError(Exception):
@@ -46,6 +49,11 @@ class GroupError(Exception):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", exc_info=task.exception())
 
 
 def server_url(onion: str, path: str) -> str:
@@ -66,6 +74,7 @@ class GroupService:
         self._syncers: dict[str, asyncio.Task[None]] = {}
         self._poster: asyncio.Task[None] | None = None
         self._post_wake = asyncio.Event()
+        self.on_onion_failure: Any = None  # set by the engine: forget tor's failed lookups
         messenger.on_invite = self._on_invite
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -75,6 +84,7 @@ class GroupService:
             for onion in group["servers"]:
                 self._ensure_syncer(onion)
         self._poster = asyncio.ensure_future(self._post_loop())
+        self._poster.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         tasks = [*self._syncers.values(), *([self._poster] if self._poster else [])]
@@ -97,10 +107,11 @@ class GroupService:
         onion = normalize_onion(onion)
         if presented is None:
             try:
-                response = await self.http.get(server_url(onion, "/v1/bundle"))
+                response = await asyncio.wait_for(
+                    self.http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
                 response.raise_for_status()
                 presented = base64.b64decode(response.json()["bundle"], validate=True)
-            except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+            except (httpx.HTTPError, KeyError, ValueError, TypeError, TimeoutError) as exc:
                 raise GroupError(f"cannot fetch the key bundle of {onion}.onion: {exc}") from exc
         pin = self.store.get("pins", onion)
         try:
@@ -221,6 +232,7 @@ class GroupService:
                 "state": state, "reason": None, "next_retry_at": None}
 
     async def _post_loop(self) -> None:
+        log.info("group poster running")
         while True:
             self._post_wake.clear()
             now = time.time()
@@ -239,26 +251,33 @@ class GroupService:
         failures = []
         for onion in list(row["servers"]):
             try:
-                response = await self.http.post(
+                response = await asyncio.wait_for(self.http.post(
                     server_url(onion, "/v1/blobs"), content=blob,
-                    headers={"content-type": "application/octet-stream"})
+                    headers={"content-type": "application/octet-stream"}), REQUEST_DEADLINE)
                 if response.status_code != 201:
                     raise GroupError(f"{onion[:8]}… answered {response.status_code}")
                 row["servers"].remove(onion)
-            except (httpx.HTTPError, GroupError) as exc:
-                failures.append(f"{onion[:8]}….onion: {exc or type(exc).__name__}")
+            except TimeoutError:
+                failures.append(f"{onion[:8]}….onion: no answer within {REQUEST_DEADLINE:.0f} s")
+            except Exception as exc:
+                # Anything a dead or restarting server causes through SOCKS (httpx,
+                # httpcore and python-socks all have their own types) means: retry later.
+                failures.append(f"{onion[:8]}….onion: {type(exc).__name__} {exc}".rstrip())
         gid, key = row["gid"], f"group_messages:{row['gid']}"
         record = self.store.get(key, row["hash"])
         if record is None:
             self.store.delete("group_outbox", row["hash"])
             return
         record["pending_servers"] = list(row["servers"])
+        if failures and self.on_onion_failure is not None:
+            self.on_onion_failure()
         if not row["servers"]:
             record.update(state="posted", reason=None, next_retry_at=None)
             with self.store.transaction():
                 self.store.put(key, row["hash"], record)
                 self.store.delete("group_outbox", row["hash"])
         else:
+            log.info("group post not accepted yet: %s", "; ".join(failures))
             row["attempts"] += 1
             row["next_attempt_at"] = time.time() + self.retry.delay(row["attempts"])
             record.update(state="queued", reason="; ".join(failures),
@@ -276,6 +295,7 @@ class GroupService:
                 return
             task.cancel()
         self._syncers[onion] = asyncio.ensure_future(self._sync_loop(onion))
+        self._syncers[onion].add_done_callback(_log_crash)
 
     def _set_server_state(self, onion: str, state: str, reason: str | None = None,
                           next_retry_at: float | None = None) -> None:
@@ -296,9 +316,13 @@ class GroupService:
                 failures = 0
                 await self._follow(onion)
                 reason = "the server closed the stream"
-            except (httpx.HTTPError, GroupError, ValueError, KeyError) as exc:
+            except TimeoutError:
+                reason = f"no answer within {REQUEST_DEADLINE:.0f} s"
+            except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             failures += 1
+            if self.on_onion_failure is not None:
+                self.on_onion_failure()
             delay = self.retry.delay(failures)
             self._set_server_state(onion, "unreachable", reason, time.time() + delay)
             await asyncio.sleep(delay)
@@ -312,8 +336,10 @@ class GroupService:
 
     async def _fetch_backlog(self, onion: str) -> None:
         while True:
-            response = await self.http.get(server_url(onion, "/v1/blobs"),
-                                           params={"after": self._cursor(onion), "limit": PAGE})
+            response = await asyncio.wait_for(
+                self.http.get(server_url(onion, "/v1/blobs"),
+                              params={"after": self._cursor(onion), "limit": PAGE}),
+                REQUEST_DEADLINE)
             if response.status_code != 200:
                 raise GroupError(f"server answered {response.status_code} to a fetch")
             page = response.json()

@@ -59,6 +59,7 @@ class Messenger:
         self.retry = retry
         self.node: P2PNode | None = None
         self.on_invite: Any = None  # set by the group service: async (onion, body) -> None
+        self.on_onion_failure: Any = None  # set by the engine
         self.connection: dict[str, dict[str, Any]] = {}
         self._acks: dict[bytes, asyncio.Future[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -257,8 +258,13 @@ class Messenger:
                 f"no acknowledgement from the contact within {ACK_TIMEOUT:.0f} s")
         except OnionConnectError as exc:
             failure = exc.reason
+            if self.on_onion_failure is not None:
+                self.on_onion_failure()
         except (ConnectionError, OSError) as exc:
             failure = f"connection lost while sending: {exc}"
+        except Exception as exc:
+            log.exception("unexpected error while delivering to a contact")
+            failure = f"internal error: {type(exc).__name__}"
         finally:
             for row in rows:
                 self._acks.pop(bytes.fromhex(row["id"]), None)

@@ -6,10 +6,10 @@ import base64
 
 import httpx
 import pytest
-
 from nyth.proto.group import BLOB_SIZE
 from nyth.proto.identity import public_key_from_onion
 from nyth.runtime.devnet import wait_until
+
 from tests.fixtures.stack import befriend
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-
 from nyth.runtime.devnet import wait_until
+
 from tests.fixtures.stack import befriend, wait_delivered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

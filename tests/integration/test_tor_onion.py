@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -18,7 +19,12 @@ from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint, open_controller
 from nyth.tor.gateway import TorGateway, hash_control_password
 from nyth.tor.privnet import TorProcess, free_port
 from nyth.tor.publisher import OnionPublisher, PublisherStatus
-from nyth.tor.socks import OnionConnectError, onion_http_client, open_onion_connection
+from nyth.tor.socks import (
+    OnionConnectError,
+    forget_onion_failures,
+    onion_http_client,
+    open_onion_connection,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +105,9 @@ def test_tor_derives_the_same_onion_addresses_as_we_do(tmp_path: Path) -> None:
         [
             f'DataDirectory "{tmp_path / "offline"}"',
             "Log notice stdout",
+            # Same pid as the controller below: stem would TAKEOWNERSHIP (and closing it
+            # would stop tor) unless open_controller prevents that.
+            f"__OwningControllerProcess {os.getpid()}",
             # No network at all: ADD_ONION still derives and reports the address.
             "DisableNetwork 1",
             "SocksPort 0",
@@ -360,3 +369,21 @@ async def test_unpublished_onion_fails_fast_with_a_reason(tor_gateway: TorGatewa
     assert info.value.code == 0xF0, info.value
     assert "descriptor was not found" in info.value.reason
     assert onion in info.value.reason
+
+
+async def test_failed_lookup_then_publish_then_newnym_reaches_it(
+    tor_gateway: TorGateway, make_tor_gateway: MakeGateway
+) -> None:
+    """The retry path a peer takes when a contact comes online after a failed lookup."""
+    identity = Identity.generate()
+    with pytest.raises(OnionConnectError) as info:
+        await open_onion_connection(tor_gateway.socks, identity.onion, 80, timeout=30)
+    assert info.value.code == 0xF0
+    async with _echo_server() as target:
+        publisher = OnionPublisher(
+            make_tor_gateway().control, identity, virtual_port=80, target=target
+        )
+        async with _running(publisher):
+            await publisher.wait_published(60)
+            await forget_onion_failures(tor_gateway.control)
+            assert len(await _echo_round_trips(tor_gateway.socks, identity.onion, count=2)) == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from nyth.errors import AuthenticationError, DecodeError
 from nyth_peer.profile import NoProfileError, Profile, ProfileExistsError
 

@@ -8,6 +8,7 @@ Also here: `open_controller`, the one way this project opens a stem control conn
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass, field
 
 import stem
@@ -144,6 +145,22 @@ class _ControlPort(stem.socket.ControlPort):
         return sock
 
 
+def _auth_failure(exc: BaseException, *, timed_out: bool, timeout: float) -> str:
+    if timed_out:
+        return f"did not answer within {timeout:g}s (is it a tor control port?)"
+    if isinstance(exc, stem.connection.IncorrectPassword):
+        return "rejected the control password"
+    if isinstance(exc, stem.connection.MissingPassword):
+        return "requires a password but none is configured"
+    if isinstance(exc, stem.connection.IncorrectSocketType):
+        return "is not a tor control port"
+    if isinstance(exc, stem.connection.AuthenticationFailure):
+        return f"refused authentication ({exc})"
+    if isinstance(exc, stem.SocketError):
+        return "closed the connection during authentication"
+    return f"does not speak tor's control protocol ({exc})"
+
+
 def open_controller(
     control: ControlEndpoint, *, connect_timeout: float = 10.0
 ) -> stem.control.Controller:
@@ -166,18 +183,35 @@ def open_controller(
             raise ControlConnectError(f"{where}: cannot resolve host {control.host!r}") from exc
         raise ControlConnectError(f"{where} is unreachable: {exc}") from exc
     controller = _NonOwningController(port)
+    # stem's authenticate has no timeout either: a port that accepts but never answers
+    # (not tor, or a wedged tor) would block this thread forever. Closing the controller
+    # from a timer makes the pending read fail instead.
+    expired = threading.Event()
+    settled = threading.Lock()
+    authenticated = False
+
+    def expire() -> None:
+        with settled:
+            if authenticated:
+                return
+            expired.set()
+        controller.close()
+
+    watchdog = threading.Timer(connect_timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         controller.authenticate(password=control.password)
-    except stem.connection.IncorrectPassword as exc:
+    except (stem.ControllerError, stem.connection.AuthenticationFailure) as exc:
         controller.close()
-        raise ControlConnectError(f"{where} rejected the control password") from exc
-    except stem.connection.MissingPassword as exc:
+        reason = _auth_failure(exc, timed_out=expired.is_set(), timeout=connect_timeout)
+        raise ControlConnectError(f"{where} {reason}") from exc
+    finally:
+        watchdog.cancel()
+        with settled:
+            authenticated = True
+    if expired.is_set():
+        # The watchdog won the race against a slow but successful authentication.
         controller.close()
-        raise ControlConnectError(f"{where} requires a password but none is configured") from exc
-    except stem.connection.AuthenticationFailure as exc:
-        controller.close()
-        raise ControlConnectError(f"{where}: authentication failed ({exc})") from exc
-    except stem.SocketError as exc:
-        controller.close()
-        raise ControlConnectError(f"{where} closed the connection during authentication") from exc
+        raise ControlConnectError(f"{where} did not answer within {connect_timeout:g}s")
     return controller

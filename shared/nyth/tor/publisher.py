@@ -55,6 +55,10 @@ def _install_redaction() -> None:
 _install_redaction()
 
 
+# Seconds to wait for the remaining HSDir uploads once one has succeeded.
+_UPLOAD_GRACE = 5.0
+
+
 class OnionAddressMismatchError(NythError):
     """tor derived a different onion address from our key than we did: a bug in our key
     handling, never a transient condition, so the publisher stops instead of retrying."""
@@ -156,6 +160,13 @@ class OnionPublisher:
                     )
                 except _PublishFailed as exc:
                     reason = str(exc)
+                except OnionAddressMismatchError:
+                    raise
+                except Exception as exc:
+                    # A publisher is a background task: an unforeseen error must not end
+                    # it silently, nor end it at all - report it and try again.
+                    log.exception("onion %s… publisher: unexpected error", self._onion[:8])
+                    reason = f"unexpected error: {exc.__class__.__name__}: {exc}"
                 delay = min(self._max_backoff, self._initial_backoff * 2**failures)
                 failures += 1
                 self._set_status("unreachable", reason, next_retry_at=time.time() + delay)
@@ -264,18 +275,30 @@ class OnionPublisher:
         events: asyncio.Queue[stem.response.events.HSDescEvent],
         lost: asyncio.Event,
     ) -> None:
-        """Wait for tor's HS_DESC UPLOADED: clients that look the onion up before that get
-        "descriptor not found" and then avoid those HSDirs for a while."""
+        """Wait until tor has uploaded the descriptor to the HSDirs it chose.
+
+        A client that looks the onion up too early gets "descriptor not found" and then
+        avoids those HSDirs for a while. The first UPLOADED is not enough: tor uploads
+        two descriptors (this and the next time period) to every responsible HSDir at
+        once, and the rest land over the next few hundred ms (measured) - a client asking
+        one of those in between fails. So: wait for every UPLOAD to end in UPLOADED or
+        FAILED, or for `_UPLOAD_GRACE` seconds after the first success.
+        """
         where = f"tor gateway {self._control}"
-        uploading: set[str] = set()
-        failures: dict[str, str] = {}
+        pending: dict[str, int] = {}  # HSDir -> uploads launched and not yet answered
+        failures: list[str] = []
+        uploaded = 0
         deadline = time.monotonic() + self._publish_timeout
         while True:
+            if uploaded and not any(pending.values()):
+                return
             if lost.is_set():
                 raise _PublishFailed(f"{where} closed the control connection before the "
                                      "onion descriptor was uploaded")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if uploaded:
+                    return
                 raise _PublishFailed(
                     f"{where} did not upload the onion descriptor within "
                     f"{self._publish_timeout:g}s (is it bootstrapped and connected to Tor?)"
@@ -286,18 +309,21 @@ class OnionPublisher:
             except TimeoutError:
                 continue
             directory = event.directory_fingerprint or event.directory or "?"
-            if event.action == stem.HSDescAction.UPLOAD and event.address == self._onion:
-                uploading.add(directory)
-            elif event.action == stem.HSDescAction.UPLOADED and (
-                event.address == self._onion or directory in uploading
-            ):
-                return
-            elif event.action == stem.HSDescAction.FAILED and event.address == self._onion:
-                failures[directory] = event.reason or "unknown reason"
-                if uploading and uploading <= set(failures):
-                    detail = ", ".join(sorted(set(failures.values())))
-                    raise _PublishFailed(f"{where} could not upload the onion descriptor to "
-                                         f"any HSDir ({detail})")
+            if event.action == stem.HSDescAction.UPLOAD:
+                pending[directory] = pending.get(directory, 0) + 1
+            elif event.action in (stem.HSDescAction.UPLOADED, stem.HSDescAction.FAILED):
+                if pending.get(directory):
+                    pending[directory] -= 1
+                if event.action == stem.HSDescAction.UPLOADED:
+                    if not uploaded:
+                        deadline = min(deadline, time.monotonic() + _UPLOAD_GRACE)
+                    uploaded += 1
+                else:
+                    failures.append(event.reason or "unknown reason")
+                    if not uploaded and pending and not any(pending.values()):
+                        detail = ", ".join(sorted(set(failures)))
+                        raise _PublishFailed(f"{where} could not upload the onion descriptor "
+                                             f"to any HSDir ({detail})")
 
     async def _hold(self, controller: stem.control.Controller, lost: asyncio.Event) -> None:
         while not lost.is_set():

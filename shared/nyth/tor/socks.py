@@ -14,10 +14,11 @@ import httpx
 from httpx_socks import AsyncProxyTransport
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio.v2 import Proxy
+from stem import Signal
 
 from nyth.errors import DecodeError, NythError
 from nyth.proto.identity import normalize_onion, public_key_from_onion
-from nyth.tor.endpoints import SocksEndpoint
+from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint, open_controller
 
 # SOCKS5 reply codes (RFC 1928) and what tor means by them.
 SOCKS5_REPLIES: dict[int, str] = {
@@ -176,3 +177,22 @@ def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60) -> httpx.Asy
     )
     # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute onion traffic.
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+
+
+async def forget_onion_failures(control: ControlEndpoint) -> None:
+    """Make the gateway forget failed onion lookups (SIGNAL NEWNYM) before a retry.
+
+    After "descriptor not found" tor avoids the HSDirs it asked for a while (minutes),
+    so a retry right after the service comes online would fail the same way. NEWNYM
+    clears that state; streams already open are not affected. Tor rate-limits NEWNYM to
+    about one per 10 s and delays (does not refuse) the ones in between.
+    """
+
+    def newnym() -> None:
+        controller = open_controller(control)
+        try:
+            controller.signal(Signal.NEWNYM)
+        finally:
+            controller.close()
+
+    await asyncio.to_thread(newnym)
