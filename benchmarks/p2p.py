@@ -109,7 +109,8 @@ async def _onion_benchmark(net: Devnet, bob_onion: str, n: int, res: Results) ->
         initiator = _Initiator(bob_onion)
         t0 = time.perf_counter()
         await initiator.handshake(br, bw)
-        res.add("bob onion connect + handshake", f"{connect_bob:.2f} s + {(time.perf_counter() - t0) * 1000:.0f} ms")
+        handshake_ms = (time.perf_counter() - t0) * 1000
+        res.add("bob onion connect + handshake", f"{connect_bob:.2f} s + {handshake_ms:.0f} ms")
         # warm-up, then interleaved rounds
         for _ in range(5):
             await _echo_rtt(er, ew, PACKET_SIZE)
@@ -126,7 +127,8 @@ async def _onion_benchmark(net: Devnet, bob_onion: str, n: int, res: Results) ->
         for label, s in (("raw onion echo 8192 B", s8), ("raw onion echo 64 B", s64),
                          ("nyth envelope -> ack (8192 B frames)", so)):
             res.add(label, f"{s['median_ms']:.2f} ms",
-                    f"median; p95 {s['p95_ms']:.2f} ms, min {s['min_ms']:.2f}, max {s['max_ms']:.2f}, n={s['n']}")
+                    f"median; p95 {s['p95_ms']:.2f} ms, min {s['min_ms']:.2f}, "
+                    f"max {s['max_ms']:.2f}, n={s['n']}")
         res.add("ratio ours / raw echo 8192 B (median)", f"{so['median_ms'] / s8['median_ms']:.2f}",
                 "goal <= 1.3")
         res.add("ratio ours / raw echo 8192 B (p95)", f"{so['p95_ms'] / s8['p95_ms']:.2f}")
