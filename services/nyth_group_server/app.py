@@ -41,6 +41,8 @@ CURSOR_HELP = (
     'Cursor: "0" (from the start) or a stream id "<ms>-<seq>" returned by this server. '
     "Only blobs after it are returned."
 )
+# Pub-sub wakes the live feed at once; this periodic read only covers lost wake-ups.
+FEED_POLL_SECONDS = 5.0
 # Tokens are not implemented yet; an all-zero key tells clients none are required.
 NO_TOKEN_KEY = bytes(32)
 
@@ -250,7 +252,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         )
         # The ring never holds more than the retention allows, so the live feed cannot
         # hand out a blob that count retention already dropped long ago.
-        feed = LiveFeed(store, poll_interval=min(2.0, settings.keepalive_seconds),
+        feed = LiveFeed(store, poll_interval=FEED_POLL_SECONDS,
                         ring_size=min(1024, settings.max_blobs))
         state = ServerState(settings, identity, bundle, redis, store, feed)
         app.state.nyth = state

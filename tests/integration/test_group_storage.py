@@ -105,13 +105,13 @@ async def test_live_feed_wakes_on_posts_from_another_client(
     feed = LiveFeed(store, poll_interval=30.0, ring_size=4)
     task = asyncio.create_task(feed.run())
     try:
-        await asyncio.wait_for(_until(lambda: feed.head == before), 5)
+        await asyncio.wait_for(_until(lambda: feed.head == before), 30)
         # Another process's store on the same Redis: only pub-sub can tell us in time.
         other_client = aioredis.Redis.from_url(redis_url)
         other = _store(other_client, redis_prefix)
         posted = [await other.append(bytes([i]) * SIZE) for i in range(6)]
         await other_client.aclose()
-        await asyncio.wait_for(feed.wait_beyond(posted[-2], timeout=10), 11)
+        await asyncio.wait_for(feed.wait_beyond(posted[-2], timeout=30), 31)
         assert feed.head == posted[-1]
         # The ring holds the newest 4: a cursor inside is served from memory...
         cached = feed.cached_after(posted[2])
