@@ -7,6 +7,7 @@ Also here: `open_controller`, the one way this project opens a stem control conn
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ class _ControlPort(stem.socket.ControlPort):
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self._connect_timeout = connect_timeout
+        self._raw_socket: socket.socket | None = None
         super().__init__(host, port, connect=False)
         self.connect()
 
@@ -142,7 +144,17 @@ class _ControlPort(stem.socket.ControlPort):
         # The timeout was for connecting only: stem's reader thread blocks on recv for as
         # long as the connection lives, and a timeout there would look like tor closing it.
         sock.settimeout(None)
+        self._raw_socket = sock
         return sock
+
+    def abort(self) -> None:
+        """Fail every pending read and write now, from any thread.
+
+        stem's close() would wait for the reader thread's lock, i.e. for a reply that a
+        silent peer never sends; shutdown() makes that blocked recv return at once.
+        """
+        with contextlib.suppress(OSError, AttributeError):
+            self._raw_socket.shutdown(socket.SHUT_RDWR)
 
 
 def _auth_failure(exc: BaseException, *, timed_out: bool, timeout: float) -> str:
@@ -195,7 +207,7 @@ def open_controller(
             if authenticated:
                 return
             expired.set()
-        controller.close()
+        port.abort()
 
     watchdog = threading.Timer(connect_timeout, expire)
     watchdog.daemon = True
