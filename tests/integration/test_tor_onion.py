@@ -10,15 +10,15 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 import pytest
 from nyth.proto.identity import Identity
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint, open_controller
 from nyth.tor.gateway import TorGateway, hash_control_password
 from nyth.tor.privnet import TorProcess, free_port
-from nyth.tor.publisher import OnionPublisher, PublisherStatus
+from nyth.tor.publisher import OnionAddressMismatchError, OnionPublisher, PublisherStatus
 from nyth.tor.socks import (
     OnionConnectError,
     forget_onion_failures,
@@ -96,19 +96,21 @@ def _closed_port() -> int:
 # -- (a) our onion derivation against tor itself ------------------------------------------
 
 
-def test_tor_derives_the_same_onion_addresses_as_we_do(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def offline_tor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TorProcess, ControlEndpoint]]:
+    """A tor with no network at all: ADD_ONION still derives and reports addresses."""
     password = "derivation-check"
     port = free_port()
+    data_dir = tmp_path_factory.mktemp("offline-tor")
     tor = TorProcess(
         "offline",
-        tmp_path / "offline",
+        data_dir,
         [
-            f'DataDirectory "{tmp_path / "offline"}"',
+            f'DataDirectory "{data_dir}"',
             "Log notice stdout",
-            # Same pid as the controller below: stem would TAKEOWNERSHIP (and closing it
+            # Same pid as our controllers: stem would TAKEOWNERSHIP (and closing one
             # would stop tor) unless open_controller prevents that.
             f"__OwningControllerProcess {os.getpid()}",
-            # No network at all: ADD_ONION still derives and reports the address.
             "DisableNetwork 1",
             "SocksPort 0",
             f"ControlPort 127.0.0.1:{port}",
@@ -118,38 +120,75 @@ def test_tor_derives_the_same_onion_addresses_as_we_do(tmp_path: Path) -> None:
         ],
     )
     tor.start()
+    control = ControlEndpoint("127.0.0.1", port, password)
     try:
-        control = ControlEndpoint("127.0.0.1", port, password)
         deadline = time.monotonic() + 30
         while True:
             try:
-                controller = open_controller(control, connect_timeout=2)
+                open_controller(control, connect_timeout=2).close()
                 break
             except ConnectionError:
                 assert tor.running, tor.log_tail()
                 assert time.monotonic() < deadline, tor.log_tail()
                 time.sleep(0.1)
-        try:
-            identities = [Identity.generate() for _ in range(8)]
-            identities.append(Identity.from_seed(bytes(32)))
-            identities.append(Identity.from_seed(bytes(range(32))))
-            for identity in identities:
-                response = controller.create_ephemeral_hidden_service(
-                    {80: "127.0.0.1:9"},
-                    key_type="ED25519-V3",
-                    key_content=identity.tor_key_blob(),
-                    await_publication=False,
-                )
-                assert response.service_id == identity.onion
-                assert controller.remove_ephemeral_hidden_service(identity.onion)
-        finally:
-            controller.close()
-        # Our non-owning controller must not have stopped tor on close.
-        time.sleep(0.3)
-        assert tor.running
+        yield tor, control
     finally:
         tor.stop()
     assert not tor.running
+
+
+def test_tor_derives_the_same_onion_addresses_as_we_do(
+    offline_tor: tuple[TorProcess, ControlEndpoint],
+) -> None:
+    tor, control = offline_tor
+    controller = open_controller(control)
+    try:
+        identities = [Identity.generate() for _ in range(8)]
+        identities.append(Identity.from_seed(bytes(32)))
+        identities.append(Identity.from_seed(bytes(range(32))))
+        for identity in identities:
+            response = controller.create_ephemeral_hidden_service(
+                {80: "127.0.0.1:9"},
+                key_type="ED25519-V3",
+                key_content=identity.tor_key_blob(),
+                await_publication=False,
+            )
+            assert response.service_id == identity.onion
+            assert controller.remove_ephemeral_hidden_service(identity.onion)
+    finally:
+        controller.close()
+    # Our non-owning controller must not have stopped tor on close.
+    time.sleep(0.3)
+    assert tor.running
+
+
+class _KeyOfAnother:
+    """Claims one identity's onion but hands tor another identity's key."""
+
+    def __init__(self) -> None:
+        self.onion = Identity.generate().onion
+        self._other = Identity.generate()
+
+    def tor_key_blob(self) -> str:
+        return self._other.tor_key_blob()
+
+
+async def test_publisher_refuses_an_onion_tor_derives_differently(
+    offline_tor: tuple[TorProcess, ControlEndpoint],
+) -> None:
+    _, control = offline_tor
+    seen: list[PublisherStatus] = []
+    publisher = OnionPublisher(
+        control, cast(Identity, _KeyOfAnother()), virtual_port=80, target="127.0.0.1:9",
+        on_status=seen.append,
+    )
+    with pytest.raises(OnionAddressMismatchError):
+        await asyncio.wait_for(publisher.run(), 10)
+    assert publisher.status.state == "unreachable"
+    assert "refusing to publish" in (publisher.status.reason or "")
+    with pytest.raises(OnionAddressMismatchError):
+        await publisher.wait_published(1)
+    assert [s.state for s in seen] == ["connecting", "publishing", "unreachable"]
 
 
 def test_control_password_hash_matches_tor_hash_password() -> None:
@@ -247,6 +286,35 @@ async def test_publisher_reports_an_unreachable_gateway_and_keeps_retrying() -> 
     gaps = [s.next_retry_at - s.since for s in unreachable if s.next_retry_at]
     assert gaps[:4] == pytest.approx([0.05, 0.1, 0.2, 0.2], abs=0.01)  # capped doubling
     assert status.state in {"connecting", "unreachable"}
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [("silent", "did not answer within 0.5s"), ("http", "is not a tor control port")],
+)
+async def test_publisher_explains_a_port_that_is_not_tor(behaviour: str, reason: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if behaviour == "http":
+            await reader.readline()
+            writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            await writer.drain()
+            writer.close()
+        else:
+            await reader.read()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    control = ControlEndpoint("127.0.0.1", server.sockets[0].getsockname()[1], "pw")
+    publisher = OnionPublisher(
+        control, Identity.generate(), virtual_port=80, target="127.0.0.1:1",
+        connect_timeout=0.5,
+    )
+    try:
+        async with _running(publisher):
+            with pytest.raises(TimeoutError, match=reason):
+                await publisher.wait_published(2)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_publisher_reports_a_wrong_control_password(tor_gateway: TorGateway) -> None:

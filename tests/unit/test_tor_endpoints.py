@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from nyth.errors import DecodeError
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
@@ -71,7 +73,7 @@ def test_endpoint_rejects_bad_input(text: str) -> None:
 
 def test_endpoint_rejects_non_string() -> None:
     with pytest.raises(DecodeError):
-        SocksEndpoint.from_string(9050)  # type: ignore[arg-type]
+        SocksEndpoint.from_string(cast(Any, 9050))
 
 
 def test_endpoint_constructor_validates() -> None:
@@ -80,7 +82,7 @@ def test_endpoint_constructor_validates() -> None:
     with pytest.raises(DecodeError):
         ControlEndpoint("127.0.0.1", 0)
     with pytest.raises(DecodeError):
-        SocksEndpoint("127.0.0.1", True)  # type: ignore[arg-type]
+        SocksEndpoint("127.0.0.1", True)
 
 
 def test_control_endpoint_password_not_in_repr_or_str() -> None:
@@ -219,4 +221,4 @@ def test_publisher_status_is_a_value() -> None:
     status = PublisherStatus("unreachable", "why", 1.0, 2.0)
     assert status == PublisherStatus("unreachable", "why", 1.0, 2.0)
     with pytest.raises(AttributeError):
-        status.state = "published"  # type: ignore[misc]
+        setattr(status, "state", "published")  # noqa: B010 (frozen dataclass check)

@@ -133,10 +133,14 @@ class _ControlPort(stem.socket.ControlPort):
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self._connect_timeout = connect_timeout
         self._raw_socket: socket.socket | None = None
+        self._aborted = False
         super().__init__(host, port, connect=False)
         self.connect()
 
     def _make_socket(self) -> socket.socket:
+        if self._aborted:
+            # stem reconnects by itself when PROTOCOLINFO fails; after abort() it must not.
+            raise stem.SocketError("connection aborted")
         try:
             sock = socket.create_connection((self.address, self.port), self._connect_timeout)
         except OSError as exc:
@@ -153,8 +157,10 @@ class _ControlPort(stem.socket.ControlPort):
         stem's close() would wait for the reader thread's lock, i.e. for a reply that a
         silent peer never sends; shutdown() makes that blocked recv return at once.
         """
-        with contextlib.suppress(OSError, AttributeError):
-            self._raw_socket.shutdown(socket.SHUT_RDWR)
+        self._aborted = True
+        if self._raw_socket is not None:
+            with contextlib.suppress(OSError):
+                self._raw_socket.shutdown(socket.SHUT_RDWR)
 
 
 def _auth_failure(exc: BaseException, *, timed_out: bool, timeout: float) -> str:
