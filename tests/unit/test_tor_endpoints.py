@@ -9,7 +9,7 @@ from nyth.errors import DecodeError
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.gateway import hash_control_password
 from nyth.tor.privnet import parse_consensus_flags, torrc_quote
-from nyth.tor.publisher import PublisherStatus, _RedactOnionKeys
+from nyth.tor.publisher import PublisherStatus, _RedactOnionKeys, resolve_target
 from nyth.tor.socks import (
     TOR_EXTENDED_REPLIES,
     OnionConnectError,
@@ -222,3 +222,9 @@ def test_publisher_status_is_a_value() -> None:
     assert status == PublisherStatus("unreachable", "why", 1.0, 2.0)
     with pytest.raises(AttributeError):
         setattr(status, "state", "published")  # noqa: B010 (frozen dataclass check)
+
+
+def test_resolve_target_gives_tor_an_ip_literal() -> None:
+    assert resolve_target("127.0.0.1:8080") == "127.0.0.1:8080"
+    assert resolve_target("[::1]:8080") == "[::1]:8080"
+    assert resolve_target("localhost:8080") == "127.0.0.1:8080"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -222,6 +224,9 @@ class OnionPublisher:
             self._set_status("publishing", None)
             try:
                 response = await asyncio.to_thread(self._add_onion, controller, on_hs_desc)
+            except OSError as exc:
+                raise _PublishFailed(f"cannot resolve the onion's target {self._target} "
+                                     f"({exc})") from exc
             except stem.SocketClosed as exc:
                 raise _PublishFailed(f"{where} closed the control connection while "
                                      "publishing") from exc
@@ -247,13 +252,14 @@ class OnionPublisher:
         controller: stem.control.Controller,
         listener: Callable[[stem.response.events.HSDescEvent], None],
     ) -> stem.response.add_onion.AddOnionResponse:
+        target = resolve_target(self._target)
         # Listen before ADD_ONION: the first HS_DESC events can beat the reply.
         controller.add_event_listener(listener, EventType.HS_DESC)
         # Publication is awaited on the asyncio side (cancellable), not with stem's
         # await_publication, whose blocking wait would outlive a cancelled task.
         response: stem.response.add_onion.AddOnionResponse = (
             controller.create_ephemeral_hidden_service(
-                {self._virtual_port: self._target},
+                {self._virtual_port: target},
                 key_type="ED25519-V3",
                 key_content=self._identity.tor_key_blob(),
                 await_publication=False,
@@ -347,6 +353,25 @@ class OnionPublisher:
                 self._on_status(self._status)
             except Exception:
                 log.exception("on_status callback failed")
+
+
+def resolve_target(target: str) -> str:
+    """"host:port" with the host as an IP literal, as ADD_ONION requires.
+
+    tor refuses hostnames other than localhost in `Port=` ("Invalid VIRTPORT/TARGET",
+    measured), but compose names services by hostname. Resolved at every publication,
+    since a restarted container may come back with another address.
+    """
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        # Prefer IPv4: that is what compose networks and our private network use.
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        ip = ipaddress.ip_address(infos[0][4][0])
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
