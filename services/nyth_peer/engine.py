@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
 from nyth.config import parse_host_port
 from nyth.proto.delivery import RetryPolicy
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
-from nyth.tor.publisher import OnionPublisher
+from nyth.tor.publisher import OnionPublisher, PublisherStatus
 from nyth.tor.socks import forget_onion_failures, onion_http_client
 
 from nyth_peer.events import EventBus
@@ -85,8 +85,8 @@ class Engine:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._tasks.append(task)
 
-    def _on_onion_status(self, status: Any) -> None:
-        fields = asdict(status) if is_dataclass(status) else dict(vars(status))
+    def _on_onion_status(self, status: PublisherStatus) -> None:
+        fields = asdict(status)
         self.onion_status = fields
         self.events.publish("onion", **fields)
 

@@ -164,12 +164,13 @@ class GroupService:
         existing = self.store.get("groups", gid)
         if existing is not None:
             return self._group_view(existing)
-        row = {"id": gid, "name": invite.name, "key": _b64(invite.key),
-               "servers": [b.onion for b in invite.servers],
+        servers = [b.onion for b in invite.servers]
+        row: dict[str, Any] = {"id": gid, "name": invite.name, "key": _b64(invite.key),
+               "servers": servers,
                "invite": _b64(invite.encode()), "created_at": time.time()}
         self.store.put("groups", gid, row)
         self.dags[gid] = GroupDag()
-        for onion in row["servers"]:
+        for onion in servers:
             self._ensure_syncer(onion, restart=True)
         self.events.publish("group", group=self._group_view(row))
         return self._group_view(row)
@@ -178,7 +179,7 @@ class GroupService:
         row = self._group_row(gid)
         return self.messenger.send_invite(contact, base64.b64decode(row["invite"]))
 
-    async def _on_invite(self, onion: str, body: bytes) -> None:
+    def _on_invite(self, onion: str, body: bytes) -> None:
         invite = Invite.decode(body)
         gid = invite.group_id.hex()
         if self.store.has("groups", gid):

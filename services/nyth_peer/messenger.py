@@ -58,7 +58,7 @@ class Messenger:
         self.events = events
         self.retry = retry
         self.node: P2PNode | None = None
-        self.on_invite: Any = None  # set by the group service: async (onion, body) -> None
+        self.on_invite: Any = None  # set by the group service: (onion, body) -> None
         self.on_onion_failure: Any = None  # set by the engine
         self.connection: dict[str, dict[str, Any]] = {}
         self._acks: dict[bytes, asyncio.Future[None]] = {}
@@ -301,7 +301,12 @@ class Messenger:
             self._kick(onion)
 
     async def on_message(self, onion: str, envelope: Envelope) -> bool:
-        """Handle one received message; True means ack it."""
+        """Handle one received message; True means ack it. One transaction, so one fsync
+        stands between a message and its ack, and an ack always means "stored"."""
+        with self.store.transaction():
+            return self._handle(onion, envelope)
+
+    def _handle(self, onion: str, envelope: Envelope) -> bool:
         seen = f"seen:{onion}"
         msg_id = envelope.msg_id.hex()
         if self.store.has(seen, msg_id):
@@ -330,13 +335,12 @@ class Messenger:
                        "text": decode_text(envelope.body), "timestamp_ms": envelope.timestamp_ms,
                        "state": DeliveryState.DELIVERED.value, "reason": None,
                        "next_retry_at": None, "attempts": 0, "delivered_at": time.time()}
-                with self.store.transaction():
-                    self.store.put(f"messages:{onion}", msg_id, row)
-                    self.store.put(seen, msg_id, {})
+                self.store.put(f"messages:{onion}", msg_id, row)
+                self.store.put(seen, msg_id, {})
                 self.events.publish("message", message=row)
                 return True
             elif kind is MessageKind.GROUP_INVITE and self.on_invite is not None:
-                await self.on_invite(onion, envelope.body)
+                self.on_invite(onion, envelope.body)
         except DecodeError as exc:
             log.info("dropping malformed %s from a contact: %s", kind.name, exc)
         self.store.put(seen, msg_id, {})

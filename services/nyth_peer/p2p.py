@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from nyth.errors import NythError
 from nyth.proto.identity import Identity, onion_from_public_key, public_key_from_onion
 from nyth.proto.p2p import Ack, Envelope
-from nyth.proto.session import PACKET_SIZE, HandshakeComplete, MessageReceived, P2PConnection
+from nyth.proto.session import (
+    PACKET_SIZE,
+    AckReceived,
+    HandshakeComplete,
+    MessageReceived,
+    P2PConnection,
+)
 from nyth.tor.endpoints import SocksEndpoint
 from nyth.tor.socks import OnionConnectError, open_onion_connection
 
@@ -170,8 +176,8 @@ class P2PNode:
                     if isinstance(event, MessageReceived):
                         if await self._on_message(session.onion, event.envelope):
                             await session.send(Ack(event.envelope.msg_id))
-                    else:
-                        self._on_ack(session.onion, event.msg_id)  # type: ignore[union-attr]
+                    elif isinstance(event, AckReceived):
+                        self._on_ack(session.onion, event.msg_id)
         except asyncio.IncompleteReadError:
             pass
         except NythError as exc:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nyth import keystore
+import nyth.keystore as keystore
 from nyth.errors import DecodeError
 from nyth.proto.identity import Identity
 

@@ -57,7 +57,7 @@ class Store:
 
     def _open(self, blob: bytes) -> dict[str, Any]:
         try:
-            return json.loads(self._box.decrypt(blob))  # type: ignore[no-any-return]
+            return json.loads(self._box.decrypt(blob))
         except nacl.exceptions.CryptoError as exc:
             raise AuthenticationError("profile database row failed authentication") from exc
 

@@ -50,16 +50,16 @@ class PeerClient:
 
     # Convenience wrappers used by the CLI and the test harness.
     def profile(self) -> dict[str, Any]:
-        return self.get("/v1/profile")  # type: ignore[no-any-return]
+        return self.get("/v1/profile")
 
     def add_contact(self, onion: str, text: str = "") -> dict[str, Any]:
-        return self.post("/v1/contacts", {"onion": onion, "text": text})  # type: ignore[no-any-return]
+        return self.post("/v1/contacts", {"onion": onion, "text": text})
 
     def send(self, onion: str, text: str) -> dict[str, Any]:
-        return self.post(f"/v1/contacts/{onion}/messages", {"text": text})  # type: ignore[no-any-return]
+        return self.post(f"/v1/contacts/{onion}/messages", {"text": text})
 
     def messages(self, onion: str) -> list[dict[str, Any]]:
-        return self.get(f"/v1/contacts/{onion}/messages")  # type: ignore[no-any-return]
+        return self.get(f"/v1/contacts/{onion}/messages")
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Iterate the server-sent event stream (blocking)."""
