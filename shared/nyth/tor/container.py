@@ -1,0 +1,282 @@
+"""Entry points for the tor containers of the compose stack.
+
+    python -m nyth.tor.container network   # 3 authorities + 2 relays on this container's IP
+    python -m nyth.tor.container gateway   # the tor client: SOCKS + control port
+
+`network` writes the options clients need (DirAuthority lines...) to
+NYTH_TOR_CLIENT_TORRC_FILE (default /shared/client-torrc) once a consensus lists every
+relay with the flags onion services need; the file's presence is its healthcheck.
+Every start is a fresh network (new keys, new ports): the file is replaced, and a
+gateway that sees it change exits so its restart policy brings it back on the new one.
+
+`gateway` waits for that file (when NYTH_TOR_CLIENT_TORRC_FILE is set and
+NYTH_TOR_PRIVATE_NETWORK is not 0) and for an authority to serve a consensus, then runs
+tor on fixed ports (NYTH_TOR_SOCKS_PORT 9050, NYTH_TOR_CONTROL_PORT 9051, bound to
+NYTH_TOR_LISTEN_HOST, default 0.0.0.0: keep it on an internal network) with the password
+from NYTH_TOR_CONTROL_PASSWORD[_FILE]. Without a private network it joins the real Tor
+network. It touches NYTH_TOR_READY_FILE (default /tmp/nyth-tor-ready) once bootstrapped
+(its healthcheck) and exits when tor does. tor's log is copied to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from nyth.config import ConfigError, read_secret
+
+log = logging.getLogger("nyth.tor.container")
+
+DEFAULT_CLIENT_TORRC = "/shared/client-torrc"
+DEFAULT_READY_FILE = "/tmp/nyth-tor-ready"  # noqa: S108 - container-private /tmp
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+def _own_ip() -> str:
+    """This container's address (the first one its hostname resolves to)."""
+    return socket.gethostbyname(socket.gethostname())
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _LogFollower:
+    """Copies what tor appends to its log file to our stdout (for `docker logs`)."""
+
+    def __init__(self, path: Path, prefix: str = "") -> None:
+        self.path = path
+        self.prefix = prefix
+        self.offset = 0
+
+    def pump(self) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        if not data:
+            return
+        # Only whole lines; the rest comes next time.
+        cut = data.rfind(b"\n") + 1
+        self.offset += cut
+        for line in data[:cut].decode("utf-8", "replace").splitlines():
+            sys.stdout.write(f"{self.prefix}{line}\n")
+        sys.stdout.flush()
+
+
+def run_network(args: argparse.Namespace) -> int:
+    from nyth.tor.privnet import PrivateTorNetwork
+
+    out = Path(args.client_torrc)
+    out.unlink(missing_ok=True)
+    host = args.host or _own_ip()
+    base = Path(tempfile.mkdtemp(prefix="privnet-"))
+    net = PrivateTorNetwork(base, authorities=args.authorities, relays=args.relays, host=host)
+    followers = [_LogFollower(base / nick / "tor.log", f"[{nick}] ") for nick in net.nicknames]
+    try:
+        log.info("starting a private Tor network on %s (%d authorities, %d relays)",
+                 host, args.authorities, args.relays)
+        net.start(timeout=args.timeout)
+        _write_atomic(out, "\n".join(net.client_torrc_lines()) + "\n")
+        log.info("private Tor network ready in %.1fs; client options in %s",
+                 net.startup_seconds or 0.0, out)
+        while True:
+            for follower in followers:
+                follower.pump()
+            dead = [p for p in net.processes if not p.running]
+            if dead:
+                log.error("tor process(es) exited: %s\n%s",
+                          ", ".join(p.name for p in dead), net.log_tail())
+                return 1
+            time.sleep(1.0)
+    except _Stop:
+        log.info("stopping the private Tor network")
+        return 0
+    finally:
+        out.unlink(missing_ok=True)
+        net.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _authority_dirports(lines: list[str]) -> list[tuple[str, int]]:
+    found = []
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "DirAuthority":
+            for part in parts[2:]:
+                host, sep, port = part.rpartition(":")
+                if sep and port.isdigit() and "=" not in part:
+                    found.append((host, int(port)))
+                    break
+    return found
+
+
+def _consensus_served(dirports: list[tuple[str, int]]) -> bool:
+    for host, port in dirports:
+        url = f"http://{host}:{port}/tor/status-vote/current/consensus-microdesc"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError, TimeoutError):
+            continue
+    return False
+
+
+def _wait_for_private_network(path: Path, deadline: float) -> list[str]:
+    """The client options once the file exists and an authority serves a consensus."""
+    announced = False
+    while time.monotonic() < deadline:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and _consensus_served(_authority_dirports(lines)):
+            return lines
+        if not announced:
+            log.info("waiting for the private Tor network (%s)", path)
+            announced = True
+        time.sleep(1.0)
+    raise TimeoutError(f"no private Tor network announced in {path} before the deadline")
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from nyth.tor.gateway import TorGateway
+    from nyth.tor.privnet import TorLaunchError
+
+    ready = Path(args.ready_file)
+    ready.unlink(missing_ok=True)
+    try:
+        password = read_secret("tor_control_password", required=True)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    assert password is not None
+    data_dir = Path(args.data_dir)
+    private = bool(args.client_torrc) and os.environ.get("NYTH_TOR_PRIVATE_NETWORK", "1") != "0"
+    client_lines: list[str] = []
+    client_text = ""
+    if private:
+        client_lines = _wait_for_private_network(Path(args.client_torrc),
+                                                 time.monotonic() + args.wait_timeout)
+        client_text = "\n".join(client_lines)
+        # Each private network is new: state cached from an earlier one only slows tor down.
+        shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # A name (a network alias that only exists on the internal network) is resolved here,
+    # so the ports never listen on another network this container is attached to.
+    listen = args.listen_host
+    if listen not in ("0.0.0.0", "::", "") and not _is_ip(listen):
+        listen = socket.gethostbyname(listen)
+    gateway = TorGateway(
+        data_dir, control_password=password, socks_port=args.socks_port,
+        control_port=args.control_port, host=listen, extra_torrc=client_lines,
+    )
+    follower = _LogFollower(data_dir / "tor.log")
+    try:
+        log.info("starting tor (%s): socks %s:%d, control %s:%d", "private network" if private
+                 else "real Tor network", listen, args.socks_port, listen,
+                 args.control_port)
+        try:
+            gateway.start(timeout=args.timeout)
+        except TorLaunchError as exc:
+            log.error("%s", exc)
+            return 1
+        follower.pump()
+        ready.touch()
+        log.info("tor gateway bootstrapped in %.1fs", gateway.bootstrap_seconds or 0.0)
+        while True:
+            follower.pump()
+            if not gateway.running:
+                log.error("tor exited\n%s", gateway.log_tail())
+                return 1
+            if private:
+                try:
+                    now = "\n".join(line for line in Path(args.client_torrc).read_text().splitlines()
+                                    if line.strip())
+                except FileNotFoundError:
+                    now = client_text
+                if now != client_text:
+                    log.warning("the private Tor network was replaced: exiting to rejoin it")
+                    return 1
+            time.sleep(1.0)
+    except _Stop:
+        log.info("stopping tor")
+        return 0
+    finally:
+        ready.unlink(missing_ok=True)
+        gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # stem logs every control command at DEBUG on its own logger.
+    logging.getLogger("stem").setLevel(logging.WARNING)
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m nyth.tor.container")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    net = sub.add_parser("network", help="run a private Tor network (authorities + relays)")
+    net.add_argument("--host", default=env("NYTH_TOR_HOST", ""),
+                     help="address to bind and advertise (default: this container's IP)")
+    net.add_argument("--authorities", type=int, default=int(env("NYTH_TOR_AUTHORITIES", "3")))
+    net.add_argument("--relays", type=int, default=int(env("NYTH_TOR_RELAYS", "2")))
+    net.add_argument("--client-torrc", default=env("NYTH_TOR_CLIENT_TORRC_FILE", DEFAULT_CLIENT_TORRC))
+    net.add_argument("--timeout", type=float, default=180.0)
+    gw = sub.add_parser("gateway", help="run the tor gateway (SOCKS + control port)")
+    gw.add_argument("--data-dir", default=env("NYTH_DATA_DIR", "/data") + "/tor")
+    gw.add_argument("--listen-host", default=env("NYTH_TOR_LISTEN_HOST", "0.0.0.0"))
+    gw.add_argument("--socks-port", type=int, default=int(env("NYTH_TOR_SOCKS_PORT", "9050")))
+    gw.add_argument("--control-port", type=int, default=int(env("NYTH_TOR_CONTROL_PORT", "9051")))
+    gw.add_argument("--client-torrc", default=env("NYTH_TOR_CLIENT_TORRC_FILE", ""),
+                    help="private network options file (unset: the real Tor network)")
+    gw.add_argument("--ready-file", default=env("NYTH_TOR_READY_FILE", DEFAULT_READY_FILE))
+    gw.add_argument("--wait-timeout", type=float, default=600.0)
+    gw.add_argument("--timeout", type=float, default=float(env("NYTH_TOR_BOOTSTRAP_TIMEOUT", "300")))
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    try:
+        return run_network(args) if args.cmd == "network" else run_gateway(args)
+    except _Stop:
+        return 0
+    except TimeoutError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
