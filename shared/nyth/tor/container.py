@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,6 +80,14 @@ class _LogFollower:
         self.prefix = prefix
         self.offset = 0
 
+    def follow(self) -> None:
+        """Pump once a second from a daemon thread (bootstrap progress shows up live)."""
+        def loop() -> None:
+            while True:
+                self.pump()
+                time.sleep(1.0)
+        threading.Thread(target=loop, name=f"follow-{self.path}", daemon=True).start()
+
     def pump(self) -> None:
         try:
             with self.path.open("rb") as handle:
@@ -105,6 +114,8 @@ def run_network(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="privnet-"))
     net = PrivateTorNetwork(base, authorities=args.authorities, relays=args.relays, host=host)
     followers = [_LogFollower(base / nick / "tor.log", f"[{nick}] ") for nick in net.nicknames]
+    for follower in followers:
+        follower.follow()
     try:
         log.info("starting a private Tor network on %s (%d authorities, %d relays)",
                  host, args.authorities, args.relays)
@@ -113,8 +124,6 @@ def run_network(args: argparse.Namespace) -> int:
         log.info("private Tor network ready in %.1fs; client options in %s",
                  net.startup_seconds or 0.0, out)
         while True:
-            for follower in followers:
-                follower.pump()
             dead = [p for p in net.processes if not p.running]
             if dead:
                 log.error("tor process(es) exited: %s\n%s",
@@ -205,7 +214,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         data_dir, control_password=password, socks_port=args.socks_port,
         control_port=args.control_port, host=listen, extra_torrc=client_lines,
     )
-    follower = _LogFollower(data_dir / "tor.log")
+    _LogFollower(data_dir / "tor.log").follow()
     try:
         log.info("starting tor (%s): socks %s:%d, control %s:%d", "private network" if private
                  else "real Tor network", listen, args.socks_port, listen,
@@ -215,11 +224,9 @@ def run_gateway(args: argparse.Namespace) -> int:
         except TorLaunchError as exc:
             log.error("%s", exc)
             return 1
-        follower.pump()
         ready.touch()
         log.info("tor gateway bootstrapped in %.1fs", gateway.bootstrap_seconds or 0.0)
         while True:
-            follower.pump()
             if not gateway.running:
                 log.error("tor exited\n%s", gateway.log_tail())
                 return 1
