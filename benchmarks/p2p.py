@@ -5,7 +5,7 @@ All onions here are published on the same tor gateway whose SOCKS port the clien
 so both measurements cross the same kind of path (client -> rendezvous -> service).
 
 (a) baseline: a local asyncio echo server published as an onion (OnionPublisher, fresh
-    Identity); one connection through SOCKS; N echoes of 8192 bytes (= one P2P packet)
+    Identity); one connection through SOCKS; N echoes of one P2P packet (PACKET_SIZE bytes)
     and of 64 bytes.
 (b) ours: an in-process initiator runs the real handshake (P2PConnection) with bob's
     peer engine over his onion and sends N CONTACT_REQUEST envelopes with fresh ids; bob
@@ -44,7 +44,7 @@ async def _echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 async def _message_echo_handler(reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
-    """Echo whole 8192-byte messages: read one completely, then answer it. This is the
+    """Echo whole packet-size messages: read one completely, then answer it. This is the
     shape of a request and its ack (the reply cannot start before the request ends),
     so it isolates what our protocol adds from what Tor charges for that shape."""
     with contextlib.suppress(Exception):
@@ -153,16 +153,16 @@ async def _onion_benchmark(net: Devnet, bob_onion: str, n: int, res: Results) ->
             ours.append(await initiator.rtt(br, bw))
         s8, s64, so = summary_ms(echo8k), summary_ms(echo64), summary_ms(ours)
         sm = summary_ms(echo_msg)
-        for label, s in (("raw onion echo 8192 B", s8), ("raw onion echo 64 B", s64),
-                         ("raw onion message echo 8192 B (read all, then reply)", sm),
-                         ("nyth envelope -> ack (8192 B frames)", so)):
+        for label, s in ((f"raw onion echo {PACKET_SIZE} B", s8), ("raw onion echo 64 B", s64),
+                         (f"raw onion message echo {PACKET_SIZE} B (read all, then reply)", sm),
+                         (f"nyth envelope -> ack ({PACKET_SIZE} B frames)", so)):
             res.add(label, f"{s['median_ms']:.2f} ms",
                     f"median; p95 {s['p95_ms']:.2f} ms, min {s['min_ms']:.2f}, "
                     f"max {s['max_ms']:.2f}, n={s['n']}")
-        res.add("ratio ours / raw echo 8192 B (median)", f"{so['median_ms'] / s8['median_ms']:.2f}",
+        res.add(f"ratio ours / raw echo {PACKET_SIZE} B (median)", f"{so['median_ms'] / s8['median_ms']:.2f}",
                 "goal <= 1.3")
-        res.add("ratio ours / raw echo 8192 B (p95)", f"{so['p95_ms'] / s8['p95_ms']:.2f}")
-        res.add("ratio ours / raw message echo 8192 B (median)",
+        res.add(f"ratio ours / raw echo {PACKET_SIZE} B (p95)", f"{so['p95_ms'] / s8['p95_ms']:.2f}")
+        res.add(f"ratio ours / raw message echo {PACKET_SIZE} B (median)",
                 f"{so['median_ms'] / sm['median_ms']:.2f}", "same request/reply shape")
         res.add("ratio ours / raw echo 64 B (median)", f"{so['median_ms'] / s64['median_ms']:.2f}")
         for label, s in (("echo", s8), ("ours", so)):

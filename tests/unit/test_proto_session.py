@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from nyth.errors import AuthenticationError, DecodeError, ProtocolError
 from nyth.proto import session as S
 from nyth.proto.identity import Identity
-from nyth.proto.p2p import MSG_ID_SIZE, Ack, Envelope, MessageKind
+from nyth.proto.p2p import MAX_BODY, MSG_ID_SIZE, Ack, Envelope, MessageKind
 from nyth.proto.session import (
     MAGIC,
     MAX_DATA,
@@ -61,7 +61,7 @@ envelopes = st.builds(
     msg_id=st.binary(min_size=MSG_ID_SIZE, max_size=MSG_ID_SIZE),
     kind=st.sampled_from(MessageKind),
     timestamp_ms=st.integers(0, (1 << 63) - 1),
-    body=st.binary(max_size=64) | big(7990, 8000),
+    body=st.binary(max_size=64) | big(MAX_BODY - 10, MAX_BODY),
 )
 acks = st.builds(Ack, st.binary(min_size=MSG_ID_SIZE, max_size=MSG_ID_SIZE))
 payloads = envelopes | acks

@@ -22,9 +22,11 @@ from nyth.errors import DecodeError
 MSG_ID_SIZE = 16
 _MESSAGE, _ACK = 0x10, 0x11
 _HEADER = struct.Struct(">B16sBQ")
-# Packet data holds 8174 bytes; keep a margin for future header fields.
-MAX_BODY = 8000
-MAX_TEXT_CHARS = 4000
+# Packet data holds 2030 bytes (session.MAX_DATA); the 26-byte header leaves 2004, and a
+# small margin stays for future header fields.
+MAX_BODY = 2000
+# Characters; the UTF-8 encoding must also fit MAX_BODY (checked on encode).
+MAX_TEXT_CHARS = 1900
 MAX_NAME_CHARS = 64
 
 
