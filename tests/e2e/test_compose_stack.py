@@ -1,0 +1,126 @@
+"""The whole network in containers: normal use, then breaking things on purpose.
+
+Tests share one compose project (bringing it up costs a minute); each destructive test
+restores what it broke, so the order below is also a sequence of recoveries."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from nyth.runtime.devnet import wait_until
+
+from tests.fixtures.stack import befriend, wait_delivered
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+
+_group: dict[str, str] = {}
+
+
+def _history(peer, gid):
+    with peer.client() as c:
+        return c.get(f"/v1/groups/{gid}/messages")["messages"]
+
+
+def _all_posted(peer, gid) -> bool:
+    """Every post of this peer's own was acknowledged by the server (others' are "received")."""
+    return not any(m["state"] == "queued" for m in _history(peer, gid))
+
+
+def _ensure_friends(alice, bob):
+    with alice.client() as ca:
+        status = {c["onion"]: c["status"] for c in ca.get("/v1/contacts")}
+    if status.get(bob.onion) != "accepted":
+        befriend(alice, bob, timeout=180)
+
+
+def _group_id(stack) -> str:
+    if "id" not in _group:
+        alice, bob = stack.peers["alice"], stack.peers["bob"]
+        _ensure_friends(alice, bob)
+        with alice.client() as ca, bob.client() as cb:
+            group = ca.post("/v1/groups", {"name": "e2e", "servers": [stack.group_server_onion()]})
+            ca.post(f"/v1/groups/{group['id']}/invite", {"contact": bob.onion})
+            wait_until(lambda: any(i["id"] == group["id"] for i in cb.get("/v1/groups/invites")),
+                       180, what="bob to receive the invite")
+            cb.post(f"/v1/groups/invites/{group['id']}/accept")
+        _group["id"] = group["id"]
+    return _group["id"]
+
+
+def test_p2p_message_and_group_post(stack):
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    _ensure_friends(alice, bob)
+    with alice.client() as ca, bob.client() as cb:
+        sent = ca.send(bob.onion, "hello through containers")
+        wait_delivered(ca, bob.onion, sent["id"], timeout=180)
+        assert [m["text"] for m in cb.messages(alice.onion)] == ["hello through containers"]
+    gid = _group_id(stack)
+    with bob.client() as cb:
+        cb.post(f"/v1/groups/{gid}/messages", {"text": "bob in the group"})
+    wait_until(lambda: [m["body"] for m in _history(alice, gid)] == ["bob in the group"], 180,
+               what="alice to see bob's group post")
+
+
+def test_group_server_killed_during_posts(stack):
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    gid = _group_id(stack)
+    before = len(_history(alice, gid))
+    texts = [f"stream {i}" for i in range(10)]
+    server = stack.container("group-server")
+    with alice.client() as ca:
+        for i, text in enumerate(texts):
+            ca.post(f"/v1/groups/{gid}/messages", {"text": text})
+            time.sleep(0.3)
+            if i == 4:
+                server.kill()
+    accepted = {m["body"] for m in _history(alice, gid) if m["state"] == "posted"}
+    server.start()
+    wait_until(lambda: _all_posted(alice, gid), 300,
+               what="alice's posts to be accepted after the restart")
+    wait_until(lambda: len(_history(bob, gid)) == before + len(texts), 300,
+               what="bob to see every post")
+    bodies = {m["body"] for m in _history(bob, gid)}
+    assert accepted <= bodies and set(texts) <= bodies
+
+
+def test_tor_gateway_restart(stack):
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    stack.container("tor-gateway").restart()
+    stack.wait_healthy()
+    stack.wait_peer_online(alice)
+    stack.wait_peer_online(bob)
+    with alice.client() as ca:
+        sent = ca.send(bob.onion, "after gateway restart")
+        wait_delivered(ca, bob.onion, sent["id"], timeout=300)
+
+
+def test_stopped_bob_gets_message_exactly_once(stack):
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    stack.container("bob").stop()
+    with alice.client() as ca:
+        sent = ca.send(bob.onion, "while you were out")
+        queued = wait_until(
+            lambda: (m := ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}"))["attempts"] >= 1
+            and m, 240, what="a failed attempt")
+        assert queued["state"] in ("queued", "sending")
+        stack.container("bob").start()
+        stack.wait_peer_online(bob)
+        wait_delivered(ca, bob.onion, sent["id"], timeout=300)
+    time.sleep(3)
+    with bob.client() as cb:
+        texts = [m["text"] for m in cb.messages(alice.onion)]
+        assert texts.count("while you were out") == 1
+
+
+def test_redis_restart_keeps_acknowledged_posts(stack):
+    alice = stack.peers["alice"]
+    gid = _group_id(stack)
+    with alice.client() as ca:
+        ca.post(f"/v1/groups/{gid}/messages", {"text": "before redis restart"})
+    wait_until(lambda: _all_posted(alice, gid), 180,
+               what="the post to be acknowledged")
+    count = stack.group_server_blob_count()
+    stack.container("redis").restart()
+    stack.wait_healthy()
+    assert stack.group_server_blob_count() >= count
