@@ -23,7 +23,8 @@ import time
 import httpx
 import redis
 import redis.asyncio as aioredis
-from nyth.runtime.process import ServiceProcess, free_port
+from nyth.ports import free_port
+from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 
 from benchmarks.common import Results, workdir

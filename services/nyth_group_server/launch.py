@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nyth.keystore import write_private_file
-from nyth.runtime.process import ServiceProcess, free_port
+from nyth.ports import free_port
+from nyth.runtime.process import ServiceProcess
 
 
 class GroupServerProcess(ServiceProcess):

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from nyth.peer_client import PeerClient
+from nyth.ports import free_port
 from nyth.runtime.devnet import wait_until
-from nyth.runtime.process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("tor-network", "tor-gateway", "redis", "group-server", "alice", "bob")

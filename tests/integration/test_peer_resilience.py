@@ -7,11 +7,11 @@ import socket
 import time
 
 import pytest
+from nyth.ports import free_port
 from nyth.proto.identity import Identity, public_key_from_onion
 from nyth.proto.p2p import ContactRequest, Envelope, MessageKind, new_msg_id
 from nyth.proto.session import PACKET_SIZE, P2PConnection
 from nyth.runtime.devnet import Devnet, wait_until
-from nyth.runtime.process import free_port
 
 from tests.fixtures.stack import befriend, wait_delivered
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from nyth.runtime.process import ProcessError, ServiceProcess, free_port
+from nyth.ports import free_port
+from nyth.runtime.process import ProcessError, ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration

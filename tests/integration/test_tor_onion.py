@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import cast
 
 import pytest
+from nyth.ports import free_port
 from nyth.proto.identity import Identity
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint, open_controller
 from nyth.tor.gateway import TorGateway, hash_control_password
-from nyth.tor.privnet import TorProcess, free_port
+from nyth.tor.privnet import TorProcess
 from nyth.tor.publisher import OnionAddressMismatchError, OnionPublisher, PublisherStatus
 from nyth.tor.socks import (
     OnionConnectError,

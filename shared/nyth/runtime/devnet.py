@@ -17,7 +17,8 @@ import httpx
 
 from nyth.keystore import write_private_file
 from nyth.peer_client import PeerClient
-from nyth.runtime.process import ServiceProcess, free_port
+from nyth.ports import free_port
+from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 from nyth.tor.gateway import TorGateway
 from nyth.tor.privnet import PrivateTorNetwork

@@ -11,7 +11,6 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,15 +31,6 @@ def _kill_leftovers() -> None:
     for proc in list(_LIVE):
         with contextlib.suppress(Exception):
             proc.kill()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the usual small race is accepted)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 64 * 1024) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from nyth.runtime.process import ManagedProcess, free_port
+from nyth.ports import free_port
+from nyth.runtime.process import ManagedProcess
 
 
 class RedisServer(ManagedProcess):

@@ -20,13 +20,14 @@ from types import TracebackType
 
 import stem
 
+from nyth.ports import free_port
 from nyth.tor.endpoints import (
     ControlConnectError,
     ControlEndpoint,
     SocksEndpoint,
     open_controller,
 )
-from nyth.tor.privnet import PrivateTorNetwork, TorLaunchError, TorProcess, free_port, torrc_quote
+from nyth.tor.privnet import PrivateTorNetwork, TorLaunchError, TorProcess, torrc_quote
 
 log = logging.getLogger(__name__)
 

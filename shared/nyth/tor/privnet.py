@@ -12,9 +12,7 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from nyth.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +38,10 @@ _VOTING_INTERVAL = 10
 # descriptors by the vote (boundary - 4 s) or they miss the first consensus.
 _FIRST_BOUNDARY_LEAD = 7
 
-_ports_lock = threading.Lock()
-_ports_handed_out: set[tuple[str, int]] = set()
 
 
 class TorLaunchError(RuntimeError):
     """A tor process failed to start or did not get ready in time; message has log tails."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on host now and was not handed out before by this process.
-
-    There is a window between closing the probe socket and tor binding the port; the
-    set of handed-out ports keeps our own parallel launches from colliding in it.
-    """
-    with _ports_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
-            if (host, port) not in _ports_handed_out:
-                _ports_handed_out.add((host, port))
-                return port
-    raise OSError(f"no free TCP port found on {host}")
 
 
 def torrc_quote(value: str) -> str:
