@@ -1,0 +1,145 @@
+"""Mailbox key bundles and the proof of work a post must carry.
+
+Bundle byte layout (135 bytes, big-endian integers):
+
+    magic "NYTHMBX1" (8) | onion public key (32) | tag size (u16) | record size (u32)
+    | max records (u64) | max age seconds (u64) | PoW bits (u8) | issued at (u64, unix s)
+    | ed25519 signature by the onion key over all of the above (64)
+
+A record is an FMD tag (tag size bytes) and a ciphertext of exactly record size bytes;
+the mailbox keeps at most max records and none older than max age seconds.
+
+Proof of work (hashcash-style): a post (tag, ciphertext, nonce) is accepted only if
+
+    BLAKE2b-256(mailbox onion public key ‖ tag ‖ ciphertext ‖ u64(nonce),
+                person="nyth-mailbox-pow")
+
+starts with at least PoW bits zero bits (most significant bit of byte 0 first). Binding
+the mailbox key means work done for one mailbox cannot be spent on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from nyth.errors import DecodeError
+from nyth.proto.identity import (
+    SIGNATURE_SIZE,
+    Identity,
+    normalize_onion,
+    onion_from_public_key,
+    verify_signature,
+)
+
+MAGIC = b"NYTHMBX1"
+_BODY = struct.Struct(">8s32sHIQQBQ")
+MAILBOX_BUNDLE_SIZE = _BODY.size + SIGNATURE_SIZE
+MIN_RECORD_SIZE = 64
+MAX_RECORD_SIZE = 1 << 16
+MAX_POW_BITS = 64
+_POW_PERSON = b"nyth-mailbox-pow"
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class MailboxBundle:
+    onion_public_key: bytes
+    tag_size: int
+    record_size: int
+    max_records: int
+    max_age_seconds: int
+    pow_bits: int
+    issued_at: int
+
+    def __post_init__(self) -> None:
+        if len(self.onion_public_key) != 32:
+            raise DecodeError("mailbox bundle key must be 32 bytes")
+        if not 1 <= self.tag_size <= 0xFFFF:
+            raise DecodeError("mailbox bundle tag size out of range")
+        if not MIN_RECORD_SIZE <= self.record_size <= MAX_RECORD_SIZE:
+            raise DecodeError(f"mailbox bundle record size {self.record_size} out of range")
+        if self.max_records < 1 or self.max_age_seconds < 1 or self.issued_at < 0:
+            raise DecodeError("mailbox bundle retention values must be positive")
+        for value in (self.max_records, self.max_age_seconds, self.issued_at):
+            if value >= 1 << 63:
+                raise DecodeError("mailbox bundle integer out of range")
+        if not 0 <= self.pow_bits <= MAX_POW_BITS:
+            raise DecodeError("mailbox bundle PoW bits out of range")
+
+    @property
+    def onion(self) -> str:
+        return onion_from_public_key(self.onion_public_key)
+
+    def _body(self) -> bytes:
+        return _BODY.pack(MAGIC, self.onion_public_key, self.tag_size, self.record_size,
+                          self.max_records, self.max_age_seconds, self.pow_bits,
+                          self.issued_at)
+
+    def sign(self, identity: Identity) -> bytes:
+        if identity.public_key != self.onion_public_key:
+            raise ValueError("bundle must be signed by the mailbox's own onion key")
+        body = self._body()
+        return body + identity.sign(body)
+
+    @classmethod
+    def verify(cls, data: bytes, onion: str | None = None) -> MailboxBundle:
+        if len(data) != MAILBOX_BUNDLE_SIZE:
+            raise DecodeError(
+                f"mailbox bundle must be {MAILBOX_BUNDLE_SIZE} bytes, got {len(data)}"
+            )
+        body, signature = data[: _BODY.size], data[_BODY.size:]
+        magic, onion_pk, tag_size, record_size, max_records, max_age, bits, issued = (
+            _BODY.unpack(body)
+        )
+        if magic != MAGIC:
+            raise DecodeError("not a Nyth mailbox bundle")
+        bundle = cls(onion_pk, tag_size, record_size, max_records, max_age, bits, issued)
+        if onion is not None and normalize_onion(onion) != bundle.onion:
+            raise DecodeError("bundle belongs to a different mailbox")
+        verify_signature(onion_pk, body, signature)
+        return bundle
+
+
+def pow_digest(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int) -> bytes:
+    if not 0 <= nonce <= U64_MAX:
+        raise DecodeError("PoW nonce must fit in 64 bits")
+    h = hashlib.blake2b(digest_size=32, person=_POW_PERSON)
+    h.update(mailbox_public_key)
+    h.update(tag)
+    h.update(ciphertext)
+    h.update(nonce.to_bytes(8, "big"))
+    return h.digest()
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    value = int.from_bytes(digest, "big")
+    return len(digest) * 8 - value.bit_length()
+
+
+def pow_ok(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int,
+           bits: int) -> bool:
+    if bits <= 0:
+        return True
+    return leading_zero_bits(pow_digest(mailbox_public_key, tag, ciphertext, nonce)) >= bits
+
+
+def solve_pow(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, bits: int,
+              start: int = 0) -> int:
+    """The first nonce >= start meeting the difficulty (about 2^bits hashes)."""
+    if bits <= 0:
+        return start
+    prefix = hashlib.blake2b(digest_size=32, person=_POW_PERSON)
+    prefix.update(mailbox_public_key)
+    prefix.update(tag)
+    prefix.update(ciphertext)
+    limit = 1 << (256 - bits)
+    nonce = start
+    while nonce <= U64_MAX:
+        h = prefix.copy()
+        h.update(nonce.to_bytes(8, "big"))
+        if int.from_bytes(h.digest(), "big") < limit:
+            return nonce
+        nonce += 1
+    raise ValueError("no nonce found")  # pragma: no cover (2^64 tries)

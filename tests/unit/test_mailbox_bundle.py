@@ -1,0 +1,91 @@
+"""Mailbox bundles (signed limits) and the post proof of work."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.identity import Identity
+from nyth.proto.mailbox_bundle import (
+    MAGIC,
+    MAILBOX_BUNDLE_SIZE,
+    MailboxBundle,
+    leading_zero_bits,
+    pow_digest,
+    pow_ok,
+    solve_pow,
+)
+
+MAILBOX = Identity.from_seed(b"M" * 32)
+OTHER = Identity.from_seed(b"O" * 32)
+
+
+def make(**overrides: object) -> MailboxBundle:
+    fields: dict[str, object] = {
+        "onion_public_key": MAILBOX.public_key, "tag_size": 67, "record_size": 1024,
+        "max_records": 100_000, "max_age_seconds": 7 * 86400, "pow_bits": 18,
+        "issued_at": 1_800_000_000,
+    }
+    return MailboxBundle(**{**fields, **overrides})
+
+
+def test_layout_is_pinned() -> None:
+    data = make().sign(MAILBOX)
+    assert len(data) == MAILBOX_BUNDLE_SIZE == 135
+    assert data[:-64] == (MAGIC + MAILBOX.public_key
+                          + struct.pack(">HIQQBQ", 67, 1024, 100_000, 7 * 86400, 18,
+                                        1_800_000_000))
+    assert MailboxBundle.verify(data, MAILBOX.onion) == make()
+
+
+@given(st.integers(1, 0xFFFF), st.integers(64, 1 << 16), st.integers(1, (1 << 63) - 1),
+       st.integers(1, (1 << 63) - 1), st.integers(0, 64))
+@settings(max_examples=50)
+def test_round_trip(tag: int, size: int, records: int, age: int, bits: int) -> None:
+    bundle = make(tag_size=tag, record_size=size, max_records=records, max_age_seconds=age,
+                  pow_bits=bits)
+    assert MailboxBundle.verify(bundle.sign(MAILBOX)) == bundle
+
+
+def test_tampering_and_wrong_server_are_refused() -> None:
+    data = make().sign(MAILBOX)
+    for i in range(len(data)):
+        out = bytearray(data)
+        out[i] ^= 0x40
+        with pytest.raises((DecodeError, AuthenticationError)):
+            MailboxBundle.verify(bytes(out), MAILBOX.onion)
+    with pytest.raises(DecodeError, match="different mailbox"):
+        MailboxBundle.verify(data, OTHER.onion)
+    with pytest.raises(DecodeError):
+        MailboxBundle.verify(data[:-1])
+
+
+@pytest.mark.parametrize("overrides", [{"record_size": 63}, {"pow_bits": 65},
+                                       {"max_records": 0}, {"tag_size": 0},
+                                       {"onion_public_key": b"x"}])
+def test_bad_values(overrides: dict[str, object]) -> None:
+    with pytest.raises(DecodeError):
+        make(**overrides)
+
+
+@given(st.binary(max_size=80), st.binary(max_size=80), st.integers(0, 10))
+@settings(max_examples=30)
+def test_solved_pow_verifies(tag: bytes, ct: bytes, bits: int) -> None:
+    nonce = solve_pow(MAILBOX.public_key, tag, ct, bits)
+    assert pow_ok(MAILBOX.public_key, tag, ct, nonce, bits)
+    assert leading_zero_bits(pow_digest(MAILBOX.public_key, tag, ct, nonce)) >= bits
+
+
+def test_pow_is_bound_to_the_mailbox_and_the_content() -> None:
+    tag, ct = b"t" * 67, b"c" * 128
+    nonce = solve_pow(MAILBOX.public_key, tag, ct, 12)
+    # Each of these succeeds by chance with probability 2^-12: pin that it does not here.
+    assert not pow_ok(OTHER.public_key, tag, ct, nonce, 12)
+    assert not pow_ok(MAILBOX.public_key, tag, ct[:-1] + b"d", nonce, 12)
+    assert pow_ok(MAILBOX.public_key, tag, ct, 12345, 0)
+    with pytest.raises(DecodeError):
+        pow_digest(MAILBOX.public_key, tag, ct, 1 << 64)
+    assert leading_zero_bits(b"\x00\x80") == 8 and leading_zero_bits(b"\x00\x00") == 16

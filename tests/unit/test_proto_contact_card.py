@@ -1,0 +1,112 @@
+"""Signed contact cards: layout, round trip, forged / expired / wrong-onion refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.contact_card import CARD_SIZE, FMD_PUBLIC_KEY_SIZE, MAGIC, ContactCard
+from nyth.proto.identity import Identity
+
+ALICE = Identity.from_seed(b"a" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+NOW = 1_800_000_000
+REJECT = (DecodeError, AuthenticationError)
+HAVE_FMD = importlib.util.find_spec("nyth.proto.fmd") is not None
+
+
+def fmd_key(seed: bytes = b"f") -> bytes:
+    if HAVE_FMD:
+        from nyth.proto import fmd  # type: ignore[attr-defined,unused-ignore]
+
+        return bytes(fmd.FmdSecretKey.generate().public_key().encode())
+    return (seed * FMD_PUBLIC_KEY_SIZE)[:FMD_PUBLIC_KEY_SIZE]
+
+
+FMD_KEY = fmd_key()
+
+
+def make(identity: Identity = ALICE, **overrides: object) -> ContactCard:
+    fields: dict[str, object] = {
+        "onion_public_key": identity.public_key, "fmd_public_key": FMD_KEY,
+        "x25519_public_key": identity.x25519_public(), "issued_at": NOW - 10,
+        "expires_at": NOW + 86400,
+    }
+    return ContactCard(**{**fields, **overrides})
+
+
+def test_layout_is_pinned() -> None:
+    card = make()
+    data = card.sign(ALICE)
+    assert len(data) == CARD_SIZE == 920
+    expected_body = (MAGIC + ALICE.public_key + FMD_KEY + ALICE.x25519_public()
+                     + struct.pack(">QQ", NOW - 10, NOW + 86400))
+    assert data[:-64] == expected_body
+    assert ContactCard.verify(data, ALICE.onion, NOW) == card
+    assert ContactCard.verify(data, ALICE.onion + ".onion", NOW) == card
+
+
+@given(st.integers(0, (1 << 62)), st.integers(1, 1 << 40), st.binary(min_size=32, max_size=32))
+@settings(max_examples=50)
+def test_round_trip(issued: int, lifetime: int, x_key: bytes) -> None:
+    if x_key == bytes(32):
+        x_key = b"\x01" * 32
+    card = make(issued_at=issued, expires_at=issued + lifetime, x25519_public_key=x_key)
+    assert ContactCard.verify(card.sign(ALICE), ALICE.onion, issued) == card
+
+
+def test_forged_card_is_refused() -> None:
+    data = make().sign(ALICE)
+    for bit in range(0, len(data) * 8, 7):
+        out = bytearray(data)
+        out[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(REJECT):
+            ContactCard.verify(bytes(out), ALICE.onion, NOW)
+    # A card for Alice's onion signed by Mallory's key.
+    body = make().sign(ALICE)[:-64]
+    with pytest.raises(AuthenticationError):
+        ContactCard.verify(body + MALLORY.sign(body), ALICE.onion, NOW)
+    with pytest.raises(ValueError):
+        make().sign(MALLORY)
+
+
+def test_wrong_onion_is_refused() -> None:
+    data = make(MALLORY).sign(MALLORY)
+    with pytest.raises(DecodeError, match="different onion"):
+        ContactCard.verify(data, ALICE.onion, NOW)
+
+
+def test_expired_and_future_cards_are_refused() -> None:
+    data = make(expires_at=NOW).sign(ALICE)
+    with pytest.raises(DecodeError, match="expired"):
+        ContactCard.verify(data, ALICE.onion, NOW)
+    assert ContactCard.verify(data, ALICE.onion, NOW - 1).expires_at == NOW
+    future = make(issued_at=NOW + 3 * 86400, expires_at=NOW + 4 * 86400).sign(ALICE)
+    with pytest.raises(DecodeError, match="future"):
+        ContactCard.verify(future, ALICE.onion, NOW)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"fmd_public_key": b"x" * 767}, {"x25519_public_key": bytes(32)},
+    {"x25519_public_key": b"x" * 31}, {"issued_at": NOW, "expires_at": NOW},
+    {"issued_at": -1}, {"expires_at": 1 << 63}, {"onion_public_key": b"x" * 33},
+])
+def test_bad_fields_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(DecodeError):
+        make(**overrides)
+
+
+@pytest.mark.parametrize("size", [0, 1, CARD_SIZE - 1, CARD_SIZE + 1])
+def test_wrong_sizes_are_refused(size: int) -> None:
+    with pytest.raises(DecodeError):
+        ContactCard.verify(b"\x00" * size, ALICE.onion, NOW)
+
+
+def test_wrong_magic_is_refused() -> None:
+    data = make().sign(ALICE)
+    with pytest.raises(DecodeError, match="not a Nyth contact card"):
+        ContactCard.verify(b"NYTHBND1" + data[8:], ALICE.onion, NOW)
