@@ -34,7 +34,6 @@ class Engine:
         self.node: P2PNode | None = None
         self.onion_status: dict[str, Any] = {"state": "locked", "reason": "profile not unlocked"}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._http: Any = None
         self.retry = RetryPolicy(initial=settings.retry_initial_seconds,
                                  cap=settings.retry_cap_seconds)
         self._lock = asyncio.Lock()
@@ -64,8 +63,9 @@ class Engine:
                                        virtual_port=P2P_VIRTUAL_PORT, target=target,
                                        on_status=self._on_onion_status)
             self._tasks.append(asyncio.ensure_future(publisher.run()))
-            self._http = onion_http_client(self.socks, timeout=120.0)
-            self.groups = GroupService(profile, self.events, self.messenger, self._http, self.retry)
+            socks = self.socks
+            self.groups = GroupService(profile, self.events, self.messenger,
+                                       lambda: onion_http_client(socks, timeout=120.0), self.retry)
             self.groups.on_onion_failure = self.forget_onion_failures
             self.messenger.on_onion_failure = self.forget_onion_failures
             self.messenger.start(self.node)
@@ -120,7 +120,5 @@ class Engine:
             await self.messenger.stop()
         if self.node is not None:
             await self.node.close()
-        if self._http is not None:
-            await self._http.aclose()
         if self.profile is not None:
             self.profile.store.close()

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -62,12 +63,15 @@ def server_url(onion: str, path: str) -> str:
 
 class GroupService:
     def __init__(self, profile: Profile, events: EventBus, messenger: Messenger,
-                 http: httpx.AsyncClient, retry: RetryPolicy) -> None:
+                 http_factory: Callable[[], httpx.AsyncClient], retry: RetryPolicy) -> None:
         self.profile = profile
         self.store = profile.store
         self.events = events
         self.messenger = messenger
-        self.http = http
+        # Clients are cheap and short-lived on purpose: after a server or gateway restart a
+        # pooled keep-alive connection through SOCKS can hang until the deadline instead of
+        # failing, so a failure throws the pool away and the next attempt dials afresh.
+        self._new_http = http_factory
         self.retry = retry
         self.dags: dict[str, GroupDag] = {}
         self.server_state: dict[str, dict[str, Any]] = {}
@@ -107,8 +111,9 @@ class GroupService:
         onion = normalize_onion(onion)
         if presented is None:
             try:
-                response = await asyncio.wait_for(
-                    self.http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
+                async with self._new_http() as http:
+                    response = await asyncio.wait_for(
+                        http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
                 response.raise_for_status()
                 presented = base64.b64decode(response.json()["bundle"], validate=True)
             except (httpx.HTTPError, KeyError, ValueError, TypeError, TimeoutError) as exc:
@@ -233,26 +238,32 @@ class GroupService:
                 "state": state, "reason": None, "next_retry_at": None}
 
     async def _post_loop(self) -> None:
-        log.info("group poster running")
-        while True:
-            self._post_wake.clear()
-            now = time.time()
-            rows = self.store.list("group_outbox")
-            due = [r for r in rows if r["next_attempt_at"] <= now]
-            for row in due:
-                await self._post_one(row)
-            if due:
-                continue
-            timeout = max(0.05, min(r["next_attempt_at"] for r in rows) - now) if rows else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._post_wake.wait(), timeout)
+        http = self._new_http()
+        try:
+            while True:
+                self._post_wake.clear()
+                now = time.time()
+                rows = self.store.list("group_outbox")
+                due = [r for r in rows if r["next_attempt_at"] <= now]
+                for row in due:
+                    if not await self._post_one(http, row):
+                        await http.aclose()
+                        http = self._new_http()
+                if due:
+                    continue
+                timeout = max(0.05, min(r["next_attempt_at"] for r in rows) - now) if rows else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._post_wake.wait(), timeout)
+        finally:
+            await http.aclose()
 
-    async def _post_one(self, row: dict[str, Any]) -> None:
+    async def _post_one(self, http: httpx.AsyncClient, row: dict[str, Any]) -> bool:
+        """Post one blob to every server still missing it; False if any attempt failed."""
         blob = base64.b64decode(row["blob"])
         failures = []
         for onion in list(row["servers"]):
             try:
-                response = await asyncio.wait_for(self.http.post(
+                response = await asyncio.wait_for(http.post(
                     server_url(onion, "/v1/blobs"), content=blob,
                     headers={"content-type": "application/octet-stream"}), REQUEST_DEADLINE)
                 if response.status_code != 201:
@@ -268,7 +279,7 @@ class GroupService:
         record = self.store.get(key, row["hash"])
         if record is None:
             self.store.delete("group_outbox", row["hash"])
-            return
+            return not failures
         record["pending_servers"] = list(row["servers"])
         if failures and self.on_onion_failure is not None:
             self.on_onion_failure()
@@ -287,6 +298,7 @@ class GroupService:
                 self.store.put(key, row["hash"], record)
                 self.store.put("group_outbox", row["hash"], row)
         self.events.publish("group_message", group=gid, message=record)
+        return not failures
 
     # -- syncing ---------------------------------------------------------------------------
     def _ensure_syncer(self, onion: str, restart: bool = False) -> None:
@@ -311,12 +323,13 @@ class GroupService:
         failures = 0
         while True:
             try:
-                self._set_server_state(onion, "connecting")
-                await self._fetch_backlog(onion)
-                self._set_server_state(onion, "live")
-                failures = 0
-                await self._follow(onion)
-                reason = "the server closed the stream"
+                async with self._new_http() as http:
+                    self._set_server_state(onion, "connecting")
+                    await self._fetch_backlog(http, onion)
+                    self._set_server_state(onion, "live")
+                    failures = 0
+                    await self._follow(http, onion)
+                    reason = "the server closed the stream"
             except TimeoutError:
                 reason = f"no answer within {REQUEST_DEADLINE:.0f} s"
             except Exception as exc:
@@ -335,10 +348,10 @@ class GroupService:
         row = self.store.get("cursors", onion)
         return row["cursor"] if row else "0"
 
-    async def _fetch_backlog(self, onion: str) -> None:
+    async def _fetch_backlog(self, http: httpx.AsyncClient, onion: str) -> None:
         while True:
             response = await asyncio.wait_for(
-                self.http.get(server_url(onion, "/v1/blobs"),
+                http.get(server_url(onion, "/v1/blobs"),
                               params={"after": self._cursor(onion), "limit": PAGE}),
                 REQUEST_DEADLINE)
             if response.status_code != 200:
@@ -350,9 +363,9 @@ class GroupService:
             if not page["more"]:
                 return
 
-    async def _follow(self, onion: str) -> None:
+    async def _follow(self, http: httpx.AsyncClient, onion: str) -> None:
         url = server_url(onion, "/v1/blobs/stream")
-        async with aconnect_sse(self.http, "GET", url, params={"after": self._cursor(onion)},
+        async with aconnect_sse(http, "GET", url, params={"after": self._cursor(onion)},
                                 timeout=httpx.Timeout(30.0, read=120.0)) as source:
             if source.response.status_code != 200:
                 raise GroupError(f"server answered {source.response.status_code} to the stream")

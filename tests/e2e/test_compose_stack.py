@@ -93,6 +93,11 @@ def test_tor_gateway_restart(stack):
     with alice.client() as ca:
         sent = ca.send(bob.onion, "after gateway restart")
         wait_delivered(ca, bob.onion, sent["id"], timeout=300)
+        # Group traffic resumes too (posts and bob's sync go through the restarted gateway).
+        gid = _group_id(stack)
+        ca.post(f"/v1/groups/{gid}/messages", {"text": "group after gateway restart"})
+    wait_until(lambda: "group after gateway restart" in {m["body"] for m in _history(bob, gid)},
+               300, what="bob to see a group post made after the gateway restart")
 
 
 def test_stopped_bob_gets_message_exactly_once(stack):
