@@ -1,0 +1,687 @@
+"""The mailbox's HTTP API: offline first contact and delivery with Fuzzy Message Detection.
+
+The mailbox stores records (an FMD tag and a fixed-size ciphertext), all the same size,
+and signed contact cards. It never learns who a record is for unless a recipient
+delegates a detection key, and then only up to that key's false-positive rate. Posting
+costs a proof of work; a replayed post is refused; the retention in the signed bundle
+is enforced.
+"""
+
+
+import asyncio
+import base64
+import binascii
+import importlib
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Annotated, Any
+
+import anyio
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from nyth.errors import AuthenticationError, DecodeError
+from nyth.keystore import load_or_create_identity, write_private_file
+from nyth.proto.contact_card import CARD_SIZE, ContactCard
+from nyth.proto.identity import Identity, public_key_from_onion
+from nyth.proto.mailbox_bundle import MailboxBundle, pow_ok
+from nyth.web import error_json, error_responses, install_common
+from prometheus_client import Counter, Gauge
+from pydantic import AfterValidator, BaseModel, Field
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+
+from nyth_mailbox.settings import MailboxSettings
+from nyth_mailbox.storage import Cursor, MailboxStore, Notifier, StoredRecord
+
+log = logging.getLogger("nyth_mailbox")
+
+SERVICE = "mailbox"
+# FMD2 tags at γ = 24: U (32) ‖ y (32) ‖ 24 bits (3). Must equal nyth.proto.fmd.TAG_SIZE.
+TAG_SIZE = 67
+MAX_DETECTION_KEY_BYTES = 24 * 32
+CURSOR_PATTERN = r"^(0|[0-9]{1,19}-[0-9]{1,19})$"
+CURSOR_HELP = (
+    'Cursor: "0" (from the start) or a stream id "<ms>-<seq>" returned by this server. '
+    "Only records after it are returned."
+)
+ONION_PATTERN = r"^[a-z2-7]{56}$"
+B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+B64URL_PATTERN = r"^[A-Za-z0-9_+/-]*={0,2}$"
+FEED_POLL_SECONDS = 5.0
+DETECT_CHUNK = 500
+
+POSTED = Counter("nyth_mailbox_records_posted_total", "Records stored.")
+REPLAYS = Counter("nyth_mailbox_replays_refused_total", "Posts refused as replays.")
+POW_FAILED = Counter("nyth_mailbox_pow_failed_total", "Posts refused for insufficient work.")
+TRIMMED = Counter("nyth_mailbox_records_trimmed_total", "Records dropped for age retention.")
+CARDS = Counter("nyth_mailbox_cards_stored_total", "Contact cards stored or renewed.")
+TESTS = Counter("nyth_mailbox_detection_tests_total", "(tag, detection key) tests run.")
+STREAMS = Gauge("nyth_mailbox_detection_streams",
+                "Open detection streams (registered detection keys).")
+
+
+def b64_len(size: int) -> int:
+    return 4 * math.ceil(size / 3)
+
+
+class InvalidInput(Exception):
+    """A well-typed field whose content is wrong; answered 422 {"error": ...}."""
+
+
+def fmd_module() -> ModuleType | None:
+    """nyth.proto.fmd, imported lazily (it is developed separately); None if absent."""
+    try:
+        return importlib.import_module("nyth.proto.fmd")
+    except ImportError:
+        return None
+
+
+def _b64decode(value: str, name: str, *, urlsafe: bool = False) -> bytes:
+    try:
+        if urlsafe:
+            value = value.replace("-", "+").replace("_", "/")
+            value += "=" * (-len(value) % 4)
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{name} is not valid base64") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _check_cursor(value: str) -> str:
+    Cursor.parse(value)
+    return value
+
+
+def _check_onion(value: str) -> str:
+    public_key_from_onion(value)  # DecodeError is a ValueError: pydantic reports it
+    return value
+
+
+CursorParam = Annotated[
+    str,
+    Query(description=CURSOR_HELP, max_length=40, json_schema_extra={"pattern": CURSOR_PATTERN}),
+    AfterValidator(_check_cursor),
+]
+OnionPath = Annotated[
+    str,
+    Path(description="The profile's onion service id (56 lowercase base32, no .onion).",
+         min_length=56, max_length=56, json_schema_extra={"pattern": ONION_PATTERN}),
+    AfterValidator(_check_onion),
+]
+
+
+# -- request / response models ---------------------------------------------------------
+
+
+class BundleResponse(BaseModel):
+    bundle: str = Field(description="Base64 of the signed MailboxBundle bytes (pin these).")
+    onion: str = Field(description="The mailbox's onion service id (no .onion).")
+    tag_size: int
+    record_size: int = Field(description="Every ciphertext is exactly this many bytes.")
+    max_records: int
+    max_age_seconds: int
+    pow_bits: int = Field(description="Leading zero bits the proof of work of a post needs.")
+
+
+class CardBody(BaseModel):
+    card: str = Field(description=f"Base64 of the signed contact card ({CARD_SIZE} bytes).",
+                      min_length=b64_len(CARD_SIZE), max_length=b64_len(CARD_SIZE),
+                      pattern=B64_PATTERN)
+
+
+class CardResponse(BaseModel):
+    card: str = Field(description="Base64 of the signed contact card.")
+    issued_at: int
+    expires_at: int
+
+
+def record_body_model(record_size: int) -> type[BaseModel]:
+    class RecordBody(BaseModel):
+        tag: str = Field(description=f"Base64 of the FMD tag ({TAG_SIZE} bytes).",
+                         min_length=b64_len(TAG_SIZE), max_length=b64_len(TAG_SIZE),
+                         pattern=B64_PATTERN)
+        ciphertext: str = Field(
+            description=f"Base64 of the ciphertext, exactly {record_size} bytes.",
+            min_length=b64_len(record_size), max_length=b64_len(record_size),
+            pattern=B64_PATTERN,
+        )
+        nonce: int = Field(ge=0, le=(1 << 64) - 1, description=(
+            "Proof of work: BLAKE2b-256(person='nyth-mailbox-pow') of mailbox onion key ‖ "
+            "tag ‖ ciphertext ‖ u64 nonce must start with pow_bits zero bits."))
+
+    return RecordBody
+
+
+class PostResponse(BaseModel):
+    id: str = Field(description="Cursor of the stored record.", pattern=CURSOR_PATTERN)
+
+
+class RecordItem(BaseModel):
+    id: str = Field(pattern=CURSOR_PATTERN)
+    tag: str = Field(description="Base64 of the FMD tag.")
+    ciphertext: str = Field(description="Base64 of the ciphertext.")
+
+
+class RecordPage(BaseModel):
+    records: list[RecordItem]
+    next: str = Field(description="Pass as `after` to continue.", pattern=CURSOR_PATTERN)
+    more: bool = Field(description="True when more records are already waiting after `next`.")
+
+
+class DetectBody(BaseModel):
+    detection_key: str = Field(
+        description="Base64 of an FMD detection key: n × 32 bytes, n = 0..24 (n = 0 matches "
+                    "every record).",
+        max_length=b64_len(MAX_DETECTION_KEY_BYTES), pattern=B64_PATTERN,
+    )
+    after: str = Field("0", description=CURSOR_HELP, max_length=40, pattern=CURSOR_PATTERN)
+    limit: int = Field(100, ge=1, le=100_000, description="At most this many matches.")
+
+
+class DetectPage(RecordPage):
+    scanned: int = Field(description="Records tested in this call (bounded by the server).")
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok" or "unavailable".')
+    onion: str
+    redis: str = Field(description='"ok" or why Redis cannot be used.')
+    fmd: bool = Field(description="Whether detection (FMD) is available.")
+    onion_published: bool | None = Field(
+        description="Whether the onion service is published; null when no tor is configured."
+    )
+    onion_state: str | None = None
+    onion_reason: str | None = None
+    reason: str | None = Field(None, description="Why the service is unavailable.")
+
+
+# -- state --------------------------------------------------------------------------------
+
+
+@dataclass
+class MailboxState:
+    settings: MailboxSettings
+    identity: Identity
+    bundle: bytes
+    redis: aioredis.Redis
+    store: MailboxStore
+    notifier: Notifier
+    publisher: Any = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    active_streams: int = 0
+
+
+def load_or_issue_bundle(settings: MailboxSettings, identity: Identity) -> bytes:
+    """The signed bundle, re-used across restarts while keys and limits are unchanged."""
+    path = settings.bundle_path
+    wanted = (TAG_SIZE, settings.record_size, settings.max_records, settings.max_age_seconds,
+              settings.pow_bits)
+    if path.exists():
+        try:
+            data = path.read_bytes()
+            old = MailboxBundle.verify(data, identity.onion)
+        except (OSError, ValueError, AuthenticationError) as exc:
+            log.warning("ignoring unreadable bundle at %s: %s", path, exc)
+        else:
+            have = (old.tag_size, old.record_size, old.max_records, old.max_age_seconds,
+                    old.pow_bits)
+            if have == wanted:
+                return data
+            log.warning("limits changed %s -> %s: issuing a new bundle", have, wanted)
+    bundle = MailboxBundle(identity.public_key, *wanted, issued_at=int(time.time()))
+    data = bundle.sign(identity)
+    write_private_file(path, data)
+    return data
+
+
+def _status_fields(publisher: Any) -> tuple[bool | None, str | None, str | None]:
+    if publisher is None:
+        return None, None, None
+    status = getattr(publisher, "status", None)
+    raw_state = getattr(status, "state", status)
+    state = getattr(raw_state, "value", raw_state)
+    state_text = None if state is None else str(state)
+    reason = getattr(status, "reason", None)
+    published = state_text is not None and state_text.lower() in {"published", "up", "online"}
+    return published, state_text, None if reason is None else str(reason)
+
+
+async def _trim_loop(state: MailboxState) -> None:
+    while True:
+        try:
+            removed = await state.store.trim_by_age()
+            if removed:
+                TRIMMED.inc(removed)
+                log.info("trimmed %d records past max age", removed)
+        except RedisError as exc:
+            log.warning("age trim failed: %s", exc)
+        await asyncio.sleep(state.settings.trim_interval_seconds)
+
+
+def _start_publisher(state: MailboxState) -> None:
+    settings = state.settings
+    assert settings.tor_control is not None
+    from nyth.tor.endpoints import ControlEndpoint
+    from nyth.tor.publisher import OnionPublisher
+
+    password = (
+        settings.tor_control_password.get_secret_value()
+        if settings.tor_control_password is not None else None
+    )
+    control = ControlEndpoint.from_string(settings.tor_control, password)
+
+    def on_status(*args: Any) -> None:
+        _published, state_text, reason = _status_fields(state.publisher)
+        log.info("onion %s.onion: %s%s", state.identity.onion, state_text,
+                 f" ({reason})" if reason else "")
+
+    state.publisher = OnionPublisher(
+        control, state.identity, virtual_port=settings.onion_port,
+        target=settings.effective_onion_target, on_status=on_status,
+    )
+    state.tasks.append(asyncio.create_task(state.publisher.run(), name="onion-publisher"))
+    log.info("publishing %s.onion:%d -> %s through tor at %s", state.identity.onion,
+             settings.onion_port, settings.effective_onion_target, control)
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done() and asyncio.get_running_loop().time() < deadline:
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.done():
+        log.warning("task %s did not stop within %.0f s", task.get_name(), timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("task %s failed: %r", task.get_name(), task.exception())
+
+
+def _redis_client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url, socket_timeout=5.0, socket_connect_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        health_check_interval=15,
+    )
+
+
+def _item(record: StoredRecord) -> RecordItem:
+    return RecordItem(id=str(record.id), tag=_b64(record.tag),
+                      ciphertext=_b64(record.ciphertext))
+
+
+def _decode_detection_key(raw: bytes) -> Any:
+    fmd = fmd_module()
+    if fmd is None:
+        raise DetectionUnavailable()
+    if len(raw) % 32 or len(raw) > MAX_DETECTION_KEY_BYTES:
+        raise InvalidInput("detection_key must be n × 32 bytes with n <= 24")
+    try:
+        return fmd.DetectionKey.decode(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"detection_key: {exc}") from None
+
+
+class DetectionUnavailable(Exception):
+    pass
+
+
+def _matching(fmd: ModuleType, key: Any, records: list[StoredRecord]) -> list[bool]:
+    out = []
+    for record in records:
+        try:
+            out.append(bool(fmd.test(key, record.tag)))
+        except ValueError:  # a tag stored before validation existed; never a match
+            out.append(False)
+    return out
+
+
+async def detect(state: MailboxState, key: Any, after: Cursor, limit: int,
+                 budget: int) -> tuple[list[StoredRecord], Cursor, bool, int]:
+    """Matches after a cursor, testing at most budget records: (matches, next, more, scanned).
+
+    next is the last record examined, so a caller resuming from it never re-tests one.
+    """
+    fmd = fmd_module()
+    assert fmd is not None
+    matches: list[StoredRecord] = []
+    cursor, scanned, more = after, 0, False
+    while scanned < budget and len(matches) < limit:
+        page = await state.store.read_after(cursor, min(DETECT_CHUNK, budget - scanned))
+        if not page.records:
+            more = False
+            break
+        results = await asyncio.to_thread(_matching, fmd, key, page.records)
+        TESTS.inc(len(page.records))
+        for record, hit in zip(page.records, results, strict=True):
+            scanned += 1
+            cursor = record.id
+            if hit:
+                matches.append(record)
+                if len(matches) >= limit:
+                    break
+        more = page.more or cursor != page.next
+    else:
+        if scanned >= budget or len(matches) >= limit:
+            # Whether anything is left: one cheap read of a single record.
+            more = bool((await state.store.read_after(cursor, 1)).records)
+    return matches, cursor, more, scanned
+
+
+def create_app(settings: MailboxSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        identity = await asyncio.to_thread(
+            load_or_create_identity, settings.key_path, settings.passphrase()
+        )
+        bundle = await asyncio.to_thread(load_or_issue_bundle, settings, identity)
+        redis = _redis_client(settings.redis_url)
+        store = MailboxStore(
+            redis, key_prefix=settings.stream_key, tag_size=TAG_SIZE,
+            record_size=settings.record_size, max_records=settings.max_records,
+            max_age_seconds=settings.max_age_seconds, max_cards=settings.max_cards,
+        )
+        notifier = Notifier(store, poll_interval=FEED_POLL_SECONDS)
+        state = MailboxState(settings, identity, bundle, redis, store, notifier)
+        app.state.nyth = state
+        state.tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
+        state.tasks.append(asyncio.create_task(_trim_loop(state), name="age-trim"))
+        if settings.tor_control:
+            _start_publisher(state)
+        if fmd_module() is None:
+            log.warning("nyth.proto.fmd is not available: tags are only length-checked and "
+                        "detection answers 503")
+        log.info("mailbox %s.onion listening on %s:%d (record %d B, keep %d / %d s, PoW %d "
+                 "bits)", identity.onion, settings.listen_host, settings.listen_port,
+                 settings.record_size, settings.max_records, settings.max_age_seconds,
+                 settings.pow_bits)
+        try:
+            yield
+        finally:
+            notifier.close()
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*(_cancel_and_wait(task) for task in state.tasks))
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Nyth mailbox",
+        version="1",
+        description=(
+            "Offline first contact and delivery. Records are an FMD tag and a ciphertext of "
+            f"exactly `record_size` ({settings.record_size}) bytes; posting needs a proof of "
+            f"work of `pow_bits` ({settings.pow_bits}) bits. Recipients download everything "
+            "or delegate a detection key. Signed contact cards are published here."
+        ),
+        lifespan=lifespan,
+    )
+    RecordBody = record_body_model(settings.record_size)
+
+    def server(request: Request) -> MailboxState:
+        state: MailboxState = request.app.state.nyth
+        return state
+
+    @app.get("/v1/bundle", response_model=BundleResponse, tags=["mailbox"],
+             summary="The mailbox's signed bundle and the limits it enforces")
+    async def get_bundle(request: Request) -> BundleResponse:
+        state = server(request)
+        return BundleResponse(
+            bundle=_b64(state.bundle), onion=state.identity.onion, tag_size=TAG_SIZE,
+            record_size=settings.record_size, max_records=settings.max_records,
+            max_age_seconds=settings.max_age_seconds, pow_bits=settings.pow_bits,
+        )
+
+    @app.put(
+        "/v1/cards/{onion}", response_model=CardResponse, tags=["cards"],
+        summary="Publish (or renew) the contact card of an onion",
+        description="Only cards that verify for this onion and are unexpired are stored; "
+                    "the newest issued_at wins.",
+        responses=error_responses(409, 422, 429, 503),
+    )
+    async def put_card(request: Request, onion: OnionPath, body: CardBody) -> Response:
+        state = server(request)
+        data = _b64decode(body.card, "card")
+        now = int(time.time())
+        try:
+            card = ContactCard.verify(data, onion, now)
+        except (DecodeError, AuthenticationError) as exc:
+            return error_json(422, f"card refused: {exc}")
+        if card.expires_at - now > settings.max_card_lifetime_seconds:
+            return error_json(422, "card refused: valid for longer than this mailbox keeps "
+                                   f"cards ({settings.max_card_lifetime_seconds} s)")
+        result = await state.store.put_card(card.onion_public_key, data, card.issued_at,
+                                            card.expires_at)
+        if result in ("older", "conflict"):
+            return error_json(409, "a card issued at the same time or later is already stored")
+        if result == "full":
+            return error_json(429, "this mailbox holds as many cards as it keeps; retry later",
+                              headers={"Retry-After": "3600"})
+        CARDS.inc()
+        return JSONResponse(CardResponse(card=body.card, issued_at=card.issued_at,
+                                         expires_at=card.expires_at).model_dump())
+
+    @app.get("/v1/cards/{onion}", response_model=CardResponse, tags=["cards"],
+             summary="The stored contact card of an onion (verify it yourself)",
+             responses=error_responses(404, 422, 503))
+    async def get_card(request: Request, onion: OnionPath) -> Response:
+        state = server(request)
+        public_key = public_key_from_onion(onion)
+        data = await state.store.get_card(public_key)
+        card = None
+        if data is not None:
+            try:
+                card = ContactCard.verify(data, onion, int(time.time()))
+            except (DecodeError, AuthenticationError):
+                card = None  # expired between Redis' expiry ticks
+        if data is None or card is None:
+            return error_json(404, "no card for this onion")
+        return JSONResponse(CardResponse(card=_b64(data), issued_at=card.issued_at,
+                                         expires_at=card.expires_at).model_dump())
+
+    @app.post(
+        "/v1/records", status_code=201, response_model=PostResponse, tags=["records"],
+        summary="Store one record (FMD tag + fixed-size ciphertext) with a proof of work",
+        responses=error_responses(403, 409, 413, 422, 503),
+    )
+    async def post_record(request: Request, body: RecordBody) -> Response:  # type: ignore[valid-type]
+        state = server(request)
+        tag = _b64decode(body.tag, "tag")  # type: ignore[attr-defined]
+        ciphertext = _b64decode(body.ciphertext, "ciphertext")  # type: ignore[attr-defined]
+        nonce: int = body.nonce  # type: ignore[attr-defined]
+        if len(tag) != TAG_SIZE:
+            return error_json(422, f"tag must be {TAG_SIZE} bytes, got {len(tag)}")
+        if len(ciphertext) != settings.record_size:
+            return error_json(422, f"ciphertext must be exactly {settings.record_size} bytes, "
+                                   f"got {len(ciphertext)}")
+        fmd = fmd_module()
+        if fmd is not None:
+            try:
+                fmd.decode_tag(tag)
+            except ValueError as exc:
+                return error_json(422, f"tag: {exc}")
+        if not pow_ok(state.identity.public_key, tag, ciphertext, nonce, settings.pow_bits):
+            POW_FAILED.inc()
+            return error_json(403, f"proof of work does not reach {settings.pow_bits} bits")
+        cursor = await state.store.append(tag, ciphertext)
+        if cursor is None:
+            REPLAYS.inc()
+            return error_json(409, "this record was already posted")
+        POSTED.inc()
+        return JSONResponse({"id": str(cursor)}, status_code=201)
+
+    @app.get(
+        "/v1/records", response_model=RecordPage, tags=["records"],
+        summary="Download everything: records after a cursor, oldest first, paged",
+        responses=error_responses(422, 503),
+    )
+    async def get_records(
+        request: Request,
+        after: CursorParam = "0",
+        limit: Annotated[int, Query(ge=1, le=settings.max_page,
+                                    description="Page size")] = settings.max_page,
+    ) -> RecordPage:
+        page = await server(request).store.read_after(Cursor.parse(after), limit)
+        return RecordPage(records=[_item(r) for r in page.records], next=str(page.next),
+                          more=page.more)
+
+    @app.post(
+        "/v1/detect", response_model=DetectPage, tags=["detection"],
+        summary="Records after a cursor whose tags pass a delegated detection key",
+        description=(
+            f"Tests at most {settings.max_detect_scan} records per call; `next` is the last "
+            "record tested, so continue from it while `more` is true."
+        ),
+        responses=error_responses(422, 503),
+    )
+    async def post_detect(request: Request, body: DetectBody) -> Response:
+        state = server(request)
+        key = _decode_detection_key(_b64decode(body.detection_key, "detection_key"))
+        matches, cursor, more, scanned = await detect(
+            state, key, Cursor.parse(body.after), body.limit, settings.max_detect_scan)
+        page = DetectPage(records=[_item(r) for r in matches], next=str(cursor), more=more,
+                          scanned=scanned)
+        return JSONResponse(page.model_dump())
+
+    @app.get(
+        "/v1/detect/stream", tags=["detection"],
+        summary="Server-Sent Events: matches for a detection key after the cursor, then live",
+        description=(
+            "Registers the detection key for the life of the stream. Each event has "
+            "`id: <cursor>`, `event: record`, `data: {\"id\", \"tag\", \"ciphertext\"}` "
+            "(JSON, base64 fields). Last-Event-ID takes precedence over `after`."
+        ),
+        response_class=EventSourceResponse,
+        responses={
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                  "description": "An endless event stream"},
+            **error_responses(422, 503),
+        },
+    )
+    async def detect_stream(
+        request: Request,
+        key: Annotated[str, Query(
+            description="base64url (or base64) of the detection key; empty for n = 0",
+            max_length=b64_len(MAX_DETECTION_KEY_BYTES),
+            json_schema_extra={"pattern": B64URL_PATTERN})],
+        after: CursorParam = "0",
+        last_event_id: Annotated[
+            str | None,
+            Header(alias="Last-Event-ID", max_length=40,
+                   description="Resume after this cursor (sent by EventSource on reconnect)"),
+            AfterValidator(lambda v: None if v is None else _check_cursor(v)),
+        ] = None,
+    ) -> Response:
+        state = server(request)
+        detection_key = _decode_detection_key(_b64decode(key, "key", urlsafe=True))
+        if state.active_streams >= settings.max_streams:
+            return error_json(503, "too many open streams on this server; retry later",
+                              headers={"Retry-After": "5"})
+        start = Cursor.parse(last_event_id if last_event_id is not None else after)
+        state.active_streams += 1
+        STREAMS.inc()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.active_streams -= 1
+                STREAMS.dec()
+
+        shutdown = anyio.Event()
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            async def close_on_shutdown() -> None:
+                await shutdown.wait()
+                state.notifier.close()
+
+            watcher = asyncio.create_task(close_on_shutdown())
+            try:
+                async for event in _match_events(state, detection_key, start):
+                    yield event
+            finally:
+                watcher.cancel()
+                release()
+
+        async def release_after_response() -> None:
+            release()
+
+        return EventSourceResponse(
+            events(), ping=settings.keepalive_seconds,
+            background=BackgroundTask(release_after_response),
+            send_timeout=60, shutdown_event=shutdown, shutdown_grace_period=2.0,
+        )
+
+    @app.get(
+        "/healthz", response_model=Health, tags=["operations"], summary="Liveness and Redis",
+        responses={503: {"model": Health, "description": "Redis is unreachable"}},
+    )
+    async def healthz(request: Request) -> Response:
+        state = server(request)
+        published, onion_state, onion_reason = _status_fields(state.publisher)
+        health = Health(status="ok", onion=state.identity.onion, redis="ok",
+                        fmd=fmd_module() is not None, onion_published=published,
+                        onion_state=onion_state, onion_reason=onion_reason, reason=None)
+        try:
+            await asyncio.wait_for(state.redis.ping(), timeout=2.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            health.status = "unavailable"
+            health.redis = f"unreachable: {exc.__class__.__name__}"
+            health.reason = "redis is unreachable"
+            return JSONResponse(health.model_dump(), status_code=503)
+        return JSONResponse(health.model_dump())
+
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        log.warning("storage unavailable: %s", exc)
+        return error_json(503, "storage is unavailable, retry later",
+                          headers={"Retry-After": "2"})
+
+    async def invalid_input(request: Request, exc: Exception) -> Response:
+        return error_json(422, str(exc))
+
+    async def no_detection(request: Request, exc: Exception) -> Response:
+        return error_json(503, "detection is not available on this mailbox (no FMD module)")
+
+    app.add_exception_handler(RedisError, redis_down)
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(DetectionUnavailable, no_detection)
+    # The largest body is a record: base64 of tag and ciphertext plus JSON framing.
+    install_common(app, SERVICE,
+                   max_body_bytes=b64_len(settings.record_size) + b64_len(TAG_SIZE) + 4096)
+    return app
+
+
+async def _match_events(state: MailboxState, key: Any,
+                        start: Cursor) -> AsyncIterator[ServerSentEvent]:
+    """Backlog matches after start, then live ones, for one detection stream."""
+    notifier = state.notifier
+    cursor = start
+    budget = state.settings.max_detect_scan
+    while True:
+        woken = notifier.snapshot()
+        try:
+            matches, cursor, more, _scanned = await detect(state, key, cursor, budget, budget)
+        except RedisError as exc:
+            log.warning("stream read failed (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+            continue
+        for record in matches:
+            data = json.dumps(_item(record).model_dump(), separators=(",", ":"))
+            yield ServerSentEvent(data=data, id=str(record.id), event="record")
+        if more:
+            await asyncio.sleep(0)  # let other streams and requests run between batches
+            continue
+        if notifier.closing:
+            return
+        await notifier.wait(woken, FEED_POLL_SECONDS)

@@ -1,0 +1,280 @@
+"""Mailbox storage in Redis: one stream of same-size records, contact cards, wake-ups.
+
+Redis layout for prefix P:
+    P:records      stream; each entry {"r": tag ‖ ciphertext}, always tag_size +
+                   record_size bytes; its id is the public cursor
+    P:new          pub-sub channel; each new entry's id is published there
+    P:seen:<h>     replay guard, h = hex BLAKE2b-128(tag ‖ ciphertext); expires with
+                   the retention window
+    P:card:<h>     hash {"c": card bytes, "i": issued_at (20 digits)}, h = hex
+                   BLAKE2b-128(onion public key); expires when the card does
+    P:cards        sorted set of card hashes by expiry (counts cards for max_cards)
+
+Nothing in a key name or a record is an onion address or plaintext: records are opaque
+tags and ciphertexts, card keys are hashes (the card itself is public by design).
+
+Retention is enforced like the group server's: XADD trims to exactly max_records, a
+periodic XTRIM MINID drops records past max_age_seconds, and reads never return an
+expired record between two trims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import redis.asyncio as aioredis
+from nyth.errors import DecodeError
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+_U64_MAX = (1 << 64) - 1
+_CURSOR_RE = re.compile(r"(0|[0-9]{1,20}-[0-9]{1,20})")
+RECORD_FIELD = b"r"
+
+# Replay check, XADD and PUBLISH in one atomic round trip.
+_APPEND_LUA = """
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'r', ARGV[2])
+redis.call('PUBLISH', KEYS[2], id)
+return id
+"""
+
+# Newest issued_at wins; issued_at is compared as a zero-padded 20-digit string (Lua
+# numbers are doubles). Returns stored | same | older | conflict | full.
+_PUT_CARD_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local old = redis.call('HGET', KEYS[1], 'i')
+if old then
+  if old > ARGV[2] then return 'older' end
+  if old == ARGV[2] then
+    if redis.call('HGET', KEYS[1], 'c') == ARGV[1] then return 'same' end
+    return 'conflict'
+  end
+elseif redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  return 'full'
+end
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'i', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+return 'stored'
+"""
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """A Redis stream id ``<ms>-<seq>``: a position in the mailbox's record log."""
+
+    ms: int
+    seq: int
+
+    ZERO: ClassVar[Cursor]
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        if not isinstance(text, str) or not _CURSOR_RE.fullmatch(text):
+            raise DecodeError(
+                "cursor must be \"0\" or a stream id \"<ms>-<seq>\" of decimal digits"
+            )
+        if text == "0":
+            return cls.ZERO
+        ms_text, seq_text = text.split("-")
+        ms, seq = int(ms_text), int(seq_text)
+        if ms > _U64_MAX or seq > _U64_MAX:
+            raise DecodeError("cursor parts must each fit in 64 bits")
+        return cls(ms, seq)
+
+    def successor(self) -> Cursor | None:
+        if self.seq < _U64_MAX:
+            return Cursor(self.ms, self.seq + 1)
+        if self.ms < _U64_MAX:
+            return Cursor(self.ms + 1, 0)
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+Cursor.ZERO = Cursor(0, 0)
+
+
+def cursor_from_redis(raw: bytes | str) -> Cursor:
+    return Cursor.parse(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    id: Cursor
+    tag: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[StoredRecord]
+    next: Cursor
+    more: bool
+
+
+def _hash_hex(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class MailboxStore:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        key_prefix: str,
+        tag_size: int,
+        record_size: int,
+        max_records: int,
+        max_age_seconds: int,
+        max_cards: int,
+        clock: Any = time.time,
+    ) -> None:
+        self.redis = redis
+        self.prefix = key_prefix
+        self.stream_key = f"{key_prefix}:records"
+        self.channel = f"{key_prefix}:new"
+        self.cards_key = f"{key_prefix}:cards"
+        self.tag_size = tag_size
+        self.record_size = record_size
+        self.max_records = max_records
+        self.max_age_ms = max_age_seconds * 1000
+        self.max_cards = max_cards
+        self._clock = clock
+        self._append = redis.register_script(_APPEND_LUA)
+        self._put_card = redis.register_script(_PUT_CARD_LUA)
+
+    def age_floor(self) -> Cursor:
+        now_ms = int(self._clock() * 1000)
+        return Cursor(max(0, now_ms - self.max_age_ms), 0)
+
+    async def append(self, tag: bytes, ciphertext: bytes) -> Cursor | None:
+        """Store one record; None if this exact (tag, ciphertext) was posted already."""
+        if len(tag) != self.tag_size or len(ciphertext) != self.record_size:
+            raise DecodeError("record has the wrong size")
+        record = tag + ciphertext
+        seen = f"{self.prefix}:seen:{_hash_hex(record)}"
+        raw = await self._append(keys=[self.stream_key, self.channel, seen],
+                                 args=[self.max_records, record, self.max_age_ms])
+        return None if raw is None else cursor_from_redis(raw)
+
+    async def read_after(self, after: Cursor, limit: int) -> Page:
+        """Up to limit records with ids > after, oldest first, skipping expired ones."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        start = after.successor()
+        if start is None:
+            return Page([], after, False)
+        start = max(start, self.age_floor())
+        entries: Any = await self.redis.xrange(self.stream_key, min=str(start), max="+",
+                                               count=limit + 1)
+        records = self._decode(entries)
+        more = len(records) > limit
+        records = records[:limit]
+        return Page(records, records[-1].id if records else after, more)
+
+    def _decode(self, entries: list[Any]) -> list[StoredRecord]:
+        out = []
+        for raw_id, fields in entries:
+            raw = fields.get(RECORD_FIELD)
+            if raw is None or len(raw) != self.tag_size + self.record_size:
+                continue  # not ours (a shared Redis, or a size change): never serve it
+            raw = bytes(raw)
+            out.append(StoredRecord(cursor_from_redis(raw_id), raw[: self.tag_size],
+                                    raw[self.tag_size:]))
+        return out
+
+    async def trim_by_age(self) -> int:
+        floor = self.age_floor()
+        removed = await self.redis.execute_command("XTRIM", self.stream_key, "MINID", str(floor))
+        return int(removed)
+
+    async def count(self) -> int:
+        return int(await self.redis.xlen(self.stream_key))
+
+    # -- contact cards ------------------------------------------------------------------
+
+    def _card_key(self, onion_public_key: bytes) -> str:
+        return f"{self.prefix}:card:{_hash_hex(onion_public_key)}"
+
+    async def put_card(self, onion_public_key: bytes, card: bytes, issued_at: int,
+                       expires_at: int) -> str:
+        key = self._card_key(onion_public_key)
+        now = int(self._clock())
+        result = await self._put_card(
+            keys=[key, self.cards_key],
+            args=[card, f"{issued_at:020d}", expires_at * 1000, now, self.max_cards,
+                  expires_at, key.rsplit(":", 1)[1]],
+        )
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def get_card(self, onion_public_key: bytes) -> bytes | None:
+        raw: Any = await self.redis.hget(self._card_key(onion_public_key), "c")
+        return None if raw is None else bytes(raw)
+
+
+class Notifier:
+    """One pub-sub subscription per process; wakes every detection stream on a new post.
+
+    Pub-sub carries only wake-ups; records always come from the stream after a cursor,
+    so a lost message costs latency (until the next poll), never a record.
+    """
+
+    def __init__(self, store: MailboxStore, *, poll_interval: float = 5.0) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self._changed = asyncio.Event()
+        self.closing = False
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.store.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.store.channel)
+                self._wake()
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=self.poll_interval)
+                    if message is not None:
+                        while await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=0) is not None:
+                            pass
+                        self._wake()
+            except (RedisError, OSError) as exc:
+                log.warning("notifier lost Redis (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def close(self) -> None:
+        self.closing = True
+        self._wake()
+
+    def snapshot(self) -> asyncio.Event:
+        """Take this before reading: waiting on it then cannot miss a post in between."""
+        return self._changed
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Return once event was set (a wake-up), after timeout, or at once when closing."""
+        if self.closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)

@@ -1,0 +1,348 @@
+"""The mailbox as a real process (``python -m nyth_mailbox``) on a real Redis.
+
+Covers: the signed bundle and the limits it states (enforced), contact cards (only
+verifying, unexpired, newest wins, bounded), posts (same size, PoW, replay refused),
+download everything, detection with delegated keys (true matches; everything at n = 0;
+bounded work per call) and the live detection stream, and what Redis ends up holding.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx_sse
+import nacl.public
+import pytest
+import redis
+from nyth.proto.contact_card import FMD_PUBLIC_KEY_SIZE, ContactCard
+from nyth.proto.identity import Identity
+from nyth.proto.mailbox_bundle import MailboxBundle, pow_ok, solve_pow
+from nyth_mailbox.launch import MailboxProcess
+
+pytestmark = pytest.mark.integration
+
+SIZE = 256
+BITS = 6
+TAG = 67
+HAVE_FMD = importlib.util.find_spec("nyth.proto.fmd") is not None
+needs_fmd = pytest.mark.skipif(
+    not HAVE_FMD, reason="nyth.proto.fmd (FMD2, part 1 of issue 4) has not landed yet")
+
+Launch = Callable[..., MailboxProcess]
+
+
+def fmd() -> Any:
+    import importlib
+
+    return importlib.import_module("nyth.proto.fmd")
+
+
+@pytest.fixture
+def launch(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Launch]:
+    started: list[MailboxProcess] = []
+
+    def _launch(name: str = "mb", **env: str) -> MailboxProcess:
+        proc = MailboxProcess(
+            tmp_path / name, redis_url=redis_url, name=name, stream_key=redis_prefix,
+            env={"NYTH_RECORD_SIZE": str(SIZE), "NYTH_POW_BITS": str(BITS),
+                 "NYTH_LOG_LEVEL": "warning", "NYTH_KEEPALIVE_SECONDS": "1", **env},
+        )
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield _launch
+    for proc in started:
+        log = Path(proc.log_path).read_text() if Path(proc.log_path).exists() else ""
+        proc.stop()
+        assert "Traceback" not in log, log[-3000:]
+
+
+class Mailbox:
+    """A tiny client: enough of the sender's and the recipient's side for the tests."""
+
+    def __init__(self, proc: MailboxProcess) -> None:
+        self.http = httpx.Client(base_url=proc.base_url, trust_env=False, timeout=20)
+        bundle = self.http.get("/v1/bundle").json()
+        self.onion = bundle["onion"]
+        self.bundle = MailboxBundle.verify(base64.b64decode(bundle["bundle"]), self.onion)
+
+    def post(self, tag: bytes, ciphertext: bytes, nonce: int | None = None) -> httpx.Response:
+        if nonce is None:
+            nonce = solve_pow(self.bundle.onion_public_key, tag, ciphertext,
+                              self.bundle.pow_bits)
+        return self.http.post("/v1/records", json={
+            "tag": base64.b64encode(tag).decode(), "nonce": nonce,
+            "ciphertext": base64.b64encode(ciphertext).decode()})
+
+    def download_all(self, limit: int = 1000) -> list[tuple[str, bytes, bytes]]:
+        out, after = [], "0"
+        while True:
+            page = self.http.get("/v1/records", params={"after": after, "limit": limit})
+            assert page.status_code == 200, page.text
+            body = page.json()
+            out += [(r["id"], base64.b64decode(r["tag"]), base64.b64decode(r["ciphertext"]))
+                    for r in body["records"]]
+            after = body["next"]
+            if not body["more"]:
+                return out
+
+    def detect_all(self, key: bytes, limit: int = 100) -> tuple[list[str], int]:
+        ids, after, calls = [], "0", 0
+        while True:
+            response = self.http.post("/v1/detect", json={
+                "detection_key": base64.b64encode(key).decode(), "after": after,
+                "limit": limit})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            calls += 1
+            ids += [r["id"] for r in body["records"]]
+            after = body["next"]
+            if not body["more"]:
+                return ids, calls
+
+    def put_card(self, onion: str, data: bytes) -> httpx.Response:
+        return self.http.put(f"/v1/cards/{onion}",
+                             json={"card": base64.b64encode(data).decode()})
+
+
+def random_tag() -> bytes:
+    if HAVE_FMD:
+        return bytes(fmd().flag(fmd().FmdSecretKey.generate().public_key()))
+    return os.urandom(TAG)
+
+
+def card_for(identity: Identity, issued: int | None = None, lifetime: int = 86400) -> bytes:
+    issued = int(time.time()) - 5 if issued is None else issued
+    fmd_key = (bytes(fmd().FmdSecretKey.generate().public_key().encode()) if HAVE_FMD
+               else os.urandom(FMD_PUBLIC_KEY_SIZE))
+    return ContactCard(identity.public_key, fmd_key, identity.x25519_public(), issued,
+                       issued + lifetime).sign(identity)
+
+
+# -- bundle, posts, download everything ---------------------------------------------------
+
+
+def test_bundle_is_signed_and_states_the_limits(launch: Launch) -> None:
+    proc = launch(NYTH_MAX_RECORDS="500", NYTH_MAX_AGE_SECONDS="7200")
+    mb = Mailbox(proc)
+    b = mb.bundle
+    assert (b.tag_size, b.record_size, b.max_records, b.max_age_seconds, b.pow_bits) == (
+        TAG, SIZE, 500, 7200, BITS)
+    raw = mb.http.get("/v1/bundle").json()
+    assert raw["record_size"] == SIZE and raw["pow_bits"] == BITS
+    health = mb.http.get("/healthz").json()
+    assert health["status"] == "ok" and health["onion"] == mb.onion
+    proc.restart()
+    assert Mailbox(proc).http.get("/v1/bundle").json()["bundle"] == raw["bundle"]
+
+
+def test_post_download_replay_and_what_redis_holds(launch: Launch, redis_url: str,
+                                                  redis_prefix: str) -> None:
+    mb = Mailbox(launch())
+    alice, bob = Identity.generate(), Identity.generate()
+    plaintext = f"hello bob, this is {alice.onion}".encode()
+    sealed = nacl.public.SealedBox(nacl.public.PublicKey(bob.x25519_public())).encrypt(plaintext)
+    ciphertext = sealed + os.urandom(SIZE - len(sealed))  # padded to the record size
+    assert mb.put_card(bob.onion, card_for(bob)).status_code == 200
+
+    posted = [(random_tag(), ciphertext)] + [(random_tag(), os.urandom(SIZE)) for _ in range(11)]
+    ids = []
+    for tag, ct in posted:
+        response = mb.post(tag, ct)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    got = mb.download_all(limit=5)
+    assert [(i, t, c) for i, t, c in got] == [(i, t, c) for i, (t, c) in zip(ids, posted, strict=True)]
+
+    # A replay (same tag and ciphertext, even with a fresh nonce) is refused.
+    replay = mb.post(*posted[0])
+    assert replay.status_code == 409 and "already" in replay.json()["error"]
+    other_nonce = solve_pow(mb.bundle.onion_public_key, *posted[0], BITS,
+                            start=solve_pow(mb.bundle.onion_public_key, *posted[0], BITS) + 1)
+    assert mb.post(*posted[0], nonce=other_nonce).status_code == 409
+    assert len(mb.download_all()) == len(posted)
+
+    with redis.Redis.from_url(redis_url) as raw:
+        entries = raw.xrange(f"{redis_prefix}:records")
+        assert {len(fields[b"r"]) for _, fields in entries} == {TAG + SIZE}
+        assert all(set(fields) == {b"r"} for _, fields in entries)
+        dump = b""
+        for key in raw.scan_iter(match=f"{redis_prefix}*"):
+            dump += key + b"\n"
+            kind = raw.type(key)
+            if kind == b"stream":
+                dump += b"".join(v for _, f in raw.xrange(key) for v in f.values())
+            elif kind == b"string":
+                dump += raw.get(key) or b""
+    for needle in (alice.onion, bob.onion, mb.onion):
+        assert needle.encode() not in dump and needle.upper().encode() not in dump
+    assert plaintext not in dump and b"hello bob" not in dump
+    assert alice.public_key not in dump
+
+
+def test_pow_and_sizes_are_enforced(launch: Launch) -> None:
+    mb = Mailbox(launch(NYTH_POW_BITS="12"))
+    tag, ct = random_tag(), os.urandom(SIZE)
+    bad = next(n for n in range(1000) if not pow_ok(mb.bundle.onion_public_key, tag, ct, n, 12))
+    response = mb.post(tag, ct, nonce=bad)
+    assert response.status_code == 403 and "proof of work" in response.json()["error"]
+    assert mb.post(tag, ct).status_code == 201
+    assert mb.post(random_tag(), os.urandom(SIZE - 1)).status_code == 422
+    assert mb.post(random_tag(), os.urandom(SIZE + 3)).status_code == 422
+    assert mb.post(os.urandom(TAG - 1), os.urandom(SIZE)).status_code == 422
+    assert mb.http.post("/v1/records", json={"tag": "!!", "ciphertext": "x", "nonce": 1}
+                        ).status_code == 422
+    assert mb.http.post("/v1/records", content=b"x" * 100_000).status_code == 413
+    assert len(mb.download_all()) == 1
+    metrics = mb.http.get("/metrics").text
+    assert "nyth_mailbox_pow_failed_total 1.0" in metrics
+
+
+@needs_fmd
+def test_invalid_tags_are_refused(launch: Launch) -> None:
+    mb = Mailbox(launch())
+    tag = bytearray(random_tag())
+    tag[:32] = b"\xff" * 32  # not a ristretto255 encoding
+    response = mb.post(bytes(tag), os.urandom(SIZE))
+    assert response.status_code == 422 and "tag" in response.json()["error"]
+
+
+def test_retention_by_count_and_age_is_enforced(launch: Launch, redis_url: str,
+                                               redis_prefix: str) -> None:
+    mb = Mailbox(launch("count", NYTH_MAX_RECORDS="4"))
+    ids = [mb.post(random_tag(), os.urandom(SIZE)).json()["id"] for _ in range(9)]
+    assert [i for i, _, _ in mb.download_all()] == ids[-4:]
+
+    mb2 = Mailbox(launch("age", NYTH_MAX_AGE_SECONDS="1", NYTH_TRIM_INTERVAL_SECONDS="0.2",
+                         NYTH_STREAM_KEY=redis_prefix + "x"))
+    for _ in range(3):
+        assert mb2.post(random_tag(), os.urandom(SIZE)).status_code == 201
+    assert len(mb2.download_all()) == 3
+    time.sleep(1.6)
+    assert mb2.download_all() == []
+    with redis.Redis.from_url(redis_url) as raw:
+        assert raw.xlen(f"{redis_prefix}x:records") == 0
+
+
+# -- contact cards ---------------------------------------------------------------------------
+
+
+def test_cards_verify_expire_and_newest_wins(launch: Launch) -> None:
+    mb = Mailbox(launch(NYTH_MAX_CARDS="3", NYTH_MAX_CARD_LIFETIME_SECONDS="864000"))
+    bob, mallory = Identity.generate(), Identity.generate()
+    now = int(time.time())
+    assert mb.http.get(f"/v1/cards/{bob.onion}").status_code == 404
+
+    first = card_for(bob, issued=now - 100)
+    response = mb.put_card(bob.onion, first)
+    assert response.status_code == 200, response.text
+    got = mb.http.get(f"/v1/cards/{bob.onion}").json()
+    assert base64.b64decode(got["card"]) == first
+    assert ContactCard.verify(first, bob.onion, now).issued_at == got["issued_at"]
+    assert mb.put_card(bob.onion, first).status_code == 200  # idempotent
+
+    forged = bytearray(card_for(bob))
+    forged[-1] ^= 1
+    assert mb.put_card(bob.onion, bytes(forged)).status_code == 422
+    expired = card_for(bob, issued=now - 1000, lifetime=500)
+    assert "expired" in mb.put_card(bob.onion, expired).json()["error"]
+    wrong_onion = mb.put_card(bob.onion, card_for(mallory))
+    assert wrong_onion.status_code == 422 and "different onion" in wrong_onion.json()["error"]
+    too_long = mb.put_card(bob.onion, card_for(bob, lifetime=20 * 86400))
+    assert too_long.status_code == 422
+
+    older = card_for(bob, issued=now - 200)
+    assert mb.put_card(bob.onion, older).status_code == 409
+    newer = card_for(bob, issued=now - 10)
+    assert mb.put_card(bob.onion, newer).status_code == 200
+    assert base64.b64decode(mb.http.get(f"/v1/cards/{bob.onion}").json()["card"]) == newer
+    assert mb.put_card(bob.onion, card_for(bob, issued=now - 10)).status_code == 409
+
+    for _ in range(2):
+        other = Identity.generate()
+        assert mb.put_card(other.onion, card_for(other)).status_code == 200
+    full = Identity.generate()
+    assert mb.put_card(full.onion, card_for(full)).status_code == 429
+    # Renewing a card already held still works when full.
+    assert mb.put_card(bob.onion, card_for(bob, issued=now)).status_code == 200
+
+    bad = mb.http.get("/v1/cards/" + "a" * 56)
+    assert bad.status_code == 422 and set(bad.json()) == {"error"}
+
+
+# -- detection -----------------------------------------------------------------------------
+
+
+@needs_fmd
+def test_detection_returns_true_matches_and_everything_at_n0(launch: Launch) -> None:
+    mb = Mailbox(launch(NYTH_MAX_DETECT_SCAN="7"))
+    F = fmd()
+    bob = F.FmdSecretKey.generate()
+    mine = set()
+    for i in range(30):
+        if i % 6 == 0:
+            response = mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE))
+            mine.add(response.json()["id"])
+        else:
+            response = mb.post(random_tag(), os.urandom(SIZE))
+        assert response.status_code == 201
+    ids, calls = mb.detect_all(bytes(bob.extract(24).encode()))
+    assert set(ids) == mine and len(ids) == 5
+    assert calls >= 30 // 7  # the work per call is bounded
+    # n = 1: every true match plus about half of the rest.
+    ids1, _ = mb.detect_all(bytes(bob.extract(1).encode()))
+    assert mine <= set(ids1)
+    everything, _ = mb.detect_all(b"", limit=4)
+    assert everything == [i for i, _, _ in mb.download_all()]
+
+    bad = mb.http.post("/v1/detect", json={"detection_key": base64.b64encode(b"x" * 31).decode()})
+    assert bad.status_code == 422
+    assert mb.http.post("/v1/detect", json={"detection_key": "", "after": "x"}).status_code == 422
+    assert "nyth_mailbox_detection_tests_total" in mb.http.get("/metrics").text
+
+
+@needs_fmd
+def test_live_detection_stream(launch: Launch) -> None:
+    proc = launch()
+    mb = Mailbox(proc)
+    F = fmd()
+    bob = F.FmdSecretKey.generate()
+    key = base64.urlsafe_b64encode(bytes(bob.extract(24).encode())).decode().rstrip("=")
+    backlog = mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE)).json()["id"]
+    mb.post(random_tag(), os.urandom(SIZE))
+    got: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def reader() -> None:
+        with httpx.Client(trust_env=False, timeout=15) as client, httpx_sse.connect_sse(
+            client, "GET", f"{proc.base_url}/v1/detect/stream", params={"key": key}
+        ) as source:
+            ready.set()
+            for event in source.iter_sse():
+                if event.event == "record":
+                    got.append({"id": event.id, **json.loads(event.data)})
+                    if len(got) == 2:
+                        return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    time.sleep(0.3)
+    mb.post(random_tag(), os.urandom(SIZE))
+    ct = os.urandom(SIZE)
+    live = mb.post(bytes(F.flag(bob.public_key())), ct).json()["id"]
+    thread.join(15)
+    assert [g["id"] for g in got] == [backlog, live]
+    assert base64.b64decode(got[1]["ciphertext"]) == ct
+    bad = mb.http.get("/v1/detect/stream", params={"key": "abc"})
+    assert bad.status_code == 422
