@@ -447,7 +447,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         summary="Publish (or renew) the contact card of an onion",
         description="Only cards that verify for this onion and are unexpired are stored; "
                     "the newest issued_at wins.",
-        responses=error_responses(409, 422, 429, 503),
+        responses=error_responses(400, 409, 422, 429, 503),
     )
     async def put_card(request: Request, onion: OnionPath, body: CardBody) -> Response:
         state = server(request)
@@ -492,7 +492,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     @app.post(
         "/v1/records", status_code=201, response_model=PostResponse, tags=["records"],
         summary="Store one record (FMD tag + fixed-size ciphertext) with a proof of work",
-        responses=error_responses(403, 409, 413, 422, 503),
+        responses=error_responses(400, 403, 409, 413, 422, 503),
     )
     async def post_record(request: Request, body: RecordBody) -> Response:  # type: ignore[valid-type]
         state = server(request)
@@ -542,7 +542,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             f"Tests at most {settings.max_detect_scan} records per call; `next` is the last "
             "record tested, so continue from it while `more` is true."
         ),
-        responses=error_responses(422, 503),
+        responses=error_responses(400, 422, 503),
     )
     async def post_detect(request: Request, body: DetectBody) -> Response:
         state = server(request)
