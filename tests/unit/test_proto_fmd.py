@@ -323,3 +323,12 @@ def test_arbitrary_tags_decode_error_or_bool(seed: bytes, y: bytes, c: bytes, va
     except DecodeError:
         return
     assert result in (True, False)
+
+
+def test_stored_w_is_reused(sk: fmd.FmdSecretKey, true_tags: list[bytes]) -> None:
+    w = fmd.decode_tag(true_tags[2]).w
+    again = fmd.decode_tag(true_tags[2], w=w)
+    assert again.w == w
+    assert fmd.test(sk.extract(24), again)
+    with pytest.raises(DecodeError):
+        fmd.decode_tag(true_tags[2], w=w[:31])

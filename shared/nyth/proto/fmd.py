@@ -248,8 +248,12 @@ class Tag:
         return f"Tag({self.raw[:4].hex()}…)"
 
 
-def decode_tag(tag: bytes) -> Tag:
-    """Validate a 67-byte tag: length, U a canonical non-identity point, y a canonical scalar."""
+def decode_tag(tag: bytes, w: bytes | None = None) -> Tag:
+    """Validate a 67-byte tag: length, U a canonical non-identity point, y a canonical scalar.
+
+    ``w``: the tag's W as computed earlier by ``Tag.w`` and stored next to it (a mailbox can
+    compute it once at ingest); not checked, a wrong W only makes every test of it fail.
+    """
     if not isinstance(tag, bytes | bytearray) or len(tag) != TAG_SIZE:
         raise DecodeError(f"FMD tag must be {TAG_SIZE} bytes")
     raw = bytes(tag)
@@ -259,7 +263,12 @@ def decode_tag(tag: bytes) -> Tag:
     if int.from_bytes(y, "little") >= _L:
         raise DecodeError("FMD tag y: scalar is not canonical (not below the group order)")
     c = int.from_bytes(raw[POINT_SIZE + SCALAR_SIZE:], "little")
-    return Tag(raw, u, y, c)
+    decoded = Tag(raw, u, y, c)
+    if w is not None:
+        if len(w) != POINT_SIZE:
+            raise DecodeError(f"FMD tag W must be {POINT_SIZE} bytes")
+        decoded._w = bytes(w)
+    return decoded
 
 
 def flag(pk: FmdPublicKey) -> bytes:
