@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.contact_id import ContactId
 from nyth.proto.identity import normalize_onion
 from nyth.proto.p2p import MAX_TEXT_CHARS
 from nyth.web import error_responses, install_common
@@ -40,7 +41,12 @@ class Unlock(BaseModel):
 
 
 class ContactAdd(BaseModel):
-    onion: str = Field(min_length=56, max_length=80, description="the contact's onion address")
+    onion: str | None = Field(None, min_length=56, max_length=80,
+                              description="the contact's onion address (reaches them only P2P)")
+    contact_id: str | None = Field(
+        None, min_length=10, max_length=200,
+        description="the contact identifier they shared (nyth1…): onion + mailbox, so a "
+                    "request reaches them even while they are offline")
     text: str = Field("", max_length=MAX_TEXT_CHARS, description="a note sent with the request")
 
 
@@ -129,6 +135,14 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
         return {"onion": e.onion_status, "contacts": e.messenger.connection,
                 "servers": e.groups.server_state}
 
+    @v1.get("/mailbox", responses=error_responses(423))
+    async def mailbox() -> dict[str, Any]:
+        """Our mailbox: state, contact id, and what it can learn with the detection setting
+        (false-positive rate, expected detections p·N + M, recommended n)."""
+        e = unlocked()
+        assert e.mailbox is not None
+        return e.mailbox.privacy()
+
     # -- contacts and messages -------------------------------------------------------------
     @v1.get("/contacts", responses=error_responses(423))
     async def contacts() -> list[dict[str, Any]]:
@@ -136,7 +150,16 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
 
     @v1.post("/contacts", status_code=201, responses=error_responses(400, 423))
     async def add_contact(body: ContactAdd) -> dict[str, Any]:
-        return _contact_call(lambda m: m.add_contact(_onion(body.onion), body.text))
+        if (body.onion is None) == (body.contact_id is None):
+            raise HTTPException(422, "give exactly one of onion and contact_id")
+        if body.contact_id is not None:
+            try:
+                cid = ContactId.decode(body.contact_id)
+            except DecodeError as exc:
+                raise HTTPException(422, f"contact id: {exc}") from exc
+            return _contact_call(lambda m: m.add_contact(cid.onion, body.text, cid.mailbox_onion))
+        onion = _onion(body.onion or "")
+        return _contact_call(lambda m: m.add_contact(onion, body.text))
 
     @v1.get("/contacts/{onion}", responses=error_responses(404, 423))
     async def contact(onion: Onion) -> dict[str, Any]:
@@ -266,4 +289,5 @@ def _profile_view(engine: Engine) -> dict[str, Any]:
     assert engine.profile is not None
     onion = engine.profile.identity.onion
     return {"name": engine.profile.name, "onion": onion, "address": f"{onion}.onion",
+            "contact_id": engine.mailbox.contact_id if engine.mailbox else None,
             "onion_state": engine.onion_status}

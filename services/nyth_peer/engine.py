@@ -10,12 +10,14 @@ from typing import Any
 
 from nyth.config import parse_host_port
 from nyth.proto.delivery import RetryPolicy
+from nyth.proto.identity import normalize_onion
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.publisher import OnionPublisher, PublisherStatus
 from nyth.tor.socks import forget_onion_failures, onion_http_client
 
 from nyth_peer.events import EventBus
 from nyth_peer.groups import GroupService
+from nyth_peer.mailbox import MailboxService
 from nyth_peer.messenger import ACCEPTED, Messenger
 from nyth_peer.p2p import P2P_VIRTUAL_PORT, P2PNode
 from nyth_peer.profile import Profile
@@ -31,6 +33,7 @@ class Engine:
         self.profile: Profile | None = None
         self.messenger: Messenger | None = None
         self.groups: GroupService | None = None
+        self.mailbox: MailboxService | None = None
         self.node: P2PNode | None = None
         self.onion_status: dict[str, Any] = {"state": "locked", "reason": "profile not unlocked"}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -67,9 +70,18 @@ class Engine:
             self.groups = GroupService(profile, self.events, self.messenger,
                                        lambda: onion_http_client(socks, timeout=120.0), self.retry)
             self.groups.on_onion_failure = self.forget_onion_failures
+            mailbox_onion = normalize_onion(self.settings.mailbox) if self.settings.mailbox else None
+            self.mailbox = MailboxService(
+                profile, self.events, lambda: onion_http_client(socks, timeout=120.0),
+                mailbox_onion=mailbox_onion, poll_seconds=self.settings.mailbox_poll_seconds,
+                detection_bits=self.settings.detection_bits,
+                on_record=self.messenger.on_mailbox_record)
+            self.messenger.mailbox = self.mailbox
+            self.messenger.mailbox_after = self.settings.mailbox_after_seconds
             self.messenger.on_onion_failure = self.forget_onion_failures
             self.messenger.start(self.node)
             self.groups.start()
+            self.mailbox.start()
             self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
@@ -116,6 +128,8 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.groups is not None:
             await self.groups.stop()
+        if self.mailbox is not None:
+            await self.mailbox.stop()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.node is not None:

@@ -33,6 +33,7 @@ from nyth_peer.profile import Profile
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 60.0
+MAX_HELD = 100  # messages kept from someone whose contact request is not answered yet
 CONNECT_TIMEOUT = 120.0
 
 # Contact statuses
@@ -60,6 +61,9 @@ class Messenger:
         self.node: P2PNode | None = None
         self.on_invite: Any = None  # set by the group service: (onion, body) -> None
         self.on_onion_failure: Any = None  # set by the engine
+        self.mailbox: Any = None  # MailboxService, when our profile uses one (set by the engine)
+        self.mailbox_after = 60.0  # seconds a contact must be unreachable before we use its mailbox
+        self._unreachable_since: dict[str, float] = {}
         self.connection: dict[str, dict[str, Any]] = {}
         self._acks: dict[bytes, asyncio.Future[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
@@ -94,10 +98,15 @@ class Messenger:
         self.store.put("contacts", row["onion"], row)
         self.events.publish("contact", contact=self._contact_view(row))
 
-    def add_contact(self, onion: str, text: str) -> dict[str, Any]:
+    def add_contact(self, onion: str, text: str, mailbox: str | None = None) -> dict[str, Any]:
+        """mailbox: the contact's mailbox onion, known when they were added by contact id;
+        it lets requests and messages reach them while they are offline."""
         if onion == self.profile.identity.onion:
             raise ContactError("that is your own address")
         existing = self.store.get("contacts", onion)
+        if existing is not None and mailbox and existing.get("mailbox") != mailbox:
+            existing["mailbox"] = mailbox
+            self._set_contact(existing)
         if existing is not None and existing["status"] in (ACCEPTED, PENDING_OUTBOUND):
             return self._contact_view(existing)
         request = ContactRequest(self.profile.name, text)
@@ -109,7 +118,7 @@ class Messenger:
                 self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
                 return self._contact_view(existing)
             row = {"onion": onion, "name": None, "status": PENDING_OUTBOUND, "request_text": text,
-                   "created_at": time.time()}
+                   "created_at": time.time(), "mailbox": mailbox}
             self._set_contact(row)
             self._enqueue(onion, MessageKind.CONTACT_REQUEST, request.encode())
         return self._contact_view(row)
@@ -118,11 +127,21 @@ class Messenger:
         row = self.store.get("contacts", onion)
         if row is None or row["status"] != PENDING_INBOUND:
             raise ContactError("no pending contact request from that address")
+        held = self.store.list(f"held:{onion}")
         with self.store.transaction():
             row["status"] = ACCEPTED if accept else REFUSED
             self._set_contact(row)
             kind = MessageKind.CONTACT_ACCEPT if accept else MessageKind.CONTACT_REFUSE
             self._enqueue(onion, kind, b"")
+            # Messages that came with the request (through the mailbox) were held back
+            # until now: shown on acceptance, dropped on refusal.
+            for message in held:
+                if accept:
+                    self.store.put(f"messages:{onion}", message["id"], message)
+                self.store.delete(f"held:{onion}", message["id"])
+        if accept:
+            for message in held:
+                self.events.publish("message", message=message)
         return self._contact_view(row)
 
     # -- sending ---------------------------------------------------------------------------
@@ -146,7 +165,8 @@ class Messenger:
         row = {"id": msg_id, "onion": onion, "kind": kind.name.lower(), "direction": "out",
                "body": base64.b64encode(body).decode(), "text": text, "timestamp_ms": _now_ms(),
                "state": DeliveryState.QUEUED.value, "reason": None, "next_retry_at": None,
-               "attempts": 0, "next_attempt_at": now, "created_at": now, "delivered_at": None}
+               "attempts": 0, "next_attempt_at": now, "created_at": now, "delivered_at": None,
+               "via": None}
         with self.store.transaction():
             self.store.put("outbox", msg_id, row)
             if kind is MessageKind.TEXT:
@@ -157,9 +177,11 @@ class Messenger:
 
     @staticmethod
     def _public(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: row[k] for k in ("id", "onion", "kind", "direction", "text", "timestamp_ms",
+        view = {k: row[k] for k in ("id", "onion", "kind", "direction", "text", "timestamp_ms",
                                     "state", "reason", "next_retry_at", "attempts",
                                     "delivered_at")}
+        view["via"] = row.get("via")
+        return view
 
     def _update(self, row: dict[str, Any], **changes: Any) -> None:
         row.update(changes)
@@ -222,8 +244,15 @@ class Messenger:
             status = contact["status"] if contact else None
             now = time.time()
             waiting = [r for r in rows if not self._eligible(r, status)]
+            # Once our request went to their mailbox, what we write before they answer
+            # follows it there (they see it when they accept).
+            by_mail = (self._mailbox_ok(contact) and status == PENDING_OUTBOUND
+                       and contact is not None and contact.get("request_via") == "mailbox")
+            mail_due = [r for r in waiting if by_mail and r["next_attempt_at"] <= now]
             for row in waiting:
                 reason = "waiting for the contact to accept your contact request"
+                if by_mail:
+                    continue
                 if status == REFUSED:
                     self._update(row, state=DeliveryState.FAILED.value,
                                  reason="the contact did not accept your request",
@@ -234,7 +263,11 @@ class Messenger:
             if due:
                 await self._attempt(onion, due)
                 continue
-            pending = [r["next_attempt_at"] for r in rows if self._eligible(r, status)]
+            if mail_due:
+                await self._retry_later(mail_due, await self._via_mailbox(onion, mail_due))
+                continue
+            pending = [r["next_attempt_at"] for r in rows
+                       if self._eligible(r, status) or by_mail]
             timeout = max(0.05, min(pending) - now) if pending else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
@@ -258,6 +291,7 @@ class Messenger:
                 f"no acknowledgement from the contact within {ACK_TIMEOUT:.0f} s")
         except OnionConnectError as exc:
             failure = exc.reason
+            self._unreachable_since.setdefault(onion, time.time())
             if self.on_onion_failure is not None:
                 self.on_onion_failure()
         except (ConnectionError, OSError) as exc:
@@ -268,15 +302,53 @@ class Messenger:
         finally:
             for row in rows:
                 self._acks.pop(bytes.fromhex(row["id"]), None)
+        since = self._unreachable_since.get(onion)
+        if (failure and since is not None and time.time() - since >= self.mailbox_after
+                and self._mailbox_ok(self.store.get("contacts", onion))):
+            mail_failure = await self._via_mailbox(onion, rows)
+            failure = f"{failure}; mailbox: {mail_failure}" if mail_failure else failure
+        await self._retry_later(rows, failure or "not acknowledged")
+
+    async def _retry_later(self, rows: list[dict[str, Any]], failure: str | None) -> None:
         for row in rows:
             current = self.store.get("outbox", row["id"])
-            if current is None:   # acked (or cancelled) meanwhile
+            if current is None:   # acked, cancelled or delivered via the mailbox meanwhile
                 continue
             attempts = current["attempts"] + 1
             delay = self.retry.delay(attempts)
             self._update(current, state=DeliveryState.QUEUED.value, attempts=attempts,
-                         reason=failure or "not acknowledged", next_attempt_at=time.time() + delay,
+                         reason=failure or "not delivered", next_attempt_at=time.time() + delay,
                          next_retry_at=time.time() + delay)
+
+    def _mailbox_ok(self, contact: dict[str, Any] | None) -> bool:
+        return (self.mailbox is not None and contact is not None and bool(contact.get("mailbox"))
+                and contact["status"] in (PENDING_OUTBOUND, ACCEPTED))
+
+    async def _via_mailbox(self, onion: str, rows: list[dict[str, Any]]) -> str | None:
+        """Post rows to the contact's mailbox; returns why some could not be, or None."""
+        from nyth_peer.mailbox import MailboxError
+
+        contact = self.store.get("contacts", onion)
+        assert contact is not None
+        failure = None
+        for row in rows:
+            current = self.store.get("outbox", row["id"])
+            if current is None:
+                continue
+            envelope = Envelope(bytes.fromhex(row["id"]), MessageKind[row["kind"].upper()],
+                                row["timestamp_ms"], base64.b64decode(row["body"]))
+            try:
+                await self.mailbox.send(onion, contact["mailbox"], envelope)
+            except MailboxError as exc:
+                failure = str(exc)
+                continue
+            self._update(current, state=DeliveryState.DELIVERED.value, via="mailbox",
+                         reason="delivered via mailbox: the contact fetches it when online",
+                         next_retry_at=None, delivered_at=time.time())
+            if row["kind"] == "contact_request":
+                contact["request_via"] = "mailbox"
+                self._set_contact(contact)
+        return failure
 
     # -- receiving -------------------------------------------------------------------------
     def on_ack(self, onion: str, msg_id: bytes) -> None:
@@ -292,6 +364,8 @@ class Messenger:
 
     def on_state(self, onion: str, state: str, reason: str | None) -> None:
         self.connection[onion] = {"state": state, "reason": reason, "since": time.time()}
+        if state == "connected":
+            self._unreachable_since.pop(onion, None)
         self.events.publish("connection", onion=onion, state=state, reason=reason)
         if state == "connected" and onion in self._wake:
             # A contact that reaches us is reachable: deliver what waits for it now.
@@ -306,7 +380,12 @@ class Messenger:
         with self.store.transaction():
             return self._handle(onion, envelope)
 
-    def _handle(self, onion: str, envelope: Envelope) -> bool:
+    def on_mailbox_record(self, onion: str, envelope: Envelope) -> bool:
+        """A message fetched from our mailbox, sealed and signed by onion."""
+        with self.store.transaction():
+            return self._handle(onion, envelope, via_mailbox=True)
+
+    def _handle(self, onion: str, envelope: Envelope, via_mailbox: bool = False) -> bool:
         seen = f"seen:{onion}"
         msg_id = envelope.msg_id.hex()
         if self.store.has(seen, msg_id):
@@ -328,13 +407,16 @@ class Messenger:
                     self._set_contact(contact)
                     self._kick(onion)
             elif status != ACCEPTED:
+                if (via_mailbox and kind is MessageKind.TEXT and status in (PENDING_INBOUND, None)
+                        and len(self.store.list(f"held:{onion}")) < MAX_HELD):
+                    # Written with a contact request, before we accepted: hold it back.
+                    self.store.put(f"held:{onion}", msg_id, self._received(onion, envelope))
+                    self.store.put(seen, msg_id, {})
+                    return True
                 # Not (yet) a contact: unacked, so a legitimate sender retries later.
                 return False
             elif kind is MessageKind.TEXT:
-                row = {"id": msg_id, "onion": onion, "kind": "text", "direction": "in",
-                       "text": decode_text(envelope.body), "timestamp_ms": envelope.timestamp_ms,
-                       "state": DeliveryState.DELIVERED.value, "reason": None,
-                       "next_retry_at": None, "attempts": 0, "delivered_at": time.time()}
+                row = self._received(onion, envelope, via="mailbox" if via_mailbox else "p2p")
                 self.store.put(f"messages:{onion}", msg_id, row)
                 self.store.put(seen, msg_id, {})
                 self.events.publish("message", message=row)
@@ -345,6 +427,13 @@ class Messenger:
             log.info("dropping malformed %s from a contact: %s", kind.name, exc)
         self.store.put(seen, msg_id, {})
         return True
+
+    @staticmethod
+    def _received(onion: str, envelope: Envelope, via: str = "mailbox") -> dict[str, Any]:
+        return {"id": envelope.msg_id.hex(), "onion": onion, "kind": "text", "direction": "in",
+                "text": decode_text(envelope.body), "timestamp_ms": envelope.timestamp_ms,
+                "state": DeliveryState.DELIVERED.value, "reason": None, "next_retry_at": None,
+                "attempts": 0, "delivered_at": time.time(), "via": via}
 
     def _on_contact_request(self, onion: str, contact: dict[str, Any] | None,
                             request: ContactRequest) -> None:

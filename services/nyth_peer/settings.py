@@ -31,6 +31,17 @@ class PeerSettings(NythSettings):
     tor_control: HostPort = Field(description="tor gateway control port (host:port).")
     tor_control_password: SecretStr | None = None
     tor_control_password_file: Path | None = None
+    mailbox: str | None = Field(
+        None, min_length=56, max_length=62,
+        description="Onion of the mailbox this profile uses for offline first contact.")
+    mailbox_after_seconds: float = Field(
+        60.0, ge=0, le=86_400,
+        description="How long a contact must be unreachable P2P before we use its mailbox.")
+    mailbox_poll_seconds: float = Field(15.0, gt=0, le=86_400)
+    detection_bits: int | None = Field(
+        None, ge=0, le=24,
+        description="Delegate an FMD detection key with false-positive rate 2^-n to our "
+                    "mailbox; unset: download everything and test locally (it learns nothing).")
     retry_initial_seconds: float = Field(2.0, gt=0, le=3600)
     retry_cap_seconds: float = Field(300.0, gt=0, le=86_400)
     log_level: str = "info"
