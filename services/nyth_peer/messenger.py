@@ -192,6 +192,11 @@ class Messenger:
                 self.store.put("outbox", row["id"], row)
             if row["kind"] == "text":
                 self.store.put(f"messages:{row['onion']}", row["id"], self._public(row))
+            contact = self.store.get("contacts", row["onion"])
+            if row["kind"] == "contact_request" and contact is not None:
+                # The request's own delivery state belongs on the contact, where users look.
+                contact["request"] = self._public(row)
+                self._set_contact(contact)
         self.events.publish("message", message=self._public(row))
 
     def messages(self, onion: str, limit: int = 200) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ class PeerHandle:
 
 
 @dataclass
-class GroupServerHandle:
+class ServiceHandle:
     name: str
     process: ServiceProcess
     url: str
@@ -93,7 +93,7 @@ class Devnet:
     redis: RedisServer | None = None             # reuse a running one (tests)
     retry_cap_seconds: float = 30.0
     peers: dict[str, PeerHandle] = field(default_factory=dict)
-    group_servers: dict[str, GroupServerHandle] = field(default_factory=dict)
+    services: dict[str, ServiceHandle] = field(default_factory=dict)
     _owned: list[Any] = field(default_factory=list)
 
     def start_infrastructure(self) -> None:
@@ -125,7 +125,7 @@ class Devnet:
             env["NYTH_TOR_CONTROL_PASSWORD_FILE"] = str(path)
         return env
 
-    def add_group_server(self, name: str = "group-server", **env: str) -> GroupServerHandle:
+    def add_group_server(self, name: str = "group-server", **env: str) -> ServiceHandle:
         assert self.redis is not None
         port = free_port()
         data_dir = self.base_dir / name
@@ -139,8 +139,30 @@ class Devnet:
             health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
         process.start()
         self._owned.append(process)
-        handle = GroupServerHandle(name, process, f"http://127.0.0.1:{port}")
-        self.group_servers[name] = handle
+        handle = ServiceHandle(name, process, f"http://127.0.0.1:{port}")
+        self.services[name] = handle
+        return handle
+
+    def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
+        """A mailbox service (offline first contact, FMD detection)."""
+        assert self.redis is not None
+        from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
+
+        port = free_port()
+        data_dir = self.base_dir / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        process = ServiceProcess.python_module(
+            name, "nyth_mailbox",
+            {"NYTH_DATA_DIR": str(data_dir), "NYTH_LISTEN_PORT": str(port),
+             "NYTH_REDIS_URL": self.redis.url, "NYTH_STREAM_KEY": f"nyth:{name}",
+             "NYTH_RECORD_SIZE": str(RECOMMENDED_RECORD_SIZE),
+             "NYTH_KEY_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
+             **self._tor_env(), **env},
+            health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
+        process.start()
+        self._owned.append(process)
+        handle = ServiceHandle(name, process, f"http://127.0.0.1:{port}")
+        self.services[name] = handle
         return handle
 
     def add_peer(self, name: str, **env: str) -> PeerHandle:

@@ -1,0 +1,188 @@
+"""Offline first contact through a mailbox, over the private Tor network."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from nyth.ports import free_port
+from nyth.proto.contact_card import ContactCard
+from nyth.proto.contact_id import ContactId
+from nyth.proto.fmd import TAG_SIZE, FmdSecretKey
+from nyth.proto.identity import Identity, public_key_from_onion
+from nyth.proto.mailbox_bundle import MailboxBundle
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
+from nyth.runtime.devnet import wait_until
+from nyth.tor.publisher import OnionPublisher
+
+from tests.fixtures.stack import wait_delivered
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FAST = {"NYTH_MAILBOX_AFTER_SECONDS": "0", "NYTH_MAILBOX_POLL_SECONDS": "1"}
+
+
+def _msg(client, onion, msg_id):
+    return client.get(f"/v1/contacts/{onion}/messages/{msg_id}")
+
+
+def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet):
+    mailbox = devnet.add_mailbox(NYTH_POW_BITS="8")
+    mailbox.wait_online()
+    alice = devnet.add_peer("alice", NYTH_MAILBOX=mailbox.onion, **FAST)
+    bob = devnet.add_peer("bob", NYTH_MAILBOX=mailbox.onion, **FAST)
+    alice.wait_online()
+    bob.wait_online()
+    with bob.client() as cb:
+        bob_id = cb.profile()["contact_id"]
+        # bob's card is on the mailbox before he goes away
+        wait_until(lambda: cb.get("/v1/mailbox")["state"]["state"] == "live", 60,
+                   what="bob's mailbox to be live")
+    assert bob_id.startswith("nyth1")
+    bob.process.stop()
+
+    with alice.client() as ca:
+        contact = ca.post("/v1/contacts", {"contact_id": bob_id, "text": "hi bob, it's alice"})
+        assert contact["onion"] == bob.onion and contact["status"] == "pending_outbound"
+        first = ca.send(bob.onion, "first while you were away")
+        second = ca.send(bob.onion, "second while you were away")
+        for m in (first, second):
+            wait_until(lambda m=m: _msg(ca, bob.onion, m["id"])["via"] == "mailbox", 180,
+                       what="alice's message to go via the mailbox")
+            shown = _msg(ca, bob.onion, m["id"])
+            assert shown["state"] == "delivered" and "mailbox" in shown["reason"]
+
+    # What the mailbox stores: same-size opaque records, no onion, no plaintext.
+    page = httpx.get(f"{mailbox.url}/v1/records", params={"after": "0", "limit": 1000}).json()
+    records = [base64.b64decode(r["ciphertext"]) for r in page["records"]]
+    assert len(records) == 3 and len({len(r) for r in records}) == 1
+    for record in records:
+        for needle in (alice.onion.encode(), bob.onion.encode(), public_key_from_onion(alice.onion),
+                       public_key_from_onion(bob.onion), b"away", b"alice"):
+            assert needle not in record
+
+    bob.process.start()
+    bob.wait_online()
+    with bob.client() as cb, alice.client() as ca:
+        request = wait_until(
+            lambda: next((c for c in cb.get("/v1/contacts") if c["onion"] == alice.onion), None),
+            120, what="bob to see alice's request")
+        assert request["status"] == "pending_inbound" and request["request_text"] == "hi bob, it's alice"
+        assert cb.messages(alice.onion) == []  # held back until bob accepts
+        cb.post(f"/v1/contacts/{alice.onion}/accept")
+        texts = [m["text"] for m in cb.messages(alice.onion)]
+        assert texts == ["first while you were away", "second while you were away"]
+        wait_until(lambda: ca.get(f"/v1/contacts/{bob.onion}")["status"] == "accepted", 120,
+                   what="alice to learn bob accepted")
+        reply = cb.send(alice.onion, "back now")
+        delivered = wait_delivered(cb, alice.onion, reply["id"])
+        assert delivered["via"] != "mailbox"   # both online: P2P
+        time.sleep(3)  # further polls must not deliver anything twice
+        assert [m["text"] for m in cb.messages(alice.onion) if m["direction"] == "in"] == texts
+        privacy = cb.get("/v1/mailbox")
+        assert privacy["mode"] == "download everything" and privacy["recommended_bits"] >= 0
+
+
+class HostileMailbox:
+    """A mailbox that lies: its own onion and correctly signed bundle, but it serves
+    whatever card it is given. Real HTTP behind a real onion on the private network."""
+
+    def __init__(self, gateway, card: bytes) -> None:
+        self.identity = Identity.generate()
+        bundle = MailboxBundle(self.identity.public_key, TAG_SIZE, RECOMMENDED_RECORD_SIZE,
+                               1000, 3600, 0, int(time.time())).sign(self.identity)
+        app = FastAPI()
+        self.card_requests = 0
+
+        @app.get("/v1/bundle")
+        def get_bundle() -> dict:
+            return {"bundle": base64.b64encode(bundle).decode()}
+
+        @app.get("/v1/cards/{onion}")
+        def get_card(onion: str) -> dict:
+            self.card_requests += 1
+            return {"card": base64.b64encode(card).decode(), "issued_at": 0, "expires_at": 0}
+
+        port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                    log_level="warning"))
+        self.publisher = OnionPublisher(gateway.control, self.identity, virtual_port=80,
+                                        target=f"127.0.0.1:{port}")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.tasks = [asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop),
+                      asyncio.run_coroutine_threadsafe(self.publisher.run(), self.loop)]
+        asyncio.run_coroutine_threadsafe(self.publisher.wait_published(60), self.loop).result(90)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.tasks[1].cancel()
+        time.sleep(0.5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.mark.parametrize("defect", ["forged", "expired", "wrong onion"])
+def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(devnet, defect):
+    carol, mallory = Identity.generate(), Identity.generate()
+    now = int(time.time())
+    fmd_key = FmdSecretKey.generate().public_key().encode()
+    if defect == "forged":   # carol's onion, mallory's keys and signature
+        card = ContactCard(carol.public_key, fmd_key, mallory.x25519_public(), now, now + 3600)
+        data = card._body() + mallory.sign(card._body())
+    elif defect == "expired":  # carol's own signature, expired an hour ago
+        data = ContactCard(carol.public_key, fmd_key, carol.x25519_public(),
+                           now - 7200, now - 3600).sign(carol)
+    else:                    # a valid card, but mallory's
+        data = ContactCard(mallory.public_key, fmd_key, mallory.x25519_public(),
+                           now, now + 3600).sign(mallory)
+    hostile = HostileMailbox(devnet.gateway, data)
+    try:
+        alice = devnet.add_peer("alice", **FAST)
+        alice.wait_online()
+        carol_id = ContactId(carol.public_key, hostile.identity.public_key).encode()
+        with alice.client() as ca:
+            ca.post("/v1/contacts", {"contact_id": carol_id, "text": "hello?"})
+            request = wait_until(
+                lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
+                    "attempts", 0) >= 2 and "card was refused" in (r.get("reason") or "") and r,
+                120, what="alice's peer to refuse the card, saying why")
+            assert request["state"] == "queued" and request["via"] is None
+        assert hostile.card_requests >= 1
+    finally:
+        hostile.close()
+
+
+def test_forged_card_is_refused_by_the_mailbox_and_the_sender_says_why(devnet):
+    mailbox = devnet.add_mailbox(NYTH_POW_BITS="4")
+    mailbox.wait_online()
+    alice = devnet.add_peer("alice", NYTH_MAILBOX=mailbox.onion, **FAST)
+    alice.wait_online()
+    # carol never runs a peer: we publish her card by hand, signed by someone else.
+    carol, mallory = Identity.generate(), Identity.generate()
+    now = int(time.time())
+    card = ContactCard(carol.public_key, FmdSecretKey.generate().public_key().encode(),
+                       mallory.x25519_public(), now, now + 3600)
+    body = bytearray(card.sign(carol))
+    body[-1] ^= 1  # broken signature: the mailbox itself refuses to store it
+    response = httpx.put(f"{mailbox.url}/v1/cards/{carol.onion}",
+                         json={"card": base64.b64encode(bytes(body)).decode()})
+    assert 400 <= response.status_code < 500
+    carol_id = ContactId(carol.public_key, public_key_from_onion(mailbox.onion)).encode()
+    with alice.client() as ca:
+        ca.post("/v1/contacts", {"contact_id": carol_id, "text": "hello?"})
+        msg = ca.send(carol.onion, "anyone?")
+        request = wait_until(
+            lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
+                "attempts", 0) >= 2 and "card" in (r.get("reason") or "") and r,
+            120, what="the request to fail through the mailbox, saying why")
+        assert request["state"] == "queued" and request["via"] is None
+        assert request["next_retry_at"] is not None
+        waiting = _msg(ca, carol.onion, msg["id"])
+        assert waiting["state"] == "queued" and waiting["via"] is None
