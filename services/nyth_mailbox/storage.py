@@ -1,8 +1,12 @@
 """Mailbox storage in Redis: one stream of same-size records, contact cards, wake-ups.
 
 Redis layout for prefix P:
-    P:records      stream; each entry {"r": tag ‖ ciphertext}, always tag_size +
-                   record_size bytes; its id is the public cursor
+    P:records      stream; each entry {"r": tag ‖ ciphertext, "w": W}: r is always
+                   tag_size + record_size bytes, w always 32 bytes (W = y·U + m·B of the
+                   tag, computed once at ingest so detection does not recompute it; public,
+                   derived from the tag alone); its id is the public cursor. Entries
+                   without "w" (stored before W was kept, or by a mailbox without FMD) are
+                   still served; detection then computes W itself.
     P:new          pub-sub channel; each new entry's id is published there
     P:seen:<h>     replay guard, h = hex BLAKE2b-128(tag ‖ ciphertext); expires with
                    the retention window
@@ -38,11 +42,18 @@ log = logging.getLogger(__name__)
 _U64_MAX = (1 << 64) - 1
 _CURSOR_RE = re.compile(r"(0|[0-9]{1,20}-[0-9]{1,20})")
 RECORD_FIELD = b"r"
+W_FIELD = b"w"
+W_SIZE = 32
 
 # Replay check, XADD and PUBLISH in one atomic round trip.
 _APPEND_LUA = """
 if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'r', ARGV[2])
+local id
+if ARGV[4] == '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'r', ARGV[2])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'r', ARGV[2], 'w', ARGV[4])
+end
 redis.call('PUBLISH', KEYS[2], id)
 return id
 """
@@ -114,6 +125,7 @@ class StoredRecord:
     id: Cursor
     tag: bytes
     ciphertext: bytes
+    w: bytes | None = None  # the tag's W as stored at ingest; None for older records
 
 
 @dataclass(frozen=True)
@@ -158,14 +170,22 @@ class MailboxStore:
         now_ms = int(self._clock() * 1000)
         return Cursor(max(0, now_ms - self.max_age_ms), 0)
 
-    async def append(self, tag: bytes, ciphertext: bytes) -> Cursor | None:
-        """Store one record; None if this exact (tag, ciphertext) was posted already."""
+    async def append(self, tag: bytes, ciphertext: bytes,
+                     w: bytes | None = None) -> Cursor | None:
+        """Store one record; None if this exact (tag, ciphertext) was posted already.
+
+        w: the tag's W (``nyth.proto.fmd.Tag.w``), kept next to it for detection. The
+        replay guard covers tag and ciphertext only (W is a function of the tag).
+        """
         if len(tag) != self.tag_size or len(ciphertext) != self.record_size:
             raise DecodeError("record has the wrong size")
+        if w is not None and len(w) != W_SIZE:
+            raise DecodeError(f"W must be {W_SIZE} bytes")
         record = tag + ciphertext
         seen = f"{self.prefix}:seen:{_hash_hex(record)}"
         raw = await self._append(keys=[self.stream_key, self.channel, seen],
-                                 args=[self.max_records, record, self.max_age_ms])
+                                 args=[self.max_records, record, self.max_age_ms,
+                                       b"" if w is None else w])
         return None if raw is None else cursor_from_redis(raw)
 
     async def read_after(self, after: Cursor, limit: int) -> Page:
@@ -190,8 +210,11 @@ class MailboxStore:
             if raw is None or len(raw) != self.tag_size + self.record_size:
                 continue  # not ours (a shared Redis, or a size change): never serve it
             raw = bytes(raw)
+            w = fields.get(W_FIELD)
+            if w is not None and len(w) != W_SIZE:
+                w = None  # never trust a malformed W: detection recomputes it
             out.append(StoredRecord(cursor_from_redis(raw_id), raw[: self.tag_size],
-                                    raw[self.tag_size:]))
+                                    raw[self.tag_size:], None if w is None else bytes(w)))
         return out
 
     async def trim_by_age(self) -> int:

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import httpx
 from nyth.config import parse_host_port
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import normalize_onion
@@ -70,7 +71,7 @@ class Engine:
             self.groups = GroupService(profile, self.events, self.messenger,
                                        lambda: onion_http_client(socks, timeout=120.0), self.retry)
             self.groups.on_onion_failure = self.forget_onion_failures
-            mailbox_onion = normalize_onion(self.settings.mailbox) if self.settings.mailbox else None
+            mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
                 profile, self.events, lambda: onion_http_client(socks, timeout=120.0),
                 mailbox_onion=mailbox_onion, poll_seconds=self.settings.mailbox_poll_seconds,
@@ -85,6 +86,21 @@ class Engine:
             self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    async def _mailbox_onion(self) -> str | None:
+        if self.settings.mailbox:
+            return normalize_onion(self.settings.mailbox)
+        url = self.settings.mailbox_healthz
+        if not url:
+            return None
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+            for _ in range(60):
+                try:
+                    return normalize_onion((await http.get(url)).json()["onion"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    await asyncio.sleep(1)
+        log.warning("no mailbox: %s did not tell its onion within a minute", url)
+        return None
 
     def forget_onion_failures(self) -> None:
         """After a failed onion lookup tor avoids those directories for minutes; a service

@@ -34,6 +34,10 @@ class PeerSettings(NythSettings):
     mailbox: str | None = Field(
         None, min_length=56, max_length=62,
         description="Onion of the mailbox this profile uses for offline first contact.")
+    mailbox_healthz: str | None = Field(
+        None, pattern=r"^https?://", max_length=300,
+        description="Instead of NYTH_MAILBOX: the /healthz URL of a mailbox deployed beside "
+                    "this peer (same compose project); its onion is read from there at start.")
     mailbox_after_seconds: float = Field(
         60.0, ge=0, le=86_400,
         description="How long a contact must be unreachable P2P before we use its mailbox.")

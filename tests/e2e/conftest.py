@@ -19,7 +19,7 @@ from nyth.ports import free_port
 from nyth.runtime.devnet import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("tor-network", "tor-gateway", "redis", "group-server", "alice", "bob")
+SERVICES = ("tor-network", "tor-gateway", "redis", "group-server", "mailbox", "alice", "bob")
 
 
 def _compose(project: str, *args: str, env: dict[str, str] | None = None,
@@ -122,7 +122,8 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(nyth_image: str, docker_client: Any) -> Iterator[Stack]:
     project = f"nyth-e2e-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "NYTH_ALICE_PORT": str(free_port()), "NYTH_BOB_PORT": str(free_port())}
+    env = {**os.environ, "NYTH_ALICE_PORT": str(free_port()), "NYTH_BOB_PORT": str(free_port()),
+           "NYTH_MAILBOX_AFTER_SECONDS": "3"}
     up = _compose(project, "up", "-d", env=env, check=False, timeout=900)
     s = Stack(project, env, docker_client, {})
     try:

@@ -100,6 +100,31 @@ def test_tor_gateway_restart(stack):
                300, what="bob to see a group post made after the gateway restart")
 
 
+def test_first_contact_through_the_mailbox_while_offline(stack):
+    """carol does not exist in compose; alice plays her part for bob: bob shares his contact
+    id, goes offline, and a new contact's request and message reach him via the mailbox."""
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    with bob.client() as cb:
+        bob_id = cb.profile()["contact_id"]
+        assert bob_id and bob_id.startswith("nyth1")
+        wait_until(lambda: cb.get("/v1/mailbox")["state"]["state"] == "live", 180,
+                   what="bob's card to be on the mailbox")
+    stack.container("bob").stop()
+    with alice.client() as ca:
+        # alice already knows bob; adding him by contact id teaches her his mailbox
+        ca.post("/v1/contacts", {"contact_id": bob_id, "text": "again"})
+        sent = ca.send(bob.onion, "via the mailbox")
+        wait_until(lambda: ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}")["via"]
+                   == "mailbox", 300, what="the message to go via the mailbox")
+    stack.container("bob").start()
+    stack.wait_peer_online(bob)
+    with bob.client() as cb:
+        wait_until(lambda: "via the mailbox" in [m["text"] for m in cb.messages(alice.onion)],
+                   300, what="bob to fetch the message from his mailbox")
+        time.sleep(3)
+        assert [m["text"] for m in cb.messages(alice.onion)].count("via the mailbox") == 1
+
+
 def test_stopped_bob_gets_message_exactly_once(stack):
     alice, bob = stack.peers["alice"], stack.peers["bob"]
     stack.container("bob").stop()

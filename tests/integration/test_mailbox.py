@@ -175,7 +175,12 @@ def test_post_download_replay_and_what_redis_holds(launch: Launch, redis_url: st
     with redis.Redis.from_url(redis_url) as raw:
         entries = raw.xrange(f"{redis_prefix}:records")
         assert {len(fields[b"r"]) for _, fields in entries} == {TAG + SIZE}
-        assert all(set(fields) == {b"r"} for _, fields in entries)
+        if HAVE_FMD:  # W = y·U + m·B of the tag, computed once at ingest (32 bytes)
+            assert all(set(fields) == {b"r", b"w"} for _, fields in entries)
+            assert [fields[b"w"] for _, fields in entries] == [
+                fmd().decode_tag(fields[b"r"][:TAG]).w for _, fields in entries]
+        else:
+            assert all(set(fields) == {b"r"} for _, fields in entries)
         dump = b""
         for key in raw.scan_iter(match=f"{redis_prefix}*"):
             dump += key + b"\n"
@@ -309,6 +314,30 @@ def test_detection_returns_true_matches_and_everything_at_n0(launch: Launch) -> 
     assert bad.status_code == 422
     assert mb.http.post("/v1/detect", json={"detection_key": "", "after": "x"}).status_code == 422
     assert "nyth_mailbox_detection_tests_total" in mb.http.get("/metrics").text
+
+
+@needs_fmd
+def test_detection_uses_stored_w_and_serves_records_without_it(
+        launch: Launch, redis_url: str, redis_prefix: str) -> None:
+    mb = Mailbox(launch())
+    F = fmd()
+    bob = F.FmdSecretKey.generate()
+    assert mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE)).status_code == 201
+    key = bytes(bob.extract(24).encode())
+    stream = f"{redis_prefix}:records"
+    with redis.Redis.from_url(redis_url) as raw:
+        # Records from before W was stored (no "w"), or with a malformed one: W is
+        # recomputed, they still match.
+        legacy = raw.xadd(stream, {"r": bytes(F.flag(bob.public_key())) + os.urandom(SIZE)})
+        broken = raw.xadd(stream, {"r": bytes(F.flag(bob.public_key())) + os.urandom(SIZE),
+                                   "w": b"short"})
+        # A wrong (but well-sized) stored W is what detection trusts: it never matches,
+        # which shows the stored W is the one used.
+        tag = bytes(F.flag(bob.public_key()))
+        raw.xadd(stream, {"r": tag + os.urandom(SIZE), "w": F.decode_tag(random_tag()).w})
+    ids, _ = mb.detect_all(key)
+    assert len(ids) == 3 and ids[1:] == [legacy.decode(), broken.decode()]
+    assert len(mb.download_all()) == 4
 
 
 @needs_fmd
