@@ -1,4 +1,4 @@
-"""``python -m benchmarks {group-server,p2p,devnet,fmd,all}``: run and print a results table."""
+"""``python -m benchmarks {group-server,p2p,devnet,fmd,mailbox,all}``: run and print a results table."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "all"])
+    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "all"])
     parser.add_argument("-n", type=int, default=200, help="round trips for p2p (default 200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("stem").setLevel(logging.WARNING)
-    names = ["group-server", "p2p", "devnet", "fmd"] if args.which == "all" else [args.which]
+    names = ["group-server", "p2p", "devnet", "fmd", "mailbox"] if args.which == "all" else [args.which]
     tables = []
     for name in names:
         started = time.monotonic()
@@ -29,6 +29,9 @@ def main() -> int:
         elif name == "fmd":
             from benchmarks import fmd
             results = fmd.run()
+        elif name == "mailbox":
+            from benchmarks import mailbox
+            results = mailbox.run()
         else:
             from benchmarks import devnet_startup
             results = devnet_startup.run()
