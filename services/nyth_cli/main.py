@@ -123,10 +123,13 @@ def status() -> None:
 
 # -- contacts --------------------------------------------------------------------------------
 @contact_app.command("add")
-def contact_add(onion: str, text: str = typer.Option("", help="a note with the request")) -> None:
-    """Send a contact request to an onion address."""
-    result = call("POST", "/v1/contacts", {"onion": onion, "text": text})
-    console.print(f"{result['onion']}: {result['status']}")
+def contact_add(address: str, text: str = typer.Option("", help="a note with the request")) -> None:
+    """Send a contact request to a contact id (nyth1…, reaches them even offline, through
+    their mailbox) or to a bare onion address (P2P only)."""
+    key = "contact_id" if address.startswith("nyth1") else "onion"
+    result = call("POST", "/v1/contacts", {key: address, "text": text})
+    request = result.get("request") or {}
+    console.print(f"{result['onion']}: {result['status']} {_state_text(request) if request else ''}")
 
 
 @contact_app.command("list")
@@ -238,6 +241,24 @@ def group_read(gid: str, limit: int = 100) -> None:
                       f"  [dim]{m['state']}[/dim]")
     if result["missing"]:
         console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
+
+
+@app.command()
+def mailbox() -> None:
+    """Your contact id, your mailbox's state, and what it can learn (detection setting,
+    false-positive rate, expected detections p·N + M, recommended n)."""
+    result = call("GET", "/v1/mailbox")
+    if _state["json"]:
+        show(result)
+        return
+    console.print(f"contact id: {result['contact_id'] or '(no mailbox configured)'}", soft_wrap=True)
+    console.print(f"mailbox: {result['mailbox']} ({result['state'].get('state')} "
+                  f"{result['state'].get('reason') or ''})")
+    console.print(f"detection: {result['mode']}; {result['records_per_day']} records/day seen, "
+                  f"{result['ours_per_day']} ours; recommended n = {result['recommended_bits']}")
+    if result["expected_detections_per_day"] is not None:
+        console.print(f"the mailbox expects ≈ {result['expected_detections_per_day']} detections/day "
+                      f"for you (false-positive rate {result['false_positive_rate']:.2g})")
 
 
 @app.command()

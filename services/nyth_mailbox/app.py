@@ -343,7 +343,9 @@ def _matching(fmd: ModuleType, key: Any, records: list[StoredRecord]) -> list[bo
     for record in records:
         try:
             # W stored at ingest: a non-matching test is then ~2 scalar multiplications.
-            out.append(bool(test(key, decode_tag(record.tag, w=record.w))))
+            # Tags were validated at ingest; only records with a stored W skip the re-check.
+            out.append(bool(test(key, decode_tag(record.tag, w=record.w,
+                                                 validated=record.w is not None))))
         except ValueError:  # a tag stored before validation existed; never a match
             out.append(False)
     return out
