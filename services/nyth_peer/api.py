@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto.contact_id import ContactId
-from nyth.proto.identity import normalize_onion
+from nyth.proto.identity import normalize_onion, public_key_from_onion
 from nyth.proto.p2p import MAX_TEXT_CHARS
 from nyth.web import error_responses, install_common
 from pydantic import BaseModel, Field
@@ -64,10 +64,13 @@ class GroupInvite(BaseModel):
 
 
 def _onion(text: str) -> str:
+    """A full check (checksum, version, valid key), so a typo is refused, not dialed."""
     try:
-        return normalize_onion(text)
+        onion = normalize_onion(text)
+        public_key_from_onion(onion)
     except DecodeError as exc:
         raise HTTPException(422, str(exc)) from exc
+    return onion
 
 
 def create_app(engine: Engine, api_token: str) -> FastAPI:
