@@ -6,100 +6,25 @@ sealed at rest with it. It is held as a SecretStr and never logged or echoed.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from nyth.config import HostPort, NythSettings, format_host_port
+from nyth.config import MAX_U63, OnionServiceSettings
 from nyth.proto.bundle import MAX_BLOB_SIZE
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field
 
 # Bundle limits: the signed key bundle carries these values, so they must fit in it.
 MIN_BLOB_SIZE = 64
-MAX_U63 = (1 << 63) - 1
 
 
-class GroupServerSettings(NythSettings):
-    secret_fields: ClassVar[tuple[str, ...]] = ("key_passphrase", "tor_control_password")
+class GroupServerSettings(OnionServiceSettings):
+    key_file: ClassVar[str] = "group_server.key"
+    bundle_file: ClassVar[str] = "bundle.bin"
 
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis holding the blob stream (AOF on)."
-    )
-    listen_host: str = "127.0.0.1"
     listen_port: int = Field(8080, ge=1, le=65535)
-    data_dir: Path = Field(description="Where the sealed onion key and the signed bundle live.")
-    key_passphrase: SecretStr | None = None
-    key_passphrase_file: Path | None = None
-
-    tor_control: HostPort | None = Field(
-        None, description="tor gateway control port; when unset, no onion is published."
-    )
-    tor_control_password: SecretStr | None = None
-    tor_control_password_file: Path | None = None
-    onion_target: HostPort | None = Field(
-        None, description="host:port tor connects to for this service (default: listen address)."
-    )
-    onion_port: int = Field(80, ge=1, le=65535, description="Virtual port of the onion service.")
-
-    blob_size: int = Field(2048, ge=MIN_BLOB_SIZE, le=MAX_BLOB_SIZE)
-    max_blobs: int = Field(100_000, ge=1, le=MAX_U63)
-    max_age_seconds: int = Field(30 * 24 * 3600, ge=1, le=MAX_U63 // 1000)
-    max_page: int = Field(1000, ge=1, le=100_000)
     stream_key: str = Field(
         "nyth:group", min_length=1, max_length=200,
         description="Key prefix in Redis, so several servers can share one Redis.",
     )
-    max_streams: int = Field(256, ge=1, description="Concurrent SSE streams per process.")
-    keepalive_seconds: float = Field(15.0, gt=0, le=3600)
-    trim_interval_seconds: float = Field(
-        30.0, gt=0, le=86_400, description="How often old blobs are trimmed by age."
-    )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    access_log: bool = Field(
-        False, description="Per-request logs are metadata; off unless asked for."
-    )
-
-    @field_validator("stream_key")
-    @classmethod
-    def _printable_key(cls, value: str) -> str:
-        if not value.isprintable() or any(ch.isspace() for ch in value):
-            raise ValueError("must be printable without spaces")
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
-
-    @model_validator(mode="after")
-    def _require_passphrase(self) -> GroupServerSettings:
-        # Runs after the base class filled secrets from their *_FILE variables.
-        if self.key_passphrase is None or not self.key_passphrase.get_secret_value():
-            raise ValueError(
-                "NYTH_KEY_PASSPHRASE or NYTH_KEY_PASSPHRASE_FILE is required "
-                "(it seals the server's onion key at rest)"
-            )
-        return self
-
-    @property
-    def effective_onion_target(self) -> str:
-        if self.onion_target:
-            return self.onion_target
-        host = self.listen_host
-        # Tor cannot connect to a wildcard; loopback is the useful guess for it.
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return format_host_port(host, self.listen_port)
-
-    @property
-    def key_path(self) -> Path:
-        return self.data_dir / "group_server.key"
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.data_dir / "bundle.bin"
-
-    def passphrase(self) -> str:
-        assert self.key_passphrase is not None
-        return self.key_passphrase.get_secret_value()
+    blob_size: int = Field(2048, ge=MIN_BLOB_SIZE, le=MAX_BLOB_SIZE)
+    max_blobs: int = Field(100_000, ge=1, le=MAX_U63)
+    max_age_seconds: int = Field(30 * 24 * 3600, ge=1, le=MAX_U63 // 1000)

@@ -16,9 +16,16 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "NYTH_"
@@ -149,3 +156,98 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {format_settings_error(exc)}") from None
+
+
+MAX_U63 = (1 << 63) - 1
+
+
+class OnionServiceSettings(NythSettings):
+    """What every Redis-backed onion service (group server, mailbox) is configured with.
+
+    Subclasses set ``key_file``/``bundle_file`` (names in the data dir) and may redeclare
+    ``listen_port`` and ``stream_key`` with their own defaults.
+    """
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("key_passphrase", "tor_control_password")
+    key_file: ClassVar[str] = "service.key"
+    bundle_file: ClassVar[str] = "bundle.bin"
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis holding the service's stream (AOF on)."
+    )
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(8080, ge=1, le=65535)
+    data_dir: Path = Field(description="Where the sealed onion key and the signed bundle live.")
+    key_passphrase: SecretStr | None = None
+    key_passphrase_file: Path | None = None
+
+    tor_control: HostPort | None = Field(
+        None, description="tor gateway control port; when unset, no onion is published."
+    )
+    tor_control_password: SecretStr | None = None
+    tor_control_password_file: Path | None = None
+    onion_target: HostPort | None = Field(
+        None, description="host:port tor connects to for this service (default: listen address)."
+    )
+    onion_port: int = Field(80, ge=1, le=65535, description="Virtual port of the onion service.")
+
+    max_page: int = Field(1000, ge=1, le=100_000)
+    stream_key: str = Field(
+        "nyth:service", min_length=1, max_length=200,
+        description="Key prefix in Redis, so several services can share one Redis.",
+    )
+    max_streams: int = Field(256, ge=1, description="Concurrent SSE streams per process.")
+    keepalive_seconds: float = Field(15.0, gt=0, le=3600)
+    trim_interval_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="How often old entries are trimmed by age."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(
+        False, description="Per-request logs are metadata; off unless asked for."
+    )
+
+    @field_validator("stream_key")
+    @classmethod
+    def _printable_key(cls, value: str) -> str:
+        if not value.isprintable() or any(ch.isspace() for ch in value):
+            raise ValueError("must be printable without spaces")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _require_passphrase(self) -> OnionServiceSettings:
+        # Runs after the base class filled secrets from their *_FILE variables.
+        if self.key_passphrase is None or not self.key_passphrase.get_secret_value():
+            raise ValueError(
+                "NYTH_KEY_PASSPHRASE or NYTH_KEY_PASSPHRASE_FILE is required "
+                "(it seals the service's onion key at rest)"
+            )
+        return self
+
+    @property
+    def effective_onion_target(self) -> str:
+        if self.onion_target:
+            return self.onion_target
+        host = self.listen_host
+        # Tor cannot connect to a wildcard; loopback is the useful guess for it.
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return format_host_port(host, self.listen_port)
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / self.key_file
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.data_dir / self.bundle_file
+
+    def passphrase(self) -> str:
+        assert self.key_passphrase is not None
+        return self.key_passphrase.get_secret_value()
