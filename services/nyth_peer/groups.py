@@ -78,6 +78,7 @@ class GroupService:
         self._syncers: dict[str, asyncio.Task[None]] = {}
         self._poster: asyncio.Task[None] | None = None
         self._post_wake = asyncio.Event()
+        self._groups_cache: list[dict[str, Any]] | None = None
         self.on_onion_failure: Any = None  # set by the engine: forget tor's failed lookups
         messenger.on_invite = self._on_invite
 
@@ -174,6 +175,7 @@ class GroupService:
                "servers": servers,
                "invite": _b64(invite.encode()), "created_at": time.time()}
         self.store.put("groups", gid, row)
+        self._groups_cache = None
         self.dags[gid] = GroupDag()
         for onion in servers:
             self._ensure_syncer(onion, restart=True)
@@ -342,7 +344,11 @@ class GroupService:
             await asyncio.sleep(delay)
 
     def _groups_on(self, onion: str) -> list[dict[str, Any]]:
-        return [g for g in self.store.list("groups") if onion in g["servers"]]
+        # Called for every blob a server sends: read (and decrypt) the group rows once,
+        # again only after a join changes them.
+        if self._groups_cache is None:
+            self._groups_cache = self.store.list("groups")
+        return [g for g in self._groups_cache if onion in g["servers"]]
 
     def _cursor(self, onion: str) -> str:
         row = self.store.get("cursors", onion)

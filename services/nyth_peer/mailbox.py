@@ -140,7 +140,9 @@ class MailboxService:
         while True:
             try:
                 async with self._new_http() as http:
-                    await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
+                    # The bundle is checked (and pinned) once per healthy run, not per poll.
+                    if failures or self.state.get("state") != "live":
+                        await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
                     await self._publish_card(http)
                     await self._poll(http)
                 self._set_state("live")

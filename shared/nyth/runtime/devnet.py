@@ -126,36 +126,25 @@ class Devnet:
         return env
 
     def add_group_server(self, name: str = "group-server", **env: str) -> ServiceHandle:
-        assert self.redis is not None
-        port = free_port()
-        data_dir = self.base_dir / name
-        data_dir.mkdir(parents=True, exist_ok=True)
-        process = ServiceProcess.python_module(
-            name, "nyth_group_server",
-            {"NYTH_DATA_DIR": str(data_dir), "NYTH_LISTEN_PORT": str(port),
-             "NYTH_REDIS_URL": self.redis.url, "NYTH_STREAM_KEY": f"nyth:{name}",
-             "NYTH_KEY_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
-             **self._tor_env(), **env},
-            health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
-        process.start()
-        self._owned.append(process)
-        handle = ServiceHandle(name, process, f"http://127.0.0.1:{port}")
-        self.services[name] = handle
-        return handle
+        return self._add_redis_service("nyth_group_server", name, env)
 
     def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
         """A mailbox service (offline first contact, FMD detection)."""
-        assert self.redis is not None
         from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 
+        return self._add_redis_service(
+            "nyth_mailbox", name, {"NYTH_RECORD_SIZE": str(RECOMMENDED_RECORD_SIZE), **env})
+
+    def _add_redis_service(self, module: str, name: str, env: dict[str, str]) -> ServiceHandle:
+        """A Redis-backed onion service (group server, mailbox) as a real process."""
+        assert self.redis is not None
         port = free_port()
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         process = ServiceProcess.python_module(
-            name, "nyth_mailbox",
+            name, module,
             {"NYTH_DATA_DIR": str(data_dir), "NYTH_LISTEN_PORT": str(port),
              "NYTH_REDIS_URL": self.redis.url, "NYTH_STREAM_KEY": f"nyth:{name}",
-             "NYTH_RECORD_SIZE": str(RECOMMENDED_RECORD_SIZE),
              "NYTH_KEY_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
              **self._tor_env(), **env},
             health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
