@@ -106,10 +106,7 @@ class Stack:
                 if state.get("Health", {}).get("Status") != "healthy":
                     return False
             return True
-
-        def refresh_then_check() -> bool:
-            return all_healthy()
-        wait_until(refresh_then_check, timeout, interval=2, what="every service to be healthy")
+        wait_until(all_healthy, timeout, interval=2, what="every service to be healthy")
 
     def wait_peer_online(self, peer: E2EPeer, timeout: float = 180) -> str:
         def online() -> str | None:
