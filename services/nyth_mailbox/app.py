@@ -18,27 +18,32 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Annotated, Any
 
-import anyio
-import redis.asyncio as aioredis
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.errors import AuthenticationError, DecodeError
-from nyth.keystore import load_or_create_identity, write_private_file
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.identity import Identity, public_key_from_onion
 from nyth.proto.mailbox_bundle import MailboxBundle, pow_ok
+from nyth.runtime.onion_service import Health as ServiceHealth
+from nyth.runtime.onion_service import (
+    LastEventId,
+    OnionService,
+    answer_redis_errors,
+    check_cursor,
+    event_stream_responses,
+    redis_client,
+    unseal,
+)
+from nyth.runtime.stream_store import CURSOR_PATTERN
 from nyth.web import error_json, error_responses, install_common
 from prometheus_client import Counter, Gauge
 from pydantic import AfterValidator, BaseModel, Field
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.background import BackgroundTask
 
 from nyth_mailbox.settings import MailboxSettings
 from nyth_mailbox.storage import Cursor, MailboxStore, Notifier, StoredRecord
@@ -49,7 +54,6 @@ SERVICE = "mailbox"
 # FMD2 tags at γ = 24: U (32) ‖ y (32) ‖ 24 bits (3). Must equal nyth.proto.fmd.TAG_SIZE.
 TAG_SIZE = 67
 MAX_DETECTION_KEY_BYTES = 24 * 32
-CURSOR_PATTERN = r"^(0|[0-9]{1,19}-[0-9]{1,19})$"
 CURSOR_HELP = (
     'Cursor: "0" (from the start) or a stream id "<ms>-<seq>" returned by this server. '
     "Only records after it are returned."
@@ -100,11 +104,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _check_cursor(value: str) -> str:
-    Cursor.parse(value)
-    return value
-
-
 def _check_onion(value: str) -> str:
     public_key_from_onion(value)  # DecodeError is a ValueError: pydantic reports it
     return value
@@ -113,7 +112,7 @@ def _check_onion(value: str) -> str:
 CursorParam = Annotated[
     str,
     Query(description=CURSOR_HELP, max_length=40, json_schema_extra={"pattern": CURSOR_PATTERN}),
-    AfterValidator(_check_cursor),
+    AfterValidator(check_cursor),
 ]
 OnionPath = Annotated[
     str,
@@ -195,125 +194,29 @@ class DetectPage(RecordPage):
     scanned: int = Field(description="Records tested in this call (bounded by the server).")
 
 
-class Health(BaseModel):
-    status: str = Field(description='"ok" or "unavailable".')
-    onion: str
-    redis: str = Field(description='"ok" or why Redis cannot be used.')
+class Health(ServiceHealth):
     fmd: bool = Field(description="Whether detection (FMD) is available.")
-    onion_published: bool | None = Field(
-        description="Whether the onion service is published; null when no tor is configured."
-    )
-    onion_state: str | None = None
-    onion_reason: str | None = None
-    reason: str | None = Field(None, description="Why the service is unavailable.")
 
 
 # -- state --------------------------------------------------------------------------------
 
 
 @dataclass
-class MailboxState:
-    settings: MailboxSettings
-    identity: Identity
-    bundle: bytes
-    redis: aioredis.Redis
+class MailboxState(OnionService[MailboxSettings]):
+    log = log
+    streams_gauge = STREAMS
+    trimmed_counter = TRIMMED
+    entries = "records"
+
     store: MailboxStore
     notifier: Notifier
-    publisher: Any = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    active_streams: int = 0
 
 
-def load_or_issue_bundle(settings: MailboxSettings, identity: Identity) -> bytes:
-    """The signed bundle, re-used across restarts while keys and limits are unchanged."""
-    path = settings.bundle_path
-    wanted = (TAG_SIZE, settings.record_size, settings.max_records, settings.max_age_seconds,
-              settings.pow_bits)
-    if path.exists():
-        try:
-            data = path.read_bytes()
-            old = MailboxBundle.verify(data, identity.onion)
-        except (OSError, ValueError, AuthenticationError) as exc:
-            log.warning("ignoring unreadable bundle at %s: %s", path, exc)
-        else:
-            have = (old.tag_size, old.record_size, old.max_records, old.max_age_seconds,
-                    old.pow_bits)
-            if have == wanted:
-                return data
-            log.warning("limits changed %s -> %s: issuing a new bundle", have, wanted)
-    bundle = MailboxBundle(identity.public_key, *wanted, issued_at=int(time.time()))
-    data = bundle.sign(identity)
-    write_private_file(path, data)
-    return data
-
-
-def _status_fields(publisher: Any) -> tuple[bool | None, str | None, str | None]:
-    if publisher is None:
-        return None, None, None
-    status = getattr(publisher, "status", None)
-    raw_state = getattr(status, "state", status)
-    state = getattr(raw_state, "value", raw_state)
-    state_text = None if state is None else str(state)
-    reason = getattr(status, "reason", None)
-    published = state_text is not None and state_text.lower() in {"published", "up", "online"}
-    return published, state_text, None if reason is None else str(reason)
-
-
-async def _trim_loop(state: MailboxState) -> None:
-    while True:
-        try:
-            removed = await state.store.trim_by_age()
-            if removed:
-                TRIMMED.inc(removed)
-                log.info("trimmed %d records past max age", removed)
-        except RedisError as exc:
-            log.warning("age trim failed: %s", exc)
-        await asyncio.sleep(state.settings.trim_interval_seconds)
-
-
-def _start_publisher(state: MailboxState) -> None:
-    settings = state.settings
-    assert settings.tor_control is not None
-    from nyth.tor.endpoints import ControlEndpoint
-    from nyth.tor.publisher import OnionPublisher
-
-    password = (
-        settings.tor_control_password.get_secret_value()
-        if settings.tor_control_password is not None else None
-    )
-    control = ControlEndpoint.from_string(settings.tor_control, password)
-
-    def on_status(*args: Any) -> None:
-        _published, state_text, reason = _status_fields(state.publisher)
-        log.info("onion %s.onion: %s%s", state.identity.onion, state_text,
-                 f" ({reason})" if reason else "")
-
-    state.publisher = OnionPublisher(
-        control, state.identity, virtual_port=settings.onion_port,
-        target=settings.effective_onion_target, on_status=on_status,
-    )
-    state.tasks.append(asyncio.create_task(state.publisher.run(), name="onion-publisher"))
-    log.info("publishing %s.onion:%d -> %s through tor at %s", state.identity.onion,
-             settings.onion_port, settings.effective_onion_target, control)
-
-
-async def _cancel_and_wait(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not task.done() and asyncio.get_running_loop().time() < deadline:
-        task.cancel()
-        await asyncio.wait([task], timeout=0.1)
-    if not task.done():
-        log.warning("task %s did not stop within %.0f s", task.get_name(), timeout)
-    elif not task.cancelled() and task.exception() is not None:
-        log.warning("task %s failed: %r", task.get_name(), task.exception())
-
-
-def _redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url, socket_timeout=5.0, socket_connect_timeout=2.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-        health_check_interval=15,
-    )
+def wanted_bundle(settings: MailboxSettings, identity: Identity) -> MailboxBundle:
+    """The bundle these settings promise; the one on disk is re-used while it says the same."""
+    return MailboxBundle(identity.public_key, TAG_SIZE, settings.record_size,
+                         settings.max_records, settings.max_age_seconds, settings.pow_bits,
+                         issued_at=int(time.time()))
 
 
 def _item(record: StoredRecord) -> RecordItem:
@@ -386,11 +289,8 @@ async def detect(state: MailboxState, key: Any, after: Cursor, limit: int,
 def create_app(settings: MailboxSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        identity = await asyncio.to_thread(
-            load_or_create_identity, settings.key_path, settings.passphrase()
-        )
-        bundle = await asyncio.to_thread(load_or_issue_bundle, settings, identity)
-        redis = _redis_client(settings.redis_url)
+        identity, bundle = await unseal(settings, wanted_bundle, log)
+        redis = redis_client(settings.redis_url)
         store = MailboxStore(
             redis, key_prefix=settings.stream_key, tag_size=TAG_SIZE,
             record_size=settings.record_size, max_records=settings.max_records,
@@ -399,10 +299,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         notifier = Notifier(store, poll_interval=FEED_POLL_SECONDS)
         state = MailboxState(settings, identity, bundle, redis, store, notifier)
         app.state.nyth = state
-        state.tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
-        state.tasks.append(asyncio.create_task(_trim_loop(state), name="age-trim"))
-        if settings.tor_control:
-            _start_publisher(state)
+        state.spawn(notifier.run(), "notifier")
+        state.start(store)
         if fmd_module() is None:
             log.warning("nyth.proto.fmd is not available: tags are only length-checked and "
                         "detection answers 503")
@@ -414,10 +312,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             yield
         finally:
             notifier.close()
-            for task in state.tasks:
-                task.cancel()
-            await asyncio.gather(*(_cancel_and_wait(task) for task in state.tasks))
-            await redis.aclose()
+            await state.stop()
 
     app = FastAPI(
         title="Nyth mailbox",
@@ -570,11 +465,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             "(JSON, base64 fields). Last-Event-ID takes precedence over `after`."
         ),
         response_class=EventSourceResponse,
-        responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                  "description": "An endless event stream"},
-            **error_responses(422, 503),
-        },
+        responses=event_stream_responses(),
     )
     async def detect_stream(
         request: Request,
@@ -583,77 +474,20 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             max_length=b64_len(MAX_DETECTION_KEY_BYTES),
             json_schema_extra={"pattern": B64URL_PATTERN})],
         after: CursorParam = "0",
-        last_event_id: Annotated[
-            str | None,
-            Header(alias="Last-Event-ID", max_length=40,
-                   description="Resume after this cursor (sent by EventSource on reconnect)"),
-            AfterValidator(lambda v: None if v is None else _check_cursor(v)),
-        ] = None,
+        last_event_id: LastEventId = None,
     ) -> Response:
-        state = server(request)
         detection_key = _decode_detection_key(_b64decode(key, "key", urlsafe=True))
-        if state.active_streams >= settings.max_streams:
-            return error_json(503, "too many open streams on this server; retry later",
-                              headers={"Retry-After": "5"})
         start = Cursor.parse(last_event_id if last_event_id is not None else after)
-        state.active_streams += 1
-        STREAMS.inc()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                state.active_streams -= 1
-                STREAMS.dec()
-
-        shutdown = anyio.Event()
-
-        async def events() -> AsyncIterator[ServerSentEvent]:
-            async def close_on_shutdown() -> None:
-                await shutdown.wait()
-                state.notifier.close()
-
-            watcher = asyncio.create_task(close_on_shutdown())
-            try:
-                async for event in _match_events(state, detection_key, start):
-                    yield event
-            finally:
-                watcher.cancel()
-                release()
-
-        async def release_after_response() -> None:
-            release()
-
-        return EventSourceResponse(
-            events(), ping=settings.keepalive_seconds,
-            background=BackgroundTask(release_after_response),
-            send_timeout=60, shutdown_event=shutdown, shutdown_grace_period=2.0,
-        )
+        state = server(request)
+        return state.event_stream(_match_events(state, detection_key, start),
+                                  close_feed=state.notifier.close)
 
     @app.get(
         "/healthz", response_model=Health, tags=["operations"], summary="Liveness and Redis",
         responses={503: {"model": Health, "description": "Redis is unreachable"}},
     )
     async def healthz(request: Request) -> Response:
-        state = server(request)
-        published, onion_state, onion_reason = _status_fields(state.publisher)
-        health = Health(status="ok", onion=state.identity.onion, redis="ok",
-                        fmd=fmd_module() is not None, onion_published=published,
-                        onion_state=onion_state, onion_reason=onion_reason, reason=None)
-        try:
-            await asyncio.wait_for(state.redis.ping(), timeout=2.0)
-        except (RedisError, OSError, TimeoutError) as exc:
-            health.status = "unavailable"
-            health.redis = f"unreachable: {exc.__class__.__name__}"
-            health.reason = "redis is unreachable"
-            return JSONResponse(health.model_dump(), status_code=503)
-        return JSONResponse(health.model_dump())
-
-    async def redis_down(request: Request, exc: Exception) -> Response:
-        log.warning("storage unavailable: %s", exc)
-        return error_json(503, "storage is unavailable, retry later",
-                          headers={"Retry-After": "2"})
+        return await server(request).health(Health, fmd=fmd_module() is not None)
 
     async def invalid_input(request: Request, exc: Exception) -> Response:
         return error_json(422, str(exc))
@@ -661,7 +495,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     async def no_detection(request: Request, exc: Exception) -> Response:
         return error_json(503, "detection is not available on this mailbox (no FMD module)")
 
-    app.add_exception_handler(RedisError, redis_down)
+    answer_redis_errors(app, log)
     app.add_exception_handler(InvalidInput, invalid_input)
     app.add_exception_handler(DetectionUnavailable, no_detection)
     # The largest body is a record: base64 of tag and ciphertext plus JSON framing.

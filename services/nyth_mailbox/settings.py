@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from nyth.config import MAX_U63, OnionServiceSettings
 from nyth.proto.mailbox_bundle import MAX_POW_BITS, MAX_RECORD_SIZE, MIN_RECORD_SIZE
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 from pydantic import Field
 
 
@@ -22,8 +23,10 @@ class MailboxSettings(OnionServiceSettings):
         "nyth:mailbox", min_length=1, max_length=200,
         description="Key prefix in Redis, so several services can share one Redis.",
     )
+    # Smaller records cannot hold every P2P message; one that does not fit cannot go
+    # through this mailbox at all.
     record_size: int = Field(
-        1024, ge=MIN_RECORD_SIZE, le=MAX_RECORD_SIZE,
+        RECOMMENDED_RECORD_SIZE, ge=MIN_RECORD_SIZE, le=MAX_RECORD_SIZE,
         description="Every record's ciphertext is exactly this many bytes.",
     )
     max_records: int = Field(100_000, ge=1, le=MAX_U63)

@@ -17,9 +17,7 @@ Redis layout for prefix P:
 Nothing in a key name or a record is an onion address or plaintext: records are opaque
 tags and ciphertexts, card keys are hashes (the card itself is public by design).
 
-Retention is enforced like the group server's: XADD trims to exactly max_records, a
-periodic XTRIM MINID drops records past max_age_seconds, and reads never return an
-expired record between two trims.
+Retention and wake-ups work as `nyth.runtime.stream_store` describes.
 """
 
 from __future__ import annotations
@@ -28,19 +26,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
-from redis.exceptions import RedisError
+from nyth.runtime.stream_store import Cursor, RetainedStream, cursor_from_redis, follow_channel
 
 log = logging.getLogger(__name__)
 
-_U64_MAX = (1 << 64) - 1
-_CURSOR_RE = re.compile(r"(0|[0-9]{1,20}-[0-9]{1,20})")
 RECORD_FIELD = b"r"
 W_FIELD = b"w"
 W_SIZE = 32
@@ -79,47 +74,6 @@ return 'stored'
 """
 
 
-@dataclass(frozen=True, order=True)
-class Cursor:
-    """A Redis stream id ``<ms>-<seq>``: a position in the mailbox's record log."""
-
-    ms: int
-    seq: int
-
-    ZERO: ClassVar[Cursor]
-
-    @classmethod
-    def parse(cls, text: str) -> Cursor:
-        if not isinstance(text, str) or not _CURSOR_RE.fullmatch(text):
-            raise DecodeError(
-                "cursor must be \"0\" or a stream id \"<ms>-<seq>\" of decimal digits"
-            )
-        if text == "0":
-            return cls.ZERO
-        ms_text, seq_text = text.split("-")
-        ms, seq = int(ms_text), int(seq_text)
-        if ms > _U64_MAX or seq > _U64_MAX:
-            raise DecodeError("cursor parts must each fit in 64 bits")
-        return cls(ms, seq)
-
-    def successor(self) -> Cursor | None:
-        if self.seq < _U64_MAX:
-            return Cursor(self.ms, self.seq + 1)
-        if self.ms < _U64_MAX:
-            return Cursor(self.ms + 1, 0)
-        return None
-
-    def __str__(self) -> str:
-        return f"{self.ms}-{self.seq}"
-
-
-Cursor.ZERO = Cursor(0, 0)
-
-
-def cursor_from_redis(raw: bytes | str) -> Cursor:
-    return Cursor.parse(raw.decode("ascii") if isinstance(raw, bytes) else raw)
-
-
 @dataclass(frozen=True)
 class StoredRecord:
     id: Cursor
@@ -139,7 +93,7 @@ def _hash_hex(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-class MailboxStore:
+class MailboxStore(RetainedStream[StoredRecord]):
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -152,23 +106,15 @@ class MailboxStore:
         max_cards: int,
         clock: Any = time.time,
     ) -> None:
-        self.redis = redis
-        self.prefix = key_prefix
-        self.stream_key = f"{key_prefix}:records"
-        self.channel = f"{key_prefix}:new"
+        super().__init__(redis, key_prefix=key_prefix, name="records",
+                         max_age_seconds=max_age_seconds, clock=clock)
         self.cards_key = f"{key_prefix}:cards"
         self.tag_size = tag_size
         self.record_size = record_size
         self.max_records = max_records
-        self.max_age_ms = max_age_seconds * 1000
         self.max_cards = max_cards
-        self._clock = clock
         self._append = redis.register_script(_APPEND_LUA)
         self._put_card = redis.register_script(_PUT_CARD_LUA)
-
-    def age_floor(self) -> Cursor:
-        now_ms = int(self._clock() * 1000)
-        return Cursor(max(0, now_ms - self.max_age_ms), 0)
 
     async def append(self, tag: bytes, ciphertext: bytes,
                      w: bytes | None = None) -> Cursor | None:
@@ -190,20 +136,9 @@ class MailboxStore:
 
     async def read_after(self, after: Cursor, limit: int) -> Page:
         """Up to limit records with ids > after, oldest first, skipping expired ones."""
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        start = after.successor()
-        if start is None:
-            return Page([], after, False)
-        start = max(start, self.age_floor())
-        entries: Any = await self.redis.xrange(self.stream_key, min=str(start), max="+",
-                                               count=limit + 1)
-        records = self._decode(entries)
-        more = len(records) > limit
-        records = records[:limit]
-        return Page(records, records[-1].id if records else after, more)
+        return Page(*await self.read_page(after, limit))
 
-    def _decode(self, entries: list[Any]) -> list[StoredRecord]:
+    def decode(self, entries: list[Any]) -> list[StoredRecord]:
         out = []
         for raw_id, fields in entries:
             raw = fields.get(RECORD_FIELD)
@@ -216,14 +151,6 @@ class MailboxStore:
             out.append(StoredRecord(cursor_from_redis(raw_id), raw[: self.tag_size],
                                     raw[self.tag_size:], None if w is None else bytes(w)))
         return out
-
-    async def trim_by_age(self) -> int:
-        floor = self.age_floor()
-        removed = await self.redis.execute_command("XTRIM", self.stream_key, "MINID", str(floor))
-        return int(removed)
-
-    async def count(self) -> int:
-        return int(await self.redis.xlen(self.stream_key))
 
     # -- contact cards ------------------------------------------------------------------
 
@@ -247,11 +174,7 @@ class MailboxStore:
 
 
 class Notifier:
-    """One pub-sub subscription per process; wakes every detection stream on a new post.
-
-    Pub-sub carries only wake-ups; records always come from the stream after a cursor,
-    so a lost message costs latency (until the next poll), never a record.
-    """
+    """One pub-sub subscription per process; wakes every detection stream on a new post."""
 
     def __init__(self, store: MailboxStore, *, poll_interval: float = 5.0) -> None:
         self.store = store
@@ -260,28 +183,12 @@ class Notifier:
         self.closing = False
 
     async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub = self.store.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.store.channel)
-                self._wake()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=self.poll_interval)
-                    if message is not None:
-                        while await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=0) is not None:
-                            pass
-                        self._wake()
-            except (RedisError, OSError) as exc:
-                log.warning("notifier lost Redis (%s); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        await follow_channel(self.store, poll_interval=self.poll_interval,
+                             on_change=self._on_change, log=log, name="notifier")
+
+    async def _on_change(self, woken: bool) -> None:
+        if woken:
+            self._wake()
 
     def _wake(self) -> None:
         self._changed.set()

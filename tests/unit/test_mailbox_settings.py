@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from nyth.config import ConfigError, load_settings
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE, max_envelope_size
+from nyth.proto.p2p import MAX_BODY
 from nyth_mailbox.settings import MailboxSettings
 
 BASE = {"NYTH_DATA_DIR": "/tmp/mb", "NYTH_KEY_PASSPHRASE": "correct horse"}
@@ -22,7 +24,9 @@ def load(monkeypatch: pytest.MonkeyPatch, **env: str) -> MailboxSettings:
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load(monkeypatch, **BASE)
     assert (s.record_size, s.pow_bits, s.stream_key, s.listen_port) == (
-        1024, 20, "nyth:mailbox", 8081)
+        RECOMMENDED_RECORD_SIZE, 20, "nyth:mailbox", 8081)
+    # A mailbox run with defaults must carry any P2P message: 26-byte header + full body.
+    assert max_envelope_size(s.record_size) >= 26 + MAX_BODY
     assert s.key_path == Path("/tmp/mb/mailbox.key")
     assert s.passphrase() == "correct horse"
 

@@ -19,9 +19,12 @@ from nyth.runtime.process import ServiceProcess
 
 
 def serve(prog: str, settings_cls: type[Any], create_app: Callable[[Any], Any]) -> int:
-    """Load settings from the environment and run the app with uvicorn until SIGTERM.
+    """Load settings from the environment and run the app with uvicorn; returns the exit
+    status for ``python -m``.
 
-    The app's lifespan publishes the onion and closes Redis; uvicorn ends open streams.
+    The onion is published through the tor gateway when NYTH_TOR_CONTROL is set. SIGTERM
+    / SIGINT stop it cleanly: uvicorn stops accepting and ends open SSE streams, then the
+    app's lifespan closes the onion publisher and Redis.
     """
     try:
         settings = load_settings(settings_cls)
