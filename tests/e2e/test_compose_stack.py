@@ -48,6 +48,41 @@ def _group_id(stack) -> str:
     return _group["id"]
 
 
+# What each service may read under /secrets: its own passphrase and, if it talks to tor,
+# the control password. Nothing else (a peer must not be able to unlock another's keys).
+_SECRETS = {
+    "tor-network": set(),
+    "tor-gateway": {"/secrets/tor/control-password"},
+    "redis": set(),
+    "group-server": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
+    "mailbox": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
+    "alice": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
+    "bob": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
+}
+
+
+def test_containers_are_confined(stack):
+    """Non-root, read-only root, only their own secrets, nothing but the peer APIs on the
+    host and only on loopback."""
+    published = {}
+    for service, secrets in _SECRETS.items():
+        container = stack.container(service)
+        container.reload()
+        assert container.attrs["Config"]["User"] == "10001:10001", service
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True, service
+        uid = container.exec_run(["id", "-u"]).output.decode().strip()
+        assert uid == "10001", (service, uid)
+        found = container.exec_run(["find", "/secrets", "-type", "f"]).output.decode().split()
+        assert set(found) == secrets, (service, found)
+        write = container.exec_run(["touch", "/opt/nyth/written"])
+        assert write.exit_code != 0, f"{service}: root filesystem is writable"
+        for port, bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).items():
+            for binding in bindings or []:
+                published[(service, port)] = binding["HostIp"]
+    assert set(published) == {("alice", "8700/tcp"), ("bob", "8700/tcp")}, published
+    assert set(published.values()) == {"127.0.0.1"}, published
+
+
 def test_p2p_message_and_group_post(stack):
     alice, bob = stack.peers["alice"], stack.peers["bob"]
     _ensure_friends(alice, bob)
