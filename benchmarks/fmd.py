@@ -52,7 +52,7 @@ def _library_rates(results: Results) -> float:
     except ImportError:  # pragma: no cover
         pass
     try:
-        import pysodium  # type: ignore[import-not-found]
+        import pysodium
 
         s2 = pysodium.crypto_core_ristretto255_scalar_random()
         p2 = pysodium.crypto_core_ristretto255_random()

@@ -19,6 +19,7 @@ import base64
 import os
 import shutil
 import time
+from typing import cast
 
 import httpx
 import redis
@@ -108,7 +109,10 @@ def _raw_full_read(r: redis.Redis, key: str) -> tuple[int, float]:
     started = time.perf_counter()
     count, start = 0, "-"
     while True:
-        entries = r.xrange(key, min=start, max="+", count=PAGE)
+        # redis-py types the reply loosely (Optional, str | bytes); without decode_responses
+        # a sync XRANGE returns a list of (id, fields) with bytes throughout
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       r.xrange(key, min=start, max="+", count=PAGE))
         for _id, fields in entries:
             count += len(fields[b"b"]) // BLOB_SIZE
         if len(entries) < PAGE:

@@ -26,6 +26,7 @@ def test_a_broken_compose_file_is_rejected(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text("services:\n  x:\n    image: 5\n    ports: {not: a list}\n")
     tool = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert tool, "check-jsonschema is a pinned test dependency"
     result = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(broken)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

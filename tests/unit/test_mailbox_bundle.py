@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +24,8 @@ MAILBOX = Identity.from_seed(b"M" * 32)
 OTHER = Identity.from_seed(b"O" * 32)
 
 
-def make(**overrides: object) -> MailboxBundle:
-    fields: dict[str, object] = {
+def make(**overrides: Any) -> MailboxBundle:
+    fields: dict[str, Any] = {
         "onion_public_key": MAILBOX.public_key, "tag_size": 67, "record_size": 1024,
         "max_records": 100_000, "max_age_seconds": 7 * 86400, "pow_bits": 18,
         "issued_at": 1_800_000_000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +24,8 @@ def flip(data: bytes, bit: int) -> bytes:
     return bytes(out)
 
 
-def make(identity: Identity = SERVER, **overrides: object) -> ServerBundle:
-    fields: dict[str, object] = {
+def make(identity: Identity = SERVER, **overrides: Any) -> ServerBundle:
+    fields: dict[str, Any] = {
         "onion_public_key": identity.public_key, "token_public_key": bytes(32),
         "blob_size": 2048, "max_blobs": 100_000, "max_age_seconds": 7 * 86400,
         "issued_at": 1_800_000_000,
@@ -97,7 +98,7 @@ def test_arbitrary_bytes_are_rejected(data: bytes) -> None:
     {"max_age_seconds": 1 << 63}, {"issued_at": 1 << 63},
     {"onion_public_key": bytes(31)}, {"token_public_key": bytes(33)},
 ])
-def test_out_of_range_fields_are_rejected(overrides: dict[str, object]) -> None:
+def test_out_of_range_fields_are_rejected(overrides: dict[str, Any]) -> None:
     with pytest.raises(DecodeError):
         make(**overrides)
 
@@ -148,7 +149,7 @@ def test_first_use_pins_and_same_bundle_is_ok() -> None:
     {"token_public_key": b"k" * 32}, {"blob_size": 4096}, {"max_blobs": 10},
     {"max_age_seconds": 60}, {"issued_at": 1_800_000_001},
 ])
-def test_any_change_raises_bundle_changed(overrides: dict[str, object]) -> None:
+def test_any_change_raises_bundle_changed(overrides: dict[str, Any]) -> None:
     pinned = check_pin(SERVER.onion, make().sign(SERVER), None)
     changed = make(**overrides).sign(SERVER)
     with pytest.raises(BundleChangedError, match="re-pin"):

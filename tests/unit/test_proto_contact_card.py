@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -30,8 +31,8 @@ def fmd_key(seed: bytes = b"f") -> bytes:
 FMD_KEY = fmd_key()
 
 
-def make(identity: Identity = ALICE, **overrides: object) -> ContactCard:
-    fields: dict[str, object] = {
+def make(identity: Identity = ALICE, **overrides: Any) -> ContactCard:
+    fields: dict[str, Any] = {
         "onion_public_key": identity.public_key, "fmd_public_key": FMD_KEY,
         "x25519_public_key": identity.x25519_public(), "issued_at": NOW - 10,
         "expires_at": NOW + 86400,
@@ -95,7 +96,7 @@ def test_expired_and_future_cards_are_refused() -> None:
     {"x25519_public_key": b"x" * 31}, {"issued_at": NOW, "expires_at": NOW},
     {"issued_at": -1}, {"expires_at": 1 << 63}, {"onion_public_key": b"x" * 33},
 ])
-def test_bad_fields_are_refused(overrides: dict[str, object]) -> None:
+def test_bad_fields_are_refused(overrides: dict[str, Any]) -> None:
     with pytest.raises(DecodeError):
         make(**overrides)
 

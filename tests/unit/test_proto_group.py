@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from typing import Any
 
 import nacl.bindings
 import pytest
@@ -247,8 +248,8 @@ def test_arbitrary_inner_from_a_key_holder_never_crashes(head: bytes, n: int,
     {"parents": [b"p" * 32] * (MAX_PARENTS + 1)}, {"parents": [b"p" * 31]},
     {"timestamp_ms": -1}, {"timestamp_ms": 1 << 63}, {"body": "\ud800"},
 ])
-def test_seal_refuses_invalid_messages(kwargs: dict[str, object]) -> None:
-    fields: dict[str, object] = {"timestamp_ms": 0, "parents": [], "body": "x", **kwargs}
+def test_seal_refuses_invalid_messages(kwargs: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {"timestamp_ms": 0, "parents": [], "body": "x", **kwargs}
     with pytest.raises(DecodeError):
         seal_group_message(AUTHOR, KEY, GID, **fields)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -138,9 +139,9 @@ def test_specific_rejections() -> None:
     {"msg_id": bytes(15)}, {"msg_id": bytes(17)}, {"timestamp_ms": -1},
     {"timestamp_ms": 1 << 63}, {"body": bytes(MAX_BODY + 1)},
 ])
-def test_envelope_refuses_invalid_fields(kwargs: dict[str, object]) -> None:
-    fields: dict[str, object] = {"msg_id": bytes(16), "kind": MessageKind.TEXT,
-                                 "timestamp_ms": 0, "body": b""}
+def test_envelope_refuses_invalid_fields(kwargs: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {"msg_id": bytes(16), "kind": MessageKind.TEXT,
+                              "timestamp_ms": 0, "body": b""}
     with pytest.raises(DecodeError):
         Envelope(**{**fields, **kwargs})
     with pytest.raises(DecodeError):
