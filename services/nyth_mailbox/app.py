@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.identity import Identity, public_key_from_onion
-from nyth.proto.mailbox_bundle import MailboxBundle, pow_ok
+from nyth.proto.mailbox_bundle import U64_MAX, MailboxBundle, card_pow_ok, pow_ok
 from nyth.runtime.onion_service import Health as ServiceHealth
 from nyth.runtime.onion_service import (
     LastEventId,
@@ -66,7 +66,8 @@ DETECT_CHUNK = 500
 
 POSTED = Counter("nyth_mailbox_records_posted_total", "Records stored.")
 REPLAYS = Counter("nyth_mailbox_replays_refused_total", "Posts refused as replays.")
-POW_FAILED = Counter("nyth_mailbox_pow_failed_total", "Posts refused for insufficient work.")
+POW_FAILED = Counter("nyth_mailbox_pow_failed_total",
+                     "Posts and cards refused for insufficient work.", ["what"])
 TRIMMED = Counter("nyth_mailbox_records_trimmed_total", "Records dropped for age retention.")
 CARDS = Counter("nyth_mailbox_cards_stored_total", "Contact cards stored or renewed.")
 TESTS = Counter("nyth_mailbox_detection_tests_total", "(tag, detection key) tests run.")
@@ -139,6 +140,9 @@ class CardBody(BaseModel):
     card: str = Field(description=f"Base64 of the signed contact card ({CARD_SIZE} bytes).",
                       min_length=b64_len(CARD_SIZE), max_length=b64_len(CARD_SIZE),
                       pattern=B64_PATTERN)
+    nonce: int = Field(0, ge=0, le=U64_MAX, description=(
+        "Proof of work: BLAKE2b-256(person='nyth-card-pow') of mailbox onion key ‖ card ‖ "
+        "u64 nonce must start with pow_bits zero bits (0 needs none)."))
 
 
 class CardResponse(BaseModel):
@@ -344,9 +348,9 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     @app.put(
         "/v1/cards/{onion}", response_model=CardResponse, tags=["cards"],
         summary="Publish (or renew) the contact card of an onion",
-        description="Only cards that verify for this onion and are unexpired are stored; "
-                    "the newest issued_at wins.",
-        responses=error_responses(400, 409, 422, 429, 503),
+        description="Only cards that verify for this onion, are unexpired and carry the "
+                    "bundle's proof of work (`nonce`) are stored; the newest issued_at wins.",
+        responses=error_responses(400, 403, 409, 422, 429, 503),
     )
     async def put_card(request: Request, onion: OnionPath, body: CardBody) -> Response:
         state = server(request)
@@ -359,6 +363,11 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         if card.expires_at - now > settings.max_card_lifetime_seconds:
             return error_json(422, "card refused: valid for longer than this mailbox keeps "
                                    f"cards ({settings.max_card_lifetime_seconds} s)")
+        # Checked after the signature: work is only worth checking for a card that could
+        # be stored, and a forged card must say "forged", not "not enough work".
+        if not card_pow_ok(state.identity.public_key, data, body.nonce, settings.pow_bits):
+            POW_FAILED.labels("card").inc()
+            return error_json(403, f"proof of work does not reach {settings.pow_bits} bits")
         result = await state.store.put_card(card.onion_public_key, data, card.issued_at,
                                             card.expires_at)
         if result in ("older", "conflict"):
@@ -411,7 +420,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             except ValueError as exc:
                 return error_json(422, f"tag: {exc}")
         if not pow_ok(state.identity.public_key, tag, ciphertext, nonce, settings.pow_bits):
-            POW_FAILED.inc()
+            POW_FAILED.labels("record").inc()
             return error_json(403, f"proof of work does not reach {settings.pow_bits} bits")
         # W = y·U + m·B depends only on the tag: computed once here (after the PoW, so an
         # unpaid post costs no group operation) and stored, so detection never redoes it.

@@ -24,7 +24,7 @@ from nyth.proto import fmd
 from nyth.proto.contact_card import ContactCard
 from nyth.proto.contact_id import ContactId
 from nyth.proto.identity import onion_from_public_key, public_key_from_onion
-from nyth.proto.mailbox_bundle import MailboxBundle, solve_pow
+from nyth.proto.mailbox_bundle import MailboxBundle, solve_card_pow, solve_pow
 from nyth.proto.mailbox_record import open_record, seal_record
 from nyth.proto.p2p import Envelope
 
@@ -127,9 +127,15 @@ class MailboxService:
         card = ContactCard(self.profile.identity.public_key, self._secret.public_key().encode(),
                            self.profile.identity.x25519_public(), now, now + CARD_LIFETIME)
         data = card.sign(self.profile.identity)
+        # _run pinned the mailbox's bundle before the first publish; it states the work.
+        pin = self.store.get("mailbox_pins", self.mailbox_onion)
+        assert pin is not None
+        bundle = MailboxBundle.verify(base64.b64decode(pin["bundle"]), self.mailbox_onion)
+        nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
+                                        bundle.pow_bits)
         response = await asyncio.wait_for(http.put(
             _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
-            json={"card": base64.b64encode(data).decode()}), REQUEST_DEADLINE)
+            json={"card": base64.b64encode(data).decode(), "nonce": nonce}), REQUEST_DEADLINE)
         if response.status_code not in (200, 201, 204):
             raise MailboxError(f"mailbox refused our card ({response.status_code}: "
                                f"{response.text[:200]})")

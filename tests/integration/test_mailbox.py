@@ -25,7 +25,7 @@ import pytest
 import redis
 from nyth.proto.contact_card import FMD_PUBLIC_KEY_SIZE, ContactCard
 from nyth.proto.identity import Identity
-from nyth.proto.mailbox_bundle import MailboxBundle, pow_ok, solve_pow
+from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok, solve_card_pow, solve_pow
 from nyth_mailbox.launch import MailboxProcess
 
 pytestmark = pytest.mark.integration
@@ -110,9 +110,11 @@ class Mailbox:
             if not body["more"]:
                 return ids, calls
 
-    def put_card(self, onion: str, data: bytes) -> httpx.Response:
+    def put_card(self, onion: str, data: bytes, nonce: int | None = None) -> httpx.Response:
+        if nonce is None:
+            nonce = solve_card_pow(self.bundle.onion_public_key, data, self.bundle.pow_bits)
         return self.http.put(f"/v1/cards/{onion}",
-                             json={"card": base64.b64encode(data).decode()})
+                             json={"card": base64.b64encode(data).decode(), "nonce": nonce})
 
 
 def random_tag() -> bytes:
@@ -209,8 +211,23 @@ def test_pow_and_sizes_are_enforced(launch: Launch) -> None:
                         ).status_code == 422
     assert mb.http.post("/v1/records", content=b"x" * 100_000).status_code == 413
     assert len(mb.download_all()) == 1
+
+    # Publishing a card costs the same work, under its own hash domain.
+    bob = Identity.generate()
+    card = card_for(bob)
+    key = mb.bundle.onion_public_key
+    unworked = next(n for n in range(1000) if not card_pow_ok(key, card, n, 12))
+    response = mb.put_card(bob.onion, card, nonce=unworked)
+    assert response.status_code == 403 and "proof of work" in response.json()["error"]
+    assert mb.http.get(f"/v1/cards/{bob.onion}").status_code == 404
+    # Work done for a post does not count for a card.
+    post_work = solve_pow(key, card[:TAG], card[TAG:], 12)
+    if not card_pow_ok(key, card, post_work, 12):
+        assert mb.put_card(bob.onion, card, nonce=post_work).status_code == 403
+    assert mb.put_card(bob.onion, card).status_code == 200
     metrics = mb.http.get("/metrics").text
-    assert "nyth_mailbox_pow_failed_total 1.0" in metrics
+    assert 'nyth_mailbox_pow_failed_total{what="record"} 1.0' in metrics
+    assert 'nyth_mailbox_pow_failed_total{what="card"}' in metrics
 
 
 @needs_fmd

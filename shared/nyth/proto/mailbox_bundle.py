@@ -15,7 +15,13 @@ Proof of work (hashcash-style): a post (tag, ciphertext, nonce) is accepted only
                 person="nyth-mailbox-pow")
 
 starts with at least PoW bits zero bits (most significant bit of byte 0 first). Binding
-the mailbox key means work done for one mailbox cannot be spent on another.
+the mailbox key means work done for one mailbox cannot be spent on another. Publishing a
+contact card costs the same work, over
+
+    BLAKE2b-256(mailbox onion public key ‖ card ‖ u64(nonce), person="nyth-card-pow")
+
+so that filling the mailbox's card slots with throwaway keys is not free either (the
+separate person keeps a card's work from ever counting as a post's, or the reverse).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ MIN_RECORD_SIZE = 64
 MAX_RECORD_SIZE = 1 << 16
 MAX_POW_BITS = 64
 _POW_PERSON = b"nyth-mailbox-pow"
+_CARD_POW_PERSON = b"nyth-card-pow"
 U64_MAX = (1 << 64) - 1
 
 
@@ -102,20 +109,44 @@ class MailboxBundle:
         return bundle
 
 
-def pow_digest(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int) -> bytes:
+def _pow_prefix(person: bytes, mailbox_public_key: bytes, *parts: bytes) -> hashlib.blake2b:
+    h = hashlib.blake2b(digest_size=32, person=person)
+    h.update(mailbox_public_key)
+    for part in parts:
+        h.update(part)
+    return h
+
+
+def _digest(prefix: hashlib.blake2b, nonce: int) -> bytes:
     if not 0 <= nonce <= U64_MAX:
         raise DecodeError("PoW nonce must fit in 64 bits")
-    h = hashlib.blake2b(digest_size=32, person=_POW_PERSON)
-    h.update(mailbox_public_key)
-    h.update(tag)
-    h.update(ciphertext)
+    h = prefix.copy()
     h.update(nonce.to_bytes(8, "big"))
     return h.digest()
+
+
+def _solve(prefix: hashlib.blake2b, bits: int, start: int) -> int:
+    """The first nonce >= start meeting the difficulty (about 2^bits hashes)."""
+    if bits <= 0:
+        return start
+    limit = 1 << (256 - bits)
+    nonce = start
+    while nonce <= U64_MAX:
+        h = prefix.copy()
+        h.update(nonce.to_bytes(8, "big"))
+        if int.from_bytes(h.digest(), "big") < limit:
+            return nonce
+        nonce += 1
+    raise ValueError("no nonce found")  # pragma: no cover (2^64 tries)
 
 
 def leading_zero_bits(digest: bytes) -> int:
     value = int.from_bytes(digest, "big")
     return len(digest) * 8 - value.bit_length()
+
+
+def pow_digest(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int) -> bytes:
+    return _digest(_pow_prefix(_POW_PERSON, mailbox_public_key, tag, ciphertext), nonce)
 
 
 def pow_ok(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int,
@@ -127,19 +158,17 @@ def pow_ok(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int,
 
 def solve_pow(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, bits: int,
               start: int = 0) -> int:
-    """The first nonce >= start meeting the difficulty (about 2^bits hashes)."""
+    """The first nonce >= start that makes this post's work reach bits."""
+    return _solve(_pow_prefix(_POW_PERSON, mailbox_public_key, tag, ciphertext), bits, start)
+
+
+def card_pow_ok(mailbox_public_key: bytes, card: bytes, nonce: int, bits: int) -> bool:
     if bits <= 0:
-        return start
-    prefix = hashlib.blake2b(digest_size=32, person=_POW_PERSON)
-    prefix.update(mailbox_public_key)
-    prefix.update(tag)
-    prefix.update(ciphertext)
-    limit = 1 << (256 - bits)
-    nonce = start
-    while nonce <= U64_MAX:
-        h = prefix.copy()
-        h.update(nonce.to_bytes(8, "big"))
-        if int.from_bytes(h.digest(), "big") < limit:
-            return nonce
-        nonce += 1
-    raise ValueError("no nonce found")  # pragma: no cover (2^64 tries)
+        return True
+    digest = _digest(_pow_prefix(_CARD_POW_PERSON, mailbox_public_key, card), nonce)
+    return leading_zero_bits(digest) >= bits
+
+
+def solve_card_pow(mailbox_public_key: bytes, card: bytes, bits: int, start: int = 0) -> int:
+    """The first nonce >= start that makes publishing this card reach bits."""
+    return _solve(_pow_prefix(_CARD_POW_PERSON, mailbox_public_key, card), bits, start)
