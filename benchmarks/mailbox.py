@@ -28,6 +28,7 @@ import httpx
 import rbcl
 import redis
 from nyth.proto import fmd
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 from nyth.runtime.redis_server import RedisServer
 from nyth_mailbox.launch import MailboxProcess
 from nyth_mailbox.storage import RECORD_FIELD, W_FIELD
@@ -35,7 +36,8 @@ from nyth_mailbox.storage import RECORD_FIELD, W_FIELD
 from benchmarks.common import Results, workdir
 from benchmarks.fmd import _rate
 
-RECORD_SIZE = 1024
+# The mailbox's default: what a deployment stores.
+RECORD_SIZE = RECOMMENDED_RECORD_SIZE
 RECORDS = 10_000
 MINE = 5
 POSTS = 300

@@ -130,10 +130,7 @@ class Devnet:
 
     def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
         """A mailbox service (offline first contact, FMD detection)."""
-        from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
-
-        return self._add_redis_service(
-            "nyth_mailbox", name, {"NYTH_RECORD_SIZE": str(RECOMMENDED_RECORD_SIZE), **env})
+        return self._add_redis_service("nyth_mailbox", name, env)
 
     def _add_redis_service(self, module: str, name: str, env: dict[str, str]) -> ServiceHandle:
         """A Redis-backed onion service (group server, mailbox) as a real process."""
