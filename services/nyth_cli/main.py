@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from nyth.errors import DecodeError
 from nyth.peer_client import ApiError, PeerClient
+from nyth.proto.identity import normalize_onion
 from rich.console import Console
 from rich.table import Table
 
@@ -18,9 +20,11 @@ app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion servic
 profile_app = typer.Typer(help="Create, unlock and show your profile.", no_args_is_help=True)
 contact_app = typer.Typer(help="Contacts and contact requests.", no_args_is_help=True)
 group_app = typer.Typer(help="Groups on untrusted group servers.", no_args_is_help=True)
+server_app = typer.Typer(help="Pinned servers (group servers, mailboxes).", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 app.add_typer(contact_app, name="contact")
 app.add_typer(group_app, name="group")
+app.add_typer(server_app, name="server")
 
 console = Console()
 _state: dict[str, Any] = {}
@@ -259,6 +263,70 @@ def mailbox() -> None:
     if result["expected_detections_per_day"] is not None:
         console.print(f"the mailbox expects ≈ {result['expected_detections_per_day']} detections/day "
                       f"for you (false-positive rate {result['false_positive_rate']:.2g})")
+
+
+# -- pinned servers --------------------------------------------------------------------------
+def _limits(limits: dict[str, int]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in limits.items())
+
+
+@app.command()
+def servers() -> None:
+    """Pinned group servers and mailboxes: what they promise, their state, and any changed
+    bundle waiting for your review."""
+    result = call("GET", "/v1/servers")
+    if _state["json"]:
+        show(result)
+        return
+    table = Table("server", "kind", "used for", "state", "pinned limits", "presented instead")
+    for s in result:
+        presented = s["presented"]
+        # A refusal's reason repeats the changes shown in the last column.
+        state = s["state"] if s["state"] == "bundle_changed" else _state_text(s)
+        table.add_row(s["onion"], s["kind"], ", ".join(s["used_for"]), state,
+                      _limits(s["pinned"]["limits"]),
+                      "; ".join(presented["changes"]) if presented else "")
+    console.print(table)
+    if any(s["presented"] for s in result):
+        console.print("[yellow]a server presents a changed bundle: review it and accept it with "
+                      "nyth server repin <onion>[/yellow]")
+
+
+@server_app.command("repin")
+def server_repin(onion: str,
+                 yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
+    """Show what changed in the bundle a server presents, and accept it (re-pin) after you
+    confirm. Only the bundle shown here can be pinned: if the server presents another one
+    by then, nothing changes."""
+    try:
+        wanted = normalize_onion(onion)
+    except DecodeError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    server = next((s for s in call("GET", "/v1/servers") if s["onion"] == wanted), None)
+    if server is None:
+        console.print(f"[red]no pinned server {wanted}.onion[/red]")
+        raise typer.Exit(1)
+    presented = server["presented"]
+    if presented is None:
+        console.print(f"{wanted}.onion has not presented a different bundle: nothing to re-pin")
+        raise typer.Exit(1)
+    used = f" ({', '.join(server['used_for'])})" if server["used_for"] else ""
+    console.print(f"{server['kind']} server {wanted}.onion{used} presents a signed bundle that "
+                  "differs from the one you pinned:")
+    for change in presented["changes"]:
+        console.print(f"  {change}")
+    console.print(f"its promises: {_limits(presented['limits'])}")
+    console.print(f"bundle sha256 {presented['bundle_sha256']}")
+    if not yes and not typer.confirm("Accept this bundle and re-pin the server?"):
+        console.print("nothing was re-pinned")
+        raise typer.Exit(1)
+    result = call("POST", f"/v1/servers/{wanted}/repin",
+                  {"bundle_sha256": presented["bundle_sha256"]})
+    if _state["json"]:
+        show(result)
+        return
+    console.print(f"re-pinned {wanted}.onion: {_limits(result['pinned']['limits'])} "
+                  f"(now {result['state']})")
 
 
 @app.command()

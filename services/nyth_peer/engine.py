@@ -21,6 +21,7 @@ from nyth_peer.groups import GroupService
 from nyth_peer.mailbox import MailboxService
 from nyth_peer.messenger import ACCEPTED, Messenger
 from nyth_peer.p2p import P2P_VIRTUAL_PORT, P2PNode
+from nyth_peer.pins import GROUP, KINDS, PinKind, Pins
 from nyth_peer.profile import Profile
 from nyth_peer.settings import PeerSettings
 
@@ -86,6 +87,62 @@ class Engine:
             self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    # -- pinned servers --------------------------------------------------------------------
+    def servers(self) -> list[dict[str, Any]]:
+        """Every pinned server (group servers, mailboxes): what it promises, what it
+        presents instead if that changed, its state, and what uses it."""
+        assert self.profile is not None
+        return [self._server_view(view) for view in Pins(self.profile.store).views()]
+
+    def server(self, onion: str) -> dict[str, Any]:
+        assert self.profile is not None
+        return self._server_view(Pins(self.profile.store).view(onion))
+
+    async def repin(self, onion: str, reviewed_sha256: str) -> dict[str, Any]:
+        """Pin the bundle the server presents now if it is the one the user reviewed
+        (named by its SHA-256), then resume whatever waited for that server."""
+        assert self.profile is not None and self.groups is not None and self.mailbox is not None
+        pins = Pins(self.profile.store)
+        kind = pins.kind_of(onion)
+        fresh = await self._fetch_bundle(kind, onion)
+        pins.repin(kind, onion, fresh, reviewed_sha256)
+        log.info("re-pinned %s.onion (%s)", onion, kind.name)
+        if kind is GROUP:
+            self.groups.resume(onion, fresh)
+        else:
+            self.mailbox.resume(onion)
+            assert self.messenger is not None
+            self.messenger.resume_mailbox(onion)
+        return self.server(onion)
+
+    async def _fetch_bundle(self, kind: PinKind, onion: str) -> bytes:
+        assert self.groups is not None and self.mailbox is not None
+        if kind is GROUP:
+            return await self.groups.fetch_bundle(onion)
+        return await self.mailbox.fetch_bundle(onion)
+
+    def _server_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        assert self.groups is not None and self.mailbox is not None and self.profile is not None
+        onion = view["onion"]
+        if view["kind"] == GROUP.name:
+            state = self.groups.server_state.get(onion)
+            used_for = [f"group {g['name']}" for g in self.profile.store.list("groups")
+                        if onion in g["servers"]]
+        else:
+            ours = onion == self.mailbox.mailbox_onion
+            state = self.mailbox.state if ours else None
+            used_for = (["our mailbox"] if ours else []) + [
+                f"mailbox of contact {c.get('name') or c['onion']}"
+                for c in self.profile.store.list("contacts") if c.get("mailbox") == onion]
+        if state is None:
+            # Nothing runs against this server on its own (a contact's mailbox, a server of
+            # no group); a refused bundle is still something the user must decide about.
+            reason = Pins(self.profile.store).refusal(KINDS[view["kind"]], onion)
+            state = {"state": "idle" if reason is None else "bundle_changed", "reason": reason}
+        return {**view, "used_for": used_for, "state": state["state"],
+                "reason": state.get("reason"), "since": state.get("since"),
+                "next_retry_at": state.get("next_retry_at")}
 
     async def _mailbox_onion(self) -> str | None:
         if self.settings.mailbox:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
-from nyth.proto.bundle import ServerBundle, check_pin
+from nyth.proto.bundle import ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
@@ -33,6 +33,7 @@ from nyth.proto.identity import normalize_onion
 
 from nyth_peer.events import EventBus
 from nyth_peer.messenger import Messenger
+from nyth_peer.pins import GROUP, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class GroupService:
         self.retry = retry
         self.dags: dict[str, GroupDag] = {}
         self.server_state: dict[str, dict[str, Any]] = {}
+        self.pins = Pins(self.store)
         self._syncers: dict[str, asyncio.Task[None]] = {}
         self._poster: asyncio.Task[None] | None = None
         self._post_wake = asyncio.Event()
@@ -111,28 +113,68 @@ class GroupService:
         """Fetch (or take from an invite) a server's bundle and pin it on first use."""
         onion = normalize_onion(onion)
         if presented is None:
-            try:
-                async with self._new_http() as http:
-                    response = await asyncio.wait_for(
-                        http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
-                response.raise_for_status()
-                presented = base64.b64decode(response.json()["bundle"], validate=True)
-            except (httpx.HTTPError, KeyError, ValueError, TypeError, TimeoutError) as exc:
-                raise GroupError(f"cannot fetch the key bundle of {onion}.onion: {exc}") from exc
-        pin = self.store.get("pins", onion)
+            presented = await self.fetch_bundle(onion)
         try:
-            check_pin(onion, presented, base64.b64decode(pin["bundle"]) if pin else None)
+            return self._check_bundle(onion, presented)
         except BundleChangedError as exc:
-            self.events.publish("server", onion=onion, state="refused", reason=str(exc))
             raise GroupError(str(exc)) from exc
+
+    async def fetch_bundle(self, onion: str) -> bytes:
+        """The bundle the server presents now, unchecked."""
+        try:
+            async with self._new_http() as http:
+                return await self._fetch_bundle(http, onion)
+        except (httpx.HTTPError, KeyError, ValueError, TypeError, TimeoutError) as exc:
+            raise GroupError(f"cannot fetch the key bundle of {onion}.onion: {exc}") from exc
+
+    @staticmethod
+    async def _fetch_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
+        response = await asyncio.wait_for(http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
+        response.raise_for_status()
+        return base64.b64decode(response.json()["bundle"], validate=True)
+
+    def _check_bundle(self, onion: str, presented: bytes) -> ServerBundle:
+        """The verified, pinned bundle; BundleChangedError (state "bundle_changed") on a
+        change, GroupError when it is invalid or unusable."""
+        try:
+            bundle: ServerBundle = self.pins.check(GROUP, onion, presented)
+        except BundleChangedError as exc:
+            self._set_server_state(onion, "bundle_changed", str(exc))
+            raise
         except (DecodeError, AuthenticationError) as exc:
             raise GroupError(f"{onion}.onion sent an invalid key bundle: {exc}") from exc
-        bundle = ServerBundle.verify(presented, onion)
-        if bundle.blob_size != BLOB_SIZE:
-            raise GroupError(f"{onion}.onion stores {bundle.blob_size}-byte blobs, we need {BLOB_SIZE}")
-        if pin is None:
-            self.store.put("pins", onion, {"bundle": _b64(presented), "pinned_at": time.time()})
+        except UnusableBundleError as exc:
+            raise GroupError(str(exc)) from exc
         return bundle
+
+    def resume(self, onion: str, bundle: bytes) -> None:
+        """After a re-pin: future invites carry the new bundle, sync starts again and
+        posts that waited for this server go out now."""
+        self._refresh_invites(onion, bundle)
+        if onion in self._syncers:
+            self._set_server_state(onion, "connecting")
+            self._ensure_syncer(onion, restart=True)
+        else:
+            self.server_state.pop(onion, None)
+        now = time.time()
+        for row in self.store.list("group_outbox"):
+            if onion in row["servers"]:
+                row["next_attempt_at"] = now
+                self.store.put("group_outbox", row["hash"], row)
+        self._post_wake.set()
+
+    def _refresh_invites(self, onion: str, bundle: bytes) -> None:
+        # The group id binds servers' keys, not their bundles, so swapping the bundle keeps
+        # the group; new members then pin what we accepted instead of meeting the refusal.
+        for row in self.store.list("groups"):
+            if onion not in row["servers"]:
+                continue
+            invite = Invite.decode(base64.b64decode(row["invite"]))
+            bundles = tuple(bundle if b.onion == onion else raw
+                            for raw, b in zip(invite.bundles, invite.servers, strict=True))
+            row["invite"] = _b64(Invite(invite.name, invite.key, bundles).encode())
+            self.store.put("groups", row["id"], row)
+        self._groups_cache = None
 
     # -- groups ----------------------------------------------------------------------------
     def groups(self) -> list[dict[str, Any]]:
@@ -263,7 +305,11 @@ class GroupService:
         """Post one blob to every server still missing it; False if any attempt failed."""
         blob = base64.b64decode(row["blob"])
         failures = []
-        for onion in list(row["servers"]):
+        # A changed bundle means the server no longer promises what we pinned: nothing
+        # goes to it until the user re-pins (resume() then sends at once).
+        refusals = {o: self.pins.refusal(GROUP, o) for o in row["servers"]}
+        refused = [reason for reason in refusals.values() if reason is not None]
+        for onion in [o for o, reason in refusals.items() if reason is None]:
             try:
                 response = await asyncio.wait_for(http.post(
                     server_url(onion, "/v1/blobs"), content=blob,
@@ -291,10 +337,11 @@ class GroupService:
                 self.store.put(key, row["hash"], record)
                 self.store.delete("group_outbox", row["hash"])
         else:
-            log.info("group post not accepted yet: %s", "; ".join(failures))
+            reason = "; ".join(failures + refused)
+            log.info("group post not accepted yet: %s", reason)
             row["attempts"] += 1
             row["next_attempt_at"] = time.time() + self.retry.delay(row["attempts"])
-            record.update(state="queued", reason="; ".join(failures),
+            record.update(state="queued", reason=reason,
                           next_retry_at=row["next_attempt_at"])
             with self.store.transaction():
                 self.store.put(key, row["hash"], record)
@@ -326,12 +373,23 @@ class GroupService:
         while True:
             try:
                 async with self._new_http() as http:
-                    self._set_server_state(onion, "connecting")
+                    if self.server_state.get(onion, {}).get("state") != "bundle_changed":
+                        # A re-check of a refused bundle is not a new connection attempt.
+                        self._set_server_state(onion, "connecting")
+                    # Checked on every (re)connection: a restart is when an operator's
+                    # changed limits turn into a new bundle.
+                    self._check_bundle(onion, await self._fetch_bundle(http, onion))
                     await self._fetch_backlog(http, onion)
                     self._set_server_state(onion, "live")
                     failures = 0
                     await self._follow(http, onion)
                     reason = "the server closed the stream"
+            except BundleChangedError:
+                # Looked at again now and then, in case the operator restores the
+                # pinned bundle; a re-pin restarts this loop at once.
+                failures += 1
+                await asyncio.sleep(self.retry.delay(failures))
+                continue
             except TimeoutError:
                 reason = f"no answer within {REQUEST_DEADLINE:.0f} s"
             except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from nyth.errors import AuthenticationError, DecodeError, NythError
+from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
 from nyth.proto import fmd
 from nyth.proto.contact_card import ContactCard
 from nyth.proto.contact_id import ContactId
@@ -29,6 +30,7 @@ from nyth.proto.mailbox_record import open_record, seal_record
 from nyth.proto.p2p import Envelope
 
 from nyth_peer.events import EventBus
+from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ PAGE = 500
 
 class MailboxError(NythError):
     """Offline delivery failed; the message says why, for the user."""
+
+
+class MailboxBundleChangedError(MailboxError):
+    """The mailbox presents a bundle other than the pinned one; the user must re-pin."""
 
 
 def _url(onion: str, path: str) -> str:
@@ -72,6 +78,8 @@ class MailboxService:
                                       "reason": None}
         self._tasks: list[asyncio.Task[None]] = []
         self._secret = self._fmd_secret()
+        self.pins = Pins(self.store)
+        self._wake = asyncio.Event()
 
     def _fmd_secret(self) -> fmd.FmdSecretKey:
         row = self.store.get("mailbox", "fmd")
@@ -104,19 +112,47 @@ class MailboxService:
 
     # -- our own mailbox -------------------------------------------------------------------
     async def _bundle(self, http: httpx.AsyncClient, onion: str) -> MailboxBundle:
+        """The mailbox's verified bundle, pinned on first use; a changed one is refused
+        (and kept for the user to review and re-pin)."""
+        presented = await self._fetch_bundle(http, onion)
+        try:
+            bundle: MailboxBundle = self.pins.check(MAILBOX, onion, presented)
+        except BundleChangedError as exc:
+            raise MailboxBundleChangedError(f"mailbox {exc}") from exc
+        except (DecodeError, AuthenticationError) as exc:
+            raise MailboxError(f"mailbox {onion}.onion sent an invalid bundle: {exc}") from exc
+        except UnusableBundleError as exc:
+            raise MailboxError(f"mailbox {exc}") from exc
+        return bundle
+
+    @staticmethod
+    async def _fetch_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
         response = await asyncio.wait_for(http.get(_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
         if response.status_code != 200:
             raise MailboxError(f"mailbox {onion[:8]}… answered {response.status_code}")
-        presented = base64.b64decode(response.json()["bundle"], validate=True)
-        pin = self.store.get("mailbox_pins", onion)
-        if pin is not None and base64.b64decode(pin["bundle"]) != presented:
-            raise MailboxError(f"mailbox {onion}.onion changed its signed bundle; refusing it")
-        bundle = MailboxBundle.verify(presented, onion)
-        if bundle.tag_size != fmd.TAG_SIZE:
-            raise MailboxError(f"mailbox {onion[:8]}… uses {bundle.tag_size}-byte tags")
-        if pin is None:
-            self.store.put("mailbox_pins", onion, {"bundle": base64.b64encode(presented).decode()})
-        return bundle
+        return base64.b64decode(response.json()["bundle"], validate=True)
+
+    async def fetch_bundle(self, onion: str) -> bytes:
+        """The bundle a mailbox presents now, unchecked (a re-pin verifies it)."""
+        try:
+            async with self._new_http() as http:
+                return await self._fetch_bundle(http, onion)
+        except MailboxError:
+            raise
+        except Exception as exc:
+            raise MailboxError(f"cannot fetch the bundle of mailbox {onion}.onion: "
+                               f"{type(exc).__name__} {exc}".rstrip()) from exc
+
+    def resume(self, onion: str) -> None:
+        """After a re-pin of our mailbox: try again now instead of at the next retry."""
+        if onion == self.mailbox_onion:
+            self._set_state("starting", "re-pinned; connecting again")
+            self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _publish_card(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None
@@ -160,8 +196,11 @@ class MailboxService:
                 failures += 1
                 delay = min(300.0, 2.0 * 2 ** min(failures, 8))
                 self.state["next_retry_at"] = time.time() + delay
-                self._set_state("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
-                await asyncio.sleep(delay)
+                if isinstance(exc, MailboxBundleChangedError):
+                    self._set_state("bundle_changed", str(exc))
+                else:
+                    self._set_state("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
+                await self._pause(delay)
 
     async def _poll(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None

@@ -218,6 +218,16 @@ class Messenger:
         self._kick(onion)
         return self._public(row)
 
+    def resume_mailbox(self, mailbox: str) -> None:
+        """After the user re-pinned a contact's mailbox: what waits for the contacts who
+        use it is tried now, not at a retry time computed while it was refused."""
+        onions = {c["onion"] for c in self.store.list("contacts") if c.get("mailbox") == mailbox}
+        for row in self.store.list("outbox"):
+            if row["onion"] in onions:
+                self._update(row, next_attempt_at=time.time(), next_retry_at=None)
+        for onion in onions:
+            self._kick(onion)
+
     def cancel(self, onion: str, msg_id: str) -> dict[str, Any]:
         row = self.store.get("outbox", msg_id)
         if row is None or row["onion"] != onion:

@@ -22,4 +22,16 @@ class ProtocolError(NythError):
 
 
 class BundleChangedError(NythError):
-    """A server presented a key bundle different from the one pinned on first use."""
+    """A server presented a key bundle different from the one pinned on first use.
+
+    changes says what differs, one "field old -> new" each, so the refusal can be shown
+    to the user as a decision to make rather than an opaque failure.
+    """
+
+    def __init__(self, message: str, changes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
+class RepinMismatchError(NythError):
+    """A re-pin named a bundle (by its hash) other than the one the server presents now."""

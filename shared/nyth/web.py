@@ -54,8 +54,10 @@ class ErrorResponse(BaseModel):
 _ERROR_DESCRIPTIONS = {
     400: "Malformed input",
     404: "Not found",
+    409: "Conflict with the current state",
     413: "Request body too large",
     422: "Invalid request (parameters or body)",
+    502: "A server reached over Tor failed or sent something invalid",
     503: "Service unavailable (a dependency is down, or too busy)",
 }
 

@@ -10,36 +10,10 @@ from nyth.proto.group import BLOB_SIZE
 from nyth.proto.identity import public_key_from_onion
 from nyth.runtime.devnet import wait_until
 
-from tests.fixtures.stack import befriend
+from tests.fixtures.stack import group_history as _history
+from tests.fixtures.stack import start_group as _group_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _group_with(devnet, names):
-    server = devnet.add_group_server("gs")
-    peers = [devnet.add_peer(n) for n in names]
-    server.wait_online()
-    for p in peers:
-        p.wait_online()
-    owner, *others = peers
-    for other in others:
-        befriend(owner, other)
-    with owner.client() as c:
-        group = c.post("/v1/groups", {"name": "friends", "servers": [server.onion]})
-        for other in others:
-            c.post(f"/v1/groups/{group['id']}/invite", {"contact": other.onion})
-    for other in others:
-        with other.client() as c:
-            wait_until(lambda c=c: any(i["id"] == group["id"] for i in c.get("/v1/groups/invites")),
-                       90, what=f"{other.name} to receive the invite")
-            joined = c.post(f"/v1/groups/invites/{group['id']}/accept")
-            assert joined["id"] == group["id"]
-    return server, peers, group["id"]
-
-
-def _history(peer, gid):
-    with peer.client() as c:
-        return c.get(f"/v1/groups/{gid}/messages")
 
 
 def _all_blobs(server):

@@ -7,7 +7,8 @@ Byte layout (164 bytes, big-endian integers):
     | ed25519 signature by the onion key over all of the above (64)
 
 Clients pin the exact bytes on first use (`check_pin`) and refuse any change loudly:
-a server that silently swaps keys or weakens its retention is treated as hostile.
+a server that silently swaps keys or weakens its retention is treated as hostile until
+the user reviews the change and re-pins (`nyth.proto.pinning`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from nyth.errors import BundleChangedError, DecodeError
+from nyth.errors import DecodeError
+from nyth.proto import pinning
 from nyth.proto.identity import (
     SIGNATURE_SIZE,
     Identity,
@@ -82,11 +84,7 @@ class ServerBundle:
 
 
 def check_pin(onion: str, presented: bytes, pinned: bytes | None) -> bytes:
-    """Trust on first use. Returns the bytes to pin; raises on any change."""
-    ServerBundle.verify(presented, onion)
-    if pinned is not None and pinned != presented:
-        raise BundleChangedError(
-            f"server {normalize_onion(onion)}.onion presented a different key bundle than the "
-            "one pinned on first use; refusing to use it until you re-pin it explicitly"
-        )
+    """Trust on first use. Returns the bytes to pin; raises BundleChangedError on any change
+    (see nyth.proto.pinning for what it says and how the user re-pins)."""
+    pinning.check_pin(onion, presented, pinned, ServerBundle.verify)
     return presented

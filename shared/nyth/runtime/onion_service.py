@@ -119,7 +119,8 @@ def load_or_issue_bundle(path: Path, identity: Identity, wanted: SignedBundle,
             if not changes:
                 return data
             log.warning("limits changed (%s): issuing a new bundle; clients that pinned the old "
-                        "one will refuse it until they re-pin", ", ".join(changes))
+                        "one refuse it until their users review and re-pin it "
+                        "(nyth server repin %s)", ", ".join(changes), identity.onion)
     data = wanted.sign(identity)
     write_private_file(path, data)
     return data
