@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from nyth.errors import DecodeError
 from nyth.peer_client import ApiError, PeerClient
 from nyth.proto.identity import normalize_onion
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
@@ -59,10 +61,10 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, **params: A
                 return c.get(path, **params)
             return c.post(path, body)
     except ApiError as exc:
-        console.print(f"[red]error {exc.status}:[/red] {exc.message}")
+        console.print(f"[red]error {exc.status}:[/red] {t(exc.message)}")
         raise typer.Exit(1) from exc
     except OSError as exc:
-        console.print(f"[red]cannot reach the peer engine at {_state['api']}:[/red] {exc}")
+        console.print(f"[red]cannot reach the peer engine at {t(_state['api'])}:[/red] {t(exc)}")
         raise typer.Exit(1) from exc
 
 
@@ -70,16 +72,31 @@ def show(data: Any) -> None:
     console.print_json(json.dumps(data))
 
 
+# C0 controls but newline and tab, DEL, C1 controls, and the bidi overrides/isolates that
+# can make text display in another order than it reads (U+202A-U+202E, U+2066-U+2069).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def t(value: Any) -> str:
+    """Text that came from someone else (a contact, a server, a reason quoting them),
+    made safe to print: no terminal escape sequences, no Rich markup (a name like "[/]"
+    would crash the table, "[green]delivered" would spoof a state)."""
+    return escape(_UNPRINTABLE.sub("\N{REPLACEMENT CHARACTER}", str(value)))
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return ""
-    return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+    try:
+        return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # a sender's clock is theirs to set
+        return "?"
 
 
 def _state_text(row: dict[str, Any]) -> str:
-    text = row["state"]
+    text = t(row["state"])
     if row.get("reason"):
-        text += f" ({row['reason']})"
+        text += f" ({t(row['reason'])})"
     if row.get("next_retry_at"):
         text += f", next retry {_when(row['next_retry_at'])}"
     return text
@@ -92,7 +109,7 @@ def profile_create(name: str,
                                                            confirmation_prompt=True)]) -> None:
     """Create a profile (its keys are sealed with the passphrase)."""
     result = call("POST", "/v1/profile", {"name": name, "passphrase": passphrase})
-    console.print(f"profile [bold]{result['name']}[/bold]: {result['address']}")
+    console.print(f"profile [bold]{t(result['name'])}[/bold]: {result['address']}")
 
 
 @profile_app.command("unlock")
@@ -107,8 +124,8 @@ def profile_show() -> None:
     if _state["json"]:
         show(result)
         return
-    console.print(f"[bold]{result['name']}[/bold] {result['address']} "
-                  f"(onion: {result['onion_state'].get('state')})")
+    console.print(f"[bold]{t(result['name'])}[/bold] {result['address']} "
+                  f"(onion: {t(result['onion_state'].get('state'))})")
 
 
 @app.command()
@@ -119,10 +136,10 @@ def status() -> None:
         show(result)
         return
     onion = result["onion"]
-    console.print(f"onion: {onion.get('state')} {onion.get('reason') or ''}")
+    console.print(f"onion: {t(onion.get('state'))} {t(onion.get('reason') or '')}")
     for name, section in (("contact", result["contacts"]), ("server", result["servers"])):
         for onion_id, st in section.items():
-            console.print(f"{name} {onion_id[:16]}…: {st['state']} {st.get('reason') or ''}")
+            console.print(f"{name} {t(onion_id[:16])}…: {t(st['state'])} {t(st.get('reason') or '')}")
 
 
 # -- contacts --------------------------------------------------------------------------------
@@ -145,8 +162,8 @@ def contact_list() -> None:
     table = Table("onion", "name", "status", "connection")
     for c in result:
         conn = c["connection"]
-        table.add_row(c["onion"], c.get("name") or "", c["status"],
-                      f"{conn['state']} {conn.get('reason') or ''}")
+        table.add_row(c["onion"], t(c.get("name") or ""), t(c["status"]),
+                      f"{t(conn['state'])} {t(conn.get('reason') or '')}")
     console.print(table)
 
 
@@ -178,7 +195,7 @@ def messages(onion: str, limit: int = 50) -> None:
         arrow = "→" if m["direction"] == "out" else "←"
         when = _when(m["timestamp_ms"] / 1000)
         state = f"  [dim]{_state_text(m)}[/dim]" if m["direction"] == "out" else ""
-        console.print(f"{when} {arrow} {m['text']}{state}")
+        console.print(f"{when} {arrow} {t(m['text'])}{state}")
 
 
 @app.command()
@@ -197,7 +214,7 @@ def cancel(onion: str, msg_id: str) -> None:
 @group_app.command("create")
 def group_create(name: str, server: Annotated[list[str], typer.Option(help="group server onion")]) -> None:
     result = call("POST", "/v1/groups", {"name": name, "servers": server})
-    console.print(f"group {result['id']} ({result['name']})")
+    console.print(f"group {result['id']} ({t(result['name'])})")
 
 
 @group_app.command("list")
@@ -207,7 +224,7 @@ def group_list() -> None:
         show(result)
         return
     for g in result:
-        console.print(f"{g['id']} {g['name']}: {g['messages']} messages, {g['missing']} missing")
+        console.print(f"{g['id']} {t(g['name'])}: {g['messages']} messages, {g['missing']} missing")
 
 
 @group_app.command("invite")
@@ -219,13 +236,13 @@ def group_invite(gid: str, contact: str) -> None:
 @group_app.command("invites")
 def group_invites() -> None:
     for inv in call("GET", "/v1/groups/invites"):
-        console.print(f"{inv['id']} {inv['name']} from {inv['from']}")
+        console.print(f"{inv['id']} {t(inv['name'])} from {t(inv['from'])}")
 
 
 @group_app.command("join")
 def group_join(gid: str) -> None:
     result = call("POST", f"/v1/groups/invites/{gid}/accept")
-    console.print(f"joined {result['name']} ({result['id']})")
+    console.print(f"joined {t(result['name'])} ({result['id']})")
 
 
 @group_app.command("post")
@@ -241,8 +258,8 @@ def group_read(gid: str, limit: int = 100) -> None:
         show(result)
         return
     for m in result["messages"]:
-        console.print(f"{_when(m['timestamp_ms'] / 1000)} {m['author'][:8]}: {m['body']}"
-                      f"  [dim]{m['state']}[/dim]")
+        console.print(f"{_when(m['timestamp_ms'] / 1000)} {t(m['author'][:8])}: {t(m['body'])}"
+                      f"  [dim]{t(m['state'])}[/dim]")
     if result["missing"]:
         console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
 
@@ -256,8 +273,8 @@ def mailbox() -> None:
         show(result)
         return
     console.print(f"contact id: {result['contact_id'] or '(no mailbox configured)'}", soft_wrap=True)
-    console.print(f"mailbox: {result['mailbox']} ({result['state'].get('state')} "
-                  f"{result['state'].get('reason') or ''})")
+    console.print(f"mailbox: {result['mailbox']} ({t(result['state'].get('state'))} "
+                  f"{t(result['state'].get('reason') or '')})")
     console.print(f"detection: {result['mode']}; {result['records_per_day']} records/day seen, "
                   f"{result['ours_per_day']} ours; recommended n = {result['recommended_bits']}")
     if result["expected_detections_per_day"] is not None:
@@ -282,10 +299,10 @@ def servers() -> None:
     for s in result:
         presented = s["presented"]
         # A refusal's reason repeats the changes shown in the last column.
-        state = s["state"] if s["state"] == "bundle_changed" else _state_text(s)
-        table.add_row(s["onion"], s["kind"], ", ".join(s["used_for"]), state,
-                      _limits(s["pinned"]["limits"]),
-                      "; ".join(presented["changes"]) if presented else "")
+        state = t(s["state"]) if s["state"] == "bundle_changed" else _state_text(s)
+        table.add_row(s["onion"], t(s["kind"]), t(", ".join(s["used_for"])), state,
+                      t(_limits(s["pinned"]["limits"])),
+                      t("; ".join(presented["changes"])) if presented else "")
     console.print(table)
     if any(s["presented"] for s in result):
         console.print("[yellow]a server presents a changed bundle: review it and accept it with "
@@ -310,13 +327,13 @@ def server_repin(onion: str,
     if presented is None:
         console.print(f"{wanted}.onion has not presented a different bundle: nothing to re-pin")
         raise typer.Exit(1)
-    used = f" ({', '.join(server['used_for'])})" if server["used_for"] else ""
-    console.print(f"{server['kind']} server {wanted}.onion{used} presents a signed bundle that "
+    used = f" ({t(', '.join(server['used_for']))})" if server["used_for"] else ""
+    console.print(f"{t(server['kind'])} server {wanted}.onion{used} presents a signed bundle that "
                   "differs from the one you pinned:")
     for change in presented["changes"]:
-        console.print(f"  {change}")
-    console.print(f"its promises: {_limits(presented['limits'])}")
-    console.print(f"bundle sha256 {presented['bundle_sha256']}")
+        console.print(f"  {t(change)}")
+    console.print(f"its promises: {t(_limits(presented['limits']))}")
+    console.print(f"bundle sha256 {t(presented['bundle_sha256'])}")
     if not yes and not typer.confirm("Accept this bundle and re-pin the server?"):
         console.print("nothing was re-pinned")
         raise typer.Exit(1)
@@ -325,8 +342,8 @@ def server_repin(onion: str,
     if _state["json"]:
         show(result)
         return
-    console.print(f"re-pinned {wanted}.onion: {_limits(result['pinned']['limits'])} "
-                  f"(now {result['state']})")
+    console.print(f"re-pinned {wanted}.onion: {t(_limits(result['pinned']['limits']))} "
+                  f"(now {t(result['state'])})")
 
 
 @app.command()
