@@ -279,6 +279,12 @@ def test_invite_layout() -> None:
     assert invite.group_id == group_id(KEY, BUNDLES[:2])
 
 
+def test_an_invite_never_shows_its_group_key() -> None:
+    invite = Invite("club", KEY, (SIGNED[0],))
+    for shown in (repr(invite), str(invite)):
+        assert KEY.hex() not in shown and repr(KEY) not in shown and "club" in shown
+
+
 @settings(max_examples=60)
 @given(invites)
 def test_invite_round_trip(invite: Invite) -> None:

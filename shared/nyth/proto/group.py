@@ -32,7 +32,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.bindings
 import nacl.exceptions
@@ -155,7 +155,7 @@ def open_group_message(key: bytes, gid: bytes, blob: bytes) -> GroupMessage:
 @dataclass(frozen=True)
 class Invite:
     name: str
-    key: bytes
+    key: bytes = field(repr=False)  # the group key: never in a log line or a traceback
     bundles: tuple[bytes, ...]  # signed server bundles, verified on decode
 
     @property

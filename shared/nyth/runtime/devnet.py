@@ -51,7 +51,7 @@ class PeerHandle:
     name: str
     process: ServiceProcess
     api_url: str
-    token: str
+    token: str = field(repr=False)  # the API bearer token
     data_dir: Path
     onion: str = ""
 
