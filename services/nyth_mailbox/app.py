@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -71,6 +71,8 @@ POW_FAILED = Counter("nyth_mailbox_pow_failed_total",
 TRIMMED = Counter("nyth_mailbox_records_trimmed_total", "Records dropped for age retention.")
 CARDS = Counter("nyth_mailbox_cards_stored_total", "Contact cards stored or renewed.")
 TESTS = Counter("nyth_mailbox_detection_tests_total", "(tag, detection key) tests run.")
+DETECT_BUSY = Counter("nyth_mailbox_detect_busy_total",
+                      "POST /v1/detect calls refused because max_concurrent_detects were running.")
 STREAMS = Gauge("nyth_mailbox_detection_streams",
                 "Open detection streams (registered detection keys).")
 
@@ -214,6 +216,7 @@ class MailboxState(OnionService[MailboxSettings]):
 
     store: MailboxStore
     notifier: Notifier
+    detects_running: int = field(default=0, init=False)
 
 
 def wanted_bundle(settings: MailboxSettings, identity: Identity) -> MailboxBundle:
@@ -459,8 +462,18 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     async def post_detect(request: Request, body: DetectBody) -> Response:
         state = server(request)
         key = _decode_detection_key(_b64decode(body.detection_key, "detection_key"))
-        matches, cursor, more, scanned = await detect(
-            state, key, Cursor.parse(body.after), body.limit, settings.max_detect_scan)
+        # Each call is up to max_detect_scan scalar-mult tests in a worker thread: refuse
+        # at once when enough are running rather than queue unbounded CPU work.
+        if state.detects_running >= settings.max_concurrent_detects:
+            DETECT_BUSY.inc()
+            return error_json(503, "too many detections running on this mailbox; retry later",
+                              headers={"Retry-After": "2"})
+        state.detects_running += 1
+        try:
+            matches, cursor, more, scanned = await detect(
+                state, key, Cursor.parse(body.after), body.limit, settings.max_detect_scan)
+        finally:
+            state.detects_running -= 1
         page = DetectPage(records=[_item(r) for r in matches], next=str(cursor), more=more,
                           scanned=scanned)
         return JSONResponse(page.model_dump())

@@ -38,6 +38,11 @@ class MailboxSettings(OnionServiceSettings):
         5000, ge=1, le=1_000_000,
         description="Records tested per POST /v1/detect call (bounds the work of one request).",
     )
+    max_concurrent_detects: int = Field(
+        4, ge=1, le=1024,
+        description="POST /v1/detect calls running at once; more get 503 with Retry-After "
+                    "instead of queueing CPU work without bound.",
+    )
     max_cards: int = Field(100_000, ge=1, le=MAX_U63, description="Contact cards kept at most.")
     max_card_lifetime_seconds: int = Field(
         90 * 24 * 3600, ge=60, le=MAX_U63 // 1000,

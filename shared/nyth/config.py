@@ -197,6 +197,11 @@ class OnionServiceSettings(NythSettings):
         description="Key prefix in Redis, so several services can share one Redis.",
     )
     max_streams: int = Field(256, ge=1, description="Concurrent SSE streams per process.")
+    max_connections: int = Field(
+        1024, ge=16, le=65_536,
+        description="Open HTTP connections per process (SSE streams included); beyond it new "
+                    "requests get 503 at once instead of queueing without bound.",
+    )
     keepalive_seconds: float = Field(15.0, gt=0, le=3600)
     trim_interval_seconds: float = Field(
         30.0, gt=0, le=86_400, description="How often old entries are trimmed by age."

@@ -12,6 +12,7 @@ import base64
 import importlib.util
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ import redis
 from nyth.proto.contact_card import FMD_PUBLIC_KEY_SIZE, ContactCard
 from nyth.proto.identity import Identity
 from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok, solve_card_pow, solve_pow
+from nyth.runtime.devnet import wait_until
 from nyth_mailbox.launch import MailboxProcess
 
 pytestmark = pytest.mark.integration
@@ -355,6 +357,53 @@ def test_detection_uses_stored_w_and_serves_records_without_it(
     ids, _ = mb.detect_all(key)
     assert len(ids) == 3 and ids[1:] == [legacy.decode(), broken.decode()]
     assert len(mb.download_all()) == 4
+
+
+@needs_fmd
+def test_detection_work_and_connections_are_bounded(launch: Launch, redis_url: str,
+                                                    redis_prefix: str) -> None:
+    """Nobody can queue unbounded CPU work or hold unbounded connections: detection calls
+    past max_concurrent_detects and connections past max_connections get 503 at once."""
+    mb = Mailbox(launch(NYTH_MAX_CONCURRENT_DETECTS="1", NYTH_MAX_DETECT_SCAN="3000",
+                        NYTH_MAX_CONNECTIONS="16"))
+    F = fmd()
+    tag = bytes(F.flag(F.FmdSecretKey.generate().public_key()))
+    with redis.Redis.from_url(redis_url) as raw:
+        pipe = raw.pipeline()
+        for _ in range(3000):  # no stored W: each test recomputes it (≈ 0.2 ms)
+            pipe.xadd(f"{redis_prefix}:records", {"r": tag + os.urandom(SIZE)})
+        pipe.execute()
+    key = base64.b64encode(bytes(F.FmdSecretKey.generate().extract(8).encode())).decode()
+    answers: list[httpx.Response] = []
+
+    def detect() -> None:
+        with httpx.Client(base_url=str(mb.http.base_url), trust_env=False, timeout=60) as c:
+            answers.append(c.post("/v1/detect", json={"detection_key": key, "after": "0"}))
+
+    threads = [threading.Thread(target=detect) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = sorted(r.status_code for r in answers)
+    assert codes[0] == 200 and codes[-1] == 503, codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] and "detections" in busy.json()["error"]
+    assert "nyth_mailbox_detect_busy_total" in mb.http.get("/metrics").text
+
+    # 16 connections held open (mb.http holds one of them) fill the process's budget.
+    mb.http.close()
+    host, port = mb.http.base_url.host, mb.http.base_url.port
+    idle = [socket.create_connection((host, port)) for _ in range(16)]
+    try:
+        time.sleep(0.2)
+        refused = httpx.get(f"http://{host}:{port}/healthz", trust_env=False, timeout=10)
+        assert refused.status_code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_until(lambda: httpx.get(f"http://{host}:{port}/healthz", trust_env=False,
+                                        timeout=10).status_code == 200, 10)
 
 
 @needs_fmd

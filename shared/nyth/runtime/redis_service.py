@@ -47,6 +47,9 @@ def serve(prog: str, settings_cls: type[Any], create_app: Callable[[Any], Any]) 
         # Behind tor every client is the tor gateway; forwarded headers mean nothing.
         proxy_headers=False,
         timeout_graceful_shutdown=5,
+        # Everyone reaches us through tor as one client: only a process-wide cap bounds a
+        # flood of connections (each costs memory and a task).
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     server.run()
