@@ -82,6 +82,18 @@ def test_containers_are_confined(stack):
     assert set(published) == {("alice", "8700/tcp"), ("bob", "8700/tcp")}, published
     assert set(published.values()) == {"127.0.0.1"}, published
 
+    # Each peer listener is on one network only: servers (on `tor`) cannot reach a peer's
+    # API, and the other peer (on `api` too) cannot reach its P2P port except through tor.
+    def reach(service: str, host: str, port: int) -> str:
+        code = (f"import socket\ntry:\n socket.create_connection(({host!r}, {port}), 3)"
+                "\n print('open')\nexcept OSError as e:\n print(type(e).__name__)")
+        return stack.exec_python(service, code)
+
+    assert reach("bob", "alice-api", 8700) == "open"  # the control: the test can tell
+    assert reach("group-server", "alice-p2p", 8700) != "open"
+    assert reach("mailbox", "alice-p2p", 8700) != "open"
+    assert reach("bob", "alice-api", 9000) != "open"
+
 
 def test_p2p_message_and_group_post(stack):
     alice, bob = stack.peers["alice"], stack.peers["bob"]
