@@ -19,7 +19,8 @@ from nyth.ports import free_port
 from nyth.runtime.devnet import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("tor-network", "tor-gateway", "redis", "group-server", "mailbox", "alice", "bob")
+SERVICES = ("tor-network", "tor-gateway", "redis", "mailbox-redis", "group-server", "mailbox",
+            "alice", "bob")
 
 
 def _compose(project: str, *args: str, env: dict[str, str] | None = None,

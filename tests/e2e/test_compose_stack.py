@@ -54,6 +54,7 @@ _SECRETS = {
     "tor-network": set(),
     "tor-gateway": {"/secrets/tor/control-password"},
     "redis": set(),
+    "mailbox-redis": set(),
     "group-server": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
     "mailbox": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
     "alice": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
@@ -93,6 +94,11 @@ def test_containers_are_confined(stack):
     assert reach("group-server", "alice-p2p", 8700) != "open"
     assert reach("mailbox", "alice-p2p", 8700) != "open"
     assert reach("bob", "alice-api", 9000) != "open"
+    # Each Redis is reachable from its own service only.
+    assert reach("group-server", "redis", 6379) == "open"
+    assert reach("mailbox", "mailbox-redis", 6379) == "open"
+    assert reach("group-server", "mailbox-redis", 6379) != "open"
+    assert reach("mailbox", "redis", 6379) != "open"
 
 
 def test_p2p_message_and_group_post(stack):
