@@ -11,14 +11,27 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from httpx_sse import aconnect_sse
+from nyth.config import OnionServiceSettings
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
-from nyth.proto.bundle import ServerBundle
+from nyth.http_limits import (
+    ITEM_SLACK,
+    JSON_SLACK,
+    StrictModel,
+    UntrustedResponseError,
+    b64_len,
+    b64_validator,
+    bounded_request,
+    open_event_stream,
+    printable,
+    strict_b64,
+)
+from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
@@ -30,6 +43,8 @@ from nyth.proto.group import (
     seal_group_message,
 )
 from nyth.proto.identity import normalize_onion
+from nyth.runtime.stream_store import CURSOR_PATTERN
+from pydantic import Field, PlainValidator
 
 from nyth_peer.events import EventBus
 from nyth_peer.messenger import Messenger
@@ -43,6 +58,36 @@ MAX_INVITES = 100
 # A request through Tor to a server that died mid-rendezvous can hang without any
 # socket error; every request gets a hard deadline so queues keep moving.
 REQUEST_DEADLINE = 30.0
+
+# The most a valid answer can take, from the protocol's fixed sizes: anything longer is
+# a hostile or broken server, and is dropped before it can cost us memory.
+BUNDLE_ANSWER_BYTES = b64_len(BUNDLE_SIZE) + JSON_SLACK
+POST_ANSWER_BYTES = JSON_SLACK  # {"id": "<cursor>"}
+PAGE_ANSWER_BYTES = PAGE * (b64_len(BLOB_SIZE) + ITEM_SLACK) + JSON_SLACK
+# The live stream: "data: <base64 blob>" is the longest line a blob event has; with its
+# "event: blob" and "id: <cursor>" lines an event is a little more.
+STREAM_MAX_LINE = b64_len(BLOB_SIZE) + ITEM_SLACK
+STREAM_MAX_EVENT = b64_len(BLOB_SIZE) + 3 * ITEM_SLACK
+# Servers send a keep-alive comment every keepalive_seconds (this default unless their
+# operator changed it); a stream silent for several of them is stalled, not just quiet.
+SERVER_KEEPALIVE_SECONDS = float(OnionServiceSettings.model_fields["keepalive_seconds"].default)
+STREAM_IDLE_SECONDS = 4 * SERVER_KEEPALIVE_SECONDS
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
+class _BundleAnswer(StrictModel):
+    bundle: Annotated[bytes, PlainValidator(b64_validator(size=BUNDLE_SIZE))]
+
+
+class _BlobItem(StrictModel):
+    id: str = Field(pattern=CURSOR_PATTERN)
+    blob: Annotated[bytes, PlainValidator(b64_validator(size=BLOB_SIZE))]
+
+
+class _BlobPage(StrictModel):
+    blobs: list[_BlobItem] = Field(max_length=PAGE)
+    next: str = Field(pattern=CURSOR_PATTERN)
+    more: bool
 
 
 class GroupError(Exception):
@@ -82,6 +127,7 @@ class GroupService:
         self._post_wake = asyncio.Event()
         self._groups_cache: list[dict[str, Any]] | None = None
         self.on_onion_failure: Any = None  # set by the engine: forget tor's failed lookups
+        self.stream_idle_seconds = STREAM_IDLE_SECONDS
         messenger.on_invite = self._on_invite
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -124,14 +170,21 @@ class GroupService:
         try:
             async with self._new_http() as http:
                 return await self._fetch_bundle(http, onion)
-        except (httpx.HTTPError, KeyError, ValueError, TypeError, TimeoutError) as exc:
-            raise GroupError(f"cannot fetch the key bundle of {onion}.onion: {exc}") from exc
+        except TimeoutError as exc:
+            raise GroupError(f"cannot fetch the key bundle of {onion}.onion: no answer within "
+                             f"{REQUEST_DEADLINE:.0f} s") from exc
+        except (httpx.HTTPError, NythError, GroupError) as exc:
+            raise GroupError(f"cannot fetch the key bundle of {onion}.onion: "
+                             f"{printable(str(exc), 500)}") from exc
 
     @staticmethod
     async def _fetch_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
-        response = await asyncio.wait_for(http.get(server_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
-        response.raise_for_status()
-        return base64.b64decode(response.json()["bundle"], validate=True)
+        answer = await bounded_request(http, "GET", server_url(onion, "/v1/bundle"),
+                                       max_bytes=BUNDLE_ANSWER_BYTES, deadline=REQUEST_DEADLINE,
+                                       what="key bundle")
+        if answer.status_code != 200:
+            raise GroupError(f"{answer.server} {answer.failure()} to a bundle request")
+        return answer.parse(_BundleAnswer).bundle
 
     def _check_bundle(self, onion: str, presented: bytes) -> ServerBundle:
         """The verified, pinned bundle; BundleChangedError (state "bundle_changed") on a
@@ -311,18 +364,21 @@ class GroupService:
         refused = [reason for reason in refusals.values() if reason is not None]
         for onion in [o for o, reason in refusals.items() if reason is None]:
             try:
-                response = await asyncio.wait_for(http.post(
-                    server_url(onion, "/v1/blobs"), content=blob,
-                    headers={"content-type": "application/octet-stream"}), REQUEST_DEADLINE)
-                if response.status_code != 201:
-                    raise GroupError(f"{onion[:8]}… answered {response.status_code}")
+                answer = await bounded_request(
+                    http, "POST", server_url(onion, "/v1/blobs"), content=blob,
+                    headers={"content-type": "application/octet-stream"},
+                    max_bytes=POST_ANSWER_BYTES, deadline=REQUEST_DEADLINE,
+                    what="post acknowledgement")
+                if answer.status_code != 201:
+                    raise GroupError(answer.failure())
                 row["servers"].remove(onion)
             except TimeoutError:
                 failures.append(f"{onion[:8]}….onion: no answer within {REQUEST_DEADLINE:.0f} s")
             except Exception as exc:
                 # Anything a dead or restarting server causes through SOCKS (httpx,
                 # httpcore and python-socks all have their own types) means: retry later.
-                failures.append(f"{onion[:8]}….onion: {type(exc).__name__} {exc}".rstrip())
+                failures.append(f"{onion[:8]}….onion: "
+                                + printable(f"{type(exc).__name__} {exc}", 300))
         gid, key = row["gid"], f"group_messages:{row['gid']}"
         record = self.store.get(key, row["hash"])
         if record is None:
@@ -393,7 +449,10 @@ class GroupService:
             except TimeoutError:
                 reason = f"no answer within {REQUEST_DEADLINE:.0f} s"
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                # The text of an exception may carry the server's own bytes (an HTTP parser
+                # quoting a bad status line): shown only cleaned and cut short.
+                reason = printable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                   500)
             failures += 1
             if self.on_onion_failure is not None:
                 self.on_onion_failure()
@@ -410,33 +469,53 @@ class GroupService:
 
     def _cursor(self, onion: str) -> str:
         row = self.store.get("cursors", onion)
-        return row["cursor"] if row else "0"
+        cursor = row.get("cursor") if row else "0"
+        if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+            # Older versions stored whatever a server said; reading from the start again
+            # costs bandwidth only (blobs we hold are recognised and skipped).
+            log.info("server %s…: stored cursor is malformed; reading from the start", onion[:8])
+            return "0"
+        return cursor
 
     async def _fetch_backlog(self, http: httpx.AsyncClient, onion: str) -> None:
         while True:
-            response = await asyncio.wait_for(
-                http.get(server_url(onion, "/v1/blobs"),
-                              params={"after": self._cursor(onion), "limit": PAGE}),
-                REQUEST_DEADLINE)
-            if response.status_code != 200:
-                raise GroupError(f"server answered {response.status_code} to a fetch")
-            page = response.json()
-            for item in page["blobs"]:
-                self._ingest(onion, item["id"], base64.b64decode(item["blob"]))
-            self.store.put("cursors", onion, {"cursor": page["next"]})
-            if not page["more"]:
+            after = self._cursor(onion)
+            answer = await bounded_request(
+                http, "GET", server_url(onion, "/v1/blobs"), params={"after": after, "limit": PAGE},
+                max_bytes=PAGE_ANSWER_BYTES, deadline=REQUEST_DEADLINE, what="page of blobs")
+            if answer.status_code != 200:
+                raise GroupError(f"{answer.server} {answer.failure()} to a fetch")
+            page = answer.parse(_BlobPage)
+            if page.more and page.next == after:
+                # Would have us ask for the same page again and again.
+                raise UntrustedResponseError(f"{answer.server} says more blobs wait after "
+                                             f"{after} but does not move its cursor")
+            for item in page.blobs:
+                self._ingest(onion, item.id, item.blob)
+            self.store.put("cursors", onion, {"cursor": page.next})
+            if not page.more:
                 return
 
     async def _follow(self, http: httpx.AsyncClient, onion: str) -> None:
         url = server_url(onion, "/v1/blobs/stream")
-        async with aconnect_sse(http, "GET", url, params={"after": self._cursor(onion)},
-                                timeout=httpx.Timeout(30.0, read=120.0)) as source:
-            if source.response.status_code != 200:
-                raise GroupError(f"server answered {source.response.status_code} to the stream")
-            async for event in source.aiter_sse():
+        async with open_event_stream(
+                http, url, params={"after": self._cursor(onion)}, deadline=REQUEST_DEADLINE,
+                max_line=STREAM_MAX_LINE, max_event=STREAM_MAX_EVENT,
+                idle_seconds=self.stream_idle_seconds) as stream:
+            if stream.status_code != 200:
+                raise GroupError(f"{stream.server} {await stream.failure()} to the stream")
+            async for event in stream.events():
                 if event.event != "blob" or not event.id:
                     continue
-                self._ingest(onion, event.id, base64.b64decode(event.data))
+                if not _CURSOR.fullmatch(event.id):
+                    raise UntrustedResponseError(f"{stream.server} sent a blob event whose id is "
+                                                 "not a cursor")
+                try:
+                    blob = strict_b64(event.data, size=BLOB_SIZE)
+                except ValueError as exc:
+                    raise UntrustedResponseError(f"{stream.server} sent a blob event whose data "
+                                                 f"{exc}") from None
+                self._ingest(onion, event.id, blob)
                 self.store.put("cursors", onion, {"cursor": event.id})
 
     def _ingest(self, onion: str, cursor: str, blob: bytes) -> None:

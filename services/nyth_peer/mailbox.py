@@ -15,19 +15,40 @@ import base64
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
+from nyth.http_limits import (
+    ITEM_SLACK,
+    JSON_SLACK,
+    BoundedResponse,
+    StrictModel,
+    UntrustedResponseError,
+    b64_len,
+    b64_validator,
+    bounded_request,
+    printable,
+    server_label,
+)
 from nyth.proto import fmd
-from nyth.proto.contact_card import ContactCard
+from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.contact_id import ContactId
 from nyth.proto.identity import onion_from_public_key, public_key_from_onion
-from nyth.proto.mailbox_bundle import MailboxBundle, solve_card_pow, solve_pow
-from nyth.proto.mailbox_record import open_record, seal_record
+from nyth.proto.mailbox_bundle import (
+    MAILBOX_BUNDLE_SIZE,
+    MAX_RECORD_SIZE,
+    MailboxBundle,
+    solve_card_pow,
+    solve_pow,
+)
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE, open_record, seal_record
 from nyth.proto.p2p import Envelope
+from nyth.runtime.stream_store import CURSOR_PATTERN
+from pydantic import Field, PlainValidator
 
 from nyth_peer.events import EventBus
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
@@ -39,6 +60,59 @@ CARD_LIFETIME = 7 * 24 * 3600
 CARD_RENEW_BEFORE = 24 * 3600
 REQUEST_DEADLINE = 60.0
 PAGE = 500
+
+# The most a valid answer can take, from the protocol's fixed sizes: anything longer is
+# a hostile or broken mailbox (ours, or one a stranger's contact id named), and is
+# dropped before it can cost us memory.
+BUNDLE_ANSWER_BYTES = b64_len(MAILBOX_BUNDLE_SIZE) + JSON_SLACK
+CARD_ANSWER_BYTES = b64_len(CARD_SIZE) + JSON_SLACK  # GET and PUT both answer the card
+POST_ANSWER_BYTES = JSON_SLACK  # {"id": "<cursor>"}
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
+def record_item_bytes(record_size: int) -> int:
+    """What one record of a page takes at most: base64 tag and ciphertext, keys, id."""
+    return b64_len(fmd.TAG_SIZE) + b64_len(record_size) + ITEM_SLACK
+
+
+# A page holds what PAGE records of the recommended size take: a mailbox with larger
+# records is asked for fewer per page, so no answer is ever larger than this.
+PAGE_BYTES = PAGE * record_item_bytes(RECOMMENDED_RECORD_SIZE)
+
+
+def page_limit(record_size: int) -> int:
+    """Records asked for per page from a mailbox whose records are record_size bytes."""
+    return max(1, min(PAGE, PAGE_BYTES // record_item_bytes(record_size)))
+
+
+def page_answer_bytes(limit: int, record_size: int) -> int:
+    return limit * record_item_bytes(record_size) + JSON_SLACK
+
+
+class _BundleAnswer(StrictModel):
+    bundle: Annotated[bytes, PlainValidator(b64_validator(size=MAILBOX_BUNDLE_SIZE))]
+
+
+class _CardAnswer(StrictModel):
+    card: Annotated[bytes, PlainValidator(b64_validator(size=CARD_SIZE))]
+
+
+class _RecordItem(StrictModel):
+    id: str = Field(pattern=CURSOR_PATTERN)
+    tag: Annotated[bytes, PlainValidator(b64_validator(size=fmd.TAG_SIZE))]
+    # The exact size is the pinned bundle's, checked once the page is parsed.
+    ciphertext: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_RECORD_SIZE))]
+
+
+class _RecordPage(StrictModel):
+    records: list[_RecordItem]
+    next: str = Field(pattern=CURSOR_PATTERN)
+    more: bool
+
+
+class _DetectPage(_RecordPage):
+    # Strict: 1e999 (inf), NaN, 1.5 or "7" are refused, not coerced.
+    scanned: int = Field(ge=0)
 
 
 class MailboxError(NythError):
@@ -53,10 +127,28 @@ def _url(onion: str, path: str) -> str:
     return f"http://{onion}.onion{path}"
 
 
+def _count(value: Any) -> float:
+    """A stored counter, or 0 for junk (a non-finite or negative number from an older
+    version that believed the mailbox's word)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value >= 0 else 0.0
+
+
+def _counters(row: dict[str, Any] | None) -> dict[str, Any]:
+    """Our mailbox cursor row with every field usable."""
+    row = dict(row or {})
+    cursor = row.get("cursor")
+    since = _count(row.get("since"))
+    return {**row, "cursor": cursor if isinstance(cursor, str) and _CURSOR.fullmatch(cursor) else "0",
+            "seen": _count(row.get("seen")), "ours": _count(row.get("ours")),
+            "since": since if 0 < since <= time.time() else time.time()}
+
+
 def recommend_bits(records_per_day: float, ours_per_day: float) -> int:
     """n such that false positives (2⁻ⁿ·N) are at least as many as our true matches (M):
     the mailbox then cannot tell which detections are really ours (DESIGN §5)."""
-    if records_per_day <= 0:
+    if not (math.isfinite(records_per_day) and math.isfinite(ours_per_day)) or records_per_day <= 0:
         return 0
     ratio = records_per_day / max(ours_per_day, 1.0)
     return max(0, min(fmd.GAMMA, math.floor(math.log2(ratio)) if ratio >= 1 else 0))
@@ -127,10 +219,17 @@ class MailboxService:
 
     @staticmethod
     async def _fetch_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
-        response = await asyncio.wait_for(http.get(_url(onion, "/v1/bundle")), REQUEST_DEADLINE)
-        if response.status_code != 200:
-            raise MailboxError(f"mailbox {onion[:8]}… answered {response.status_code}")
-        return base64.b64decode(response.json()["bundle"], validate=True)
+        answer = await _request(http, "GET", _url(onion, "/v1/bundle"),
+                                max_bytes=BUNDLE_ANSWER_BYTES, what="bundle")
+        if answer.status_code != 200:
+            raise MailboxError(f"{answer.server} {answer.failure()} to a bundle request")
+        return answer.parse(_BundleAnswer).bundle
+
+    def _pinned(self, onion: str) -> MailboxBundle:
+        """The bundle pinned for onion (checked by _bundle before any use of the mailbox)."""
+        pin = self.store.get("mailbox_pins", onion)
+        assert pin is not None
+        return MailboxBundle.verify(base64.b64decode(pin["bundle"]), onion)
 
     async def fetch_bundle(self, onion: str) -> bytes:
         """The bundle a mailbox presents now, unchecked (a re-pin verifies it)."""
@@ -141,7 +240,7 @@ class MailboxService:
             raise
         except Exception as exc:
             raise MailboxError(f"cannot fetch the bundle of mailbox {onion}.onion: "
-                               f"{type(exc).__name__} {exc}".rstrip()) from exc
+                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
 
     def resume(self, onion: str) -> None:
         """After a re-pin of our mailbox: try again now instead of at the next retry."""
@@ -164,17 +263,15 @@ class MailboxService:
                            self.profile.identity.x25519_public(), now, now + CARD_LIFETIME)
         data = card.sign(self.profile.identity)
         # _run pinned the mailbox's bundle before the first publish; it states the work.
-        pin = self.store.get("mailbox_pins", self.mailbox_onion)
-        assert pin is not None
-        bundle = MailboxBundle.verify(base64.b64decode(pin["bundle"]), self.mailbox_onion)
+        bundle = self._pinned(self.mailbox_onion)
         nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
                                         bundle.pow_bits)
-        response = await asyncio.wait_for(http.put(
-            _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
-            json={"card": base64.b64encode(data).decode(), "nonce": nonce}), REQUEST_DEADLINE)
-        if response.status_code not in (200, 201, 204):
-            raise MailboxError(f"mailbox refused our card ({response.status_code}: "
-                               f"{response.text[:200]})")
+        answer = await _request(
+            http, "PUT", _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
+            json={"card": base64.b64encode(data).decode(), "nonce": nonce},
+            max_bytes=CARD_ANSWER_BYTES, what="answer to our card")
+        if answer.status_code not in (200, 201, 204):
+            raise MailboxError(f"mailbox refused our card ({_status(answer)})")
         self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True})
 
     async def _run(self) -> None:
@@ -199,50 +296,87 @@ class MailboxService:
                 if isinstance(exc, MailboxBundleChangedError):
                     self._set_state("bundle_changed", str(exc))
                 else:
-                    self._set_state("unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
+                    # Exception text may quote the server's bytes: cleaned and cut short.
+                    self._set_state("unreachable",
+                                    printable(f"{type(exc).__name__}: {exc}".rstrip(": "), 500))
                 await self._pause(delay)
 
     async def _poll(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None
-        cursor_row = self.store.get("mailbox", "cursor") or {"cursor": "0", "seen": 0,
-                                                              "since": time.time(), "ours": 0}
+        bundle = self._pinned(self.mailbox_onion)
+        limit = page_limit(bundle.record_size)
+        cursor_row = _counters(self.store.get("mailbox", "cursor"))
         full_key = self._secret.extract(fmd.GAMMA)
         while True:
-            if self.detection_bits is None:
-                response = await asyncio.wait_for(http.get(
-                    _url(self.mailbox_onion, "/v1/records"),
-                    params={"after": cursor_row["cursor"], "limit": PAGE}), REQUEST_DEADLINE)
+            after = cursor_row["cursor"]
+            page = await self._fetch_page(http, bundle, after, limit)
+            if page.more and page.next == after:
+                # Would have us ask for the same page again and again.
+                raise UntrustedResponseError(f"mailbox {self.mailbox_onion[:8]}….onion says more "
+                                             f"records wait but does not move its cursor")
+            if isinstance(page, _DetectPage):
+                # Delegated: only the mailbox knows how many it tested. It cannot truthfully
+                # have tested more than it keeps (its signed bundle), nor fewer than it matched.
+                if not len(page.records) <= page.scanned <= bundle.max_records:
+                    raise UntrustedResponseError(
+                        f"mailbox {self.mailbox_onion[:8]}….onion claims it scanned "
+                        f"{page.scanned} records for {len(page.records)} matches; it keeps at "
+                        f"most {bundle.max_records}")
+                cursor_row["seen"] += page.scanned
             else:
-                key = self._secret.extract(self.detection_bits).encode()
-                response = await asyncio.wait_for(http.post(
-                    _url(self.mailbox_onion, "/v1/detect"),
-                    json={"detection_key": base64.b64encode(key).decode(),
-                          "after": cursor_row["cursor"], "limit": PAGE}), REQUEST_DEADLINE)
-            if response.status_code != 200:
-                raise MailboxError(f"mailbox answered {response.status_code} to a poll")
-            page = response.json()
-            scanned = page.get("scanned", len(page["records"]))
-            cursor_row["seen"] += scanned
-            for item in page["records"]:
-                tag = base64.b64decode(item["tag"])
+                cursor_row["seen"] += len(page.records)  # counted, not taken on its word
+            for item in page.records:
                 # Our full key leaves a 2⁻²⁴ false-positive rate: trial-open only those.
                 try:
-                    if not fmd.test(full_key, tag):
+                    if not fmd.test(full_key, item.tag):
                         continue
-                    sender_pk, envelope = open_record(self.profile.identity,
-                                                      base64.b64decode(item["ciphertext"]))
-                except (DecodeError, AuthenticationError):
+                    sender_pk, envelope = open_record(self.profile.identity, item.ciphertext)
+                except NythError:
                     continue
                 cursor_row["ours"] += 1
-                self._on_record(onion_from_public_key(sender_pk), envelope)
-            cursor_row["cursor"] = page["next"]
+                try:
+                    self._on_record(onion_from_public_key(sender_pk), envelope)
+                except NythError as exc:
+                    # One bad message must not stop the poll at this page forever.
+                    log.info("skipped a record from our mailbox that could not be handled: %s",
+                             printable(f"{type(exc).__name__}: {exc}"))
+            cursor_row["cursor"] = page.next
             self.store.put("mailbox", "cursor", cursor_row)
-            if not page["more"]:
+            if not page.more:
                 return
+
+    async def _fetch_page(self, http: httpx.AsyncClient, bundle: MailboxBundle, after: str,
+                          limit: int) -> _RecordPage:
+        """One page of records after the cursor, every one checked against the bundle."""
+        assert self.mailbox_onion is not None
+        max_bytes = page_answer_bytes(limit, bundle.record_size)
+        if self.detection_bits is None:
+            answer = await _request(http, "GET", _url(self.mailbox_onion, "/v1/records"),
+                                    params={"after": after, "limit": limit},
+                                    max_bytes=max_bytes, what="page of records")
+            model: type[_RecordPage] = _RecordPage
+        else:
+            key = self._secret.extract(self.detection_bits).encode()
+            answer = await _request(http, "POST", _url(self.mailbox_onion, "/v1/detect"),
+                                    json={"detection_key": base64.b64encode(key).decode(),
+                                          "after": after, "limit": limit},
+                                    max_bytes=max_bytes, what="page of detected records")
+            model = _DetectPage
+        if answer.status_code != 200:
+            raise MailboxError(f"{answer.server} {answer.failure()} to a poll")
+        page = answer.parse(model)
+        if len(page.records) > limit:
+            raise UntrustedResponseError(f"{answer.server} sent {len(page.records)} records "
+                                         f"when asked for at most {limit}")
+        wrong = [len(r.ciphertext) for r in page.records if len(r.ciphertext) != bundle.record_size]
+        if wrong:
+            raise UntrustedResponseError(f"{answer.server} sent a {wrong[0]}-byte record; its "
+                                         f"bundle promises {bundle.record_size}-byte records")
+        return page
 
     def privacy(self) -> dict[str, Any]:
         """What the mailbox can learn with the current setting, and our recommendation."""
-        row = self.store.get("mailbox", "cursor") or {"seen": 0, "ours": 0, "since": time.time()}
+        row = _counters(self.store.get("mailbox", "cursor"))
         days = max((time.time() - row["since"]) / 86400, 1 / 24)
         n_day, m_day = row["seen"] / days, row["ours"] / days
         n = self.detection_bits
@@ -259,13 +393,16 @@ class MailboxService:
         try:
             async with self._new_http() as http:
                 bundle = await self._bundle(http, mailbox_onion)
-                response = await asyncio.wait_for(
-                    http.get(_url(mailbox_onion, f"/v1/cards/{onion}")), REQUEST_DEADLINE)
-                if response.status_code == 404:
+                answer = await _request(http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
+                                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
+                if answer.status_code == 404:
                     raise MailboxError("the contact has no card on its mailbox")
-                if response.status_code != 200:
-                    raise MailboxError(f"mailbox answered {response.status_code} for the card")
-                data = base64.b64decode(response.json()["card"], validate=True)
+                if answer.status_code != 200:
+                    raise MailboxError(f"{answer.server} {answer.failure()} for the card")
+                try:
+                    data = answer.parse(_CardAnswer).card
+                except UntrustedResponseError as exc:
+                    raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 try:
                     card = ContactCard.verify(data, onion, int(time.time()))
                 except (DecodeError, AuthenticationError) as exc:
@@ -275,17 +412,33 @@ class MailboxService:
                 tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
                 nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
                                                 bundle.pow_bits)
-                response = await asyncio.wait_for(http.post(
-                    _url(mailbox_onion, "/v1/records"),
+                answer = await _request(
+                    http, "POST", _url(mailbox_onion, "/v1/records"),
                     json={"tag": base64.b64encode(tag).decode(),
-                          "ciphertext": base64.b64encode(record).decode(), "nonce": nonce}),
-                    REQUEST_DEADLINE)
-                if response.status_code not in (201, 409):
-                    raise MailboxError(f"mailbox refused the record ({response.status_code})")
+                          "ciphertext": base64.b64encode(record).decode(), "nonce": nonce},
+                    max_bytes=POST_ANSWER_BYTES, what="answer to our record")
+                if answer.status_code not in (201, 409):
+                    raise MailboxError(f"mailbox refused the record ({_status(answer)})")
         except MailboxError:
             raise
+        except UntrustedResponseError as exc:
+            raise MailboxError(str(exc)) from exc
         except TimeoutError as exc:
             raise MailboxError("the contact's mailbox did not answer in time") from exc
         except Exception as exc:
-            raise MailboxError(f"cannot reach the contact's mailbox: {type(exc).__name__} {exc}"
-                               .rstrip()) from exc
+            raise MailboxError("cannot reach the contact's mailbox: "
+                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
+
+
+async def _request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int, what: str,
+                   **kwargs: Any) -> BoundedResponse:
+    return await bounded_request(http, method, url, max_bytes=max_bytes, what=what,
+                                 deadline=REQUEST_DEADLINE, server=f"mailbox {server_label(url)}",
+                                 **kwargs)
+
+
+
+def _status(answer: BoundedResponse) -> str:
+    """"403: <what the mailbox said>", its words cleaned and cut short."""
+    excerpt = answer.excerpt()
+    return f"{answer.status_code}: {excerpt}" if excerpt else str(answer.status_code)

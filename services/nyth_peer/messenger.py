@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from nyth.errors import DecodeError
+from nyth.errors import NythError
 from nyth.proto.delivery import DeliveryState, RetryPolicy
 from nyth.proto.p2p import (
     ContactRequest,
@@ -438,8 +438,13 @@ class Messenger:
                 return True
             elif kind is MessageKind.GROUP_INVITE and self.on_invite is not None:
                 self.on_invite(onion, envelope.body)
-        except DecodeError as exc:
-            log.info("dropping malformed %s from a contact: %s", kind.name, exc)
+        except NythError as exc:
+            # Not only DecodeError: an invite whose server bundle is badly signed raises
+            # AuthenticationError. Whatever the body's defect, it is acked: unacked, the
+            # sender would offer it again forever (and one bad record would stop our
+            # mailbox poll at its page).
+            log.info("dropping malformed %s from a contact: %s: %s", kind.name,
+                     type(exc).__name__, exc)
         self.store.put(seen, msg_id, {})
         return True
 

@@ -167,7 +167,8 @@ def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60) -> httpx.Asy
     """An httpx client whose requests to http://<onion>.onion/... go through tor.
 
     Connection failures surface as httpx.ProxyError / httpx.ConnectTimeout; pass them to
-    `onion_connect_error` for a readable reason.
+    `onion_connect_error` for a readable reason. The servers behind onions are untrusted:
+    read their answers with `nyth.http_limits.bounded_request`, never `.json()`/`.text`.
     """
     transport = AsyncProxyTransport(
         proxy_type=ProxyType.SOCKS5,
@@ -176,7 +177,10 @@ def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60) -> httpx.Asy
         rdns=True,
     )
     # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute onion traffic.
-    return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+    # identity: byte limits on answers count what arrives; a compressed body could
+    # expand far beyond them before the first decoded byte is seen.
+    return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False,
+                             headers={"accept-encoding": "identity"})
 
 
 async def forget_onion_failures(control: ControlEndpoint) -> None:

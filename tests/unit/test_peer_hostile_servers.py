@@ -1,0 +1,475 @@
+"""The peer's group sync and mailbox code against real misbehaving servers on 127.0.0.1
+(a plain httpx client, no Tor): oversized and malformed answers, endless or silent event
+streams and hostile error text become a server failing with a readable reason, and the
+retry machinery carries on; well-formed answers still work.
+
+Profiles, stores, services and the messenger are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nyth.proto import fmd
+from nyth.proto.bundle import ServerBundle
+from nyth.proto.contact_card import ContactCard
+from nyth.proto.delivery import RetryPolicy
+from nyth.proto.group import BLOB_SIZE, Invite, new_group_key, seal_group_message
+from nyth.proto.identity import Identity
+from nyth.proto.mailbox_bundle import MailboxBundle
+from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE, seal_record
+from nyth.proto.p2p import Envelope, MessageKind, encode_text, new_msg_id
+from nyth_peer import groups as groups_module
+from nyth_peer import mailbox as mailbox_module
+from nyth_peer.events import EventBus
+from nyth_peer.groups import GroupService
+from nyth_peer.mailbox import MailboxError, MailboxService
+from nyth_peer.messenger import ACCEPTED, Messenger
+from nyth_peer.profile import Profile
+
+from tests.unit.hostile_http import Handler, HostileServer, Reply, Request, forever
+
+SERVER = Identity.from_seed(b"S" * 32)
+MAILBOX = Identity.from_seed(b"M" * 32)
+BOB = Identity.from_seed(b"B" * 32)
+FAST = RetryPolicy(initial=0.1, cap=0.3)
+EVENT_STREAM = {"content-type": "text/event-stream"}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def profile(tmp_path: Path):
+    profile = Profile.create(tmp_path, "alice", "correct horse battery")
+    yield profile
+    profile.store.close()
+
+
+# -- group servers ---------------------------------------------------------------------
+
+GROUP_BUNDLE = ServerBundle(SERVER.public_key, bytes(32), BLOB_SIZE, 100_000, 86_400,
+                            int(time.time())).sign(SERVER)
+
+
+async def bundle(request: Request, reply: Reply) -> None:
+    await reply.json(200, {"bundle": b64(GROUP_BUNDLE), "onion": SERVER.onion})
+
+
+async def empty_page(request: Request, reply: Reply) -> None:
+    await reply.json(200, {"blobs": [], "next": request.query["after"], "more": False})
+
+
+async def quiet_stream(request: Request, reply: Reply) -> None:
+    async def pings() -> AsyncIterator[bytes]:
+        while True:
+            yield b": ping\r\n\r\n"
+            await asyncio.sleep(0.1)
+    await reply.chunked(200, pings(), EVENT_STREAM)
+
+
+def group_server(**routes: Any) -> HostileServer:
+    handlers: dict[tuple[str, str], Handler] = {
+        ("GET", "/v1/bundle"): bundle, ("GET", "/v1/blobs"): empty_page,
+        ("GET", "/v1/blobs/stream"): quiet_stream}
+    for name, handler in routes.items():
+        handlers[{"page": ("GET", "/v1/blobs"), "stream": ("GET", "/v1/blobs/stream"),
+                  "post": ("POST", "/v1/blobs")}[name]] = handler
+    return HostileServer(handlers)
+
+
+async def joined(profile: Profile, server: HostileServer,
+                 idle: float | None = None) -> tuple[GroupService, Invite]:
+    events = EventBus()
+    service = GroupService(profile, events, Messenger(profile, events, FAST), server.client, FAST)
+    if idle is not None:
+        service.stream_idle_seconds = idle
+    invite = Invite("friends", new_group_key(), (GROUP_BUNDLE,))
+    service._join(invite)  # what accepting an invite does once its servers are pinned
+    return service, invite
+
+
+def state(service: GroupService) -> dict[str, Any]:
+    return service.server_state.get(SERVER.onion, {})
+
+
+async def failure_reason(service: GroupService) -> str:
+    return str((await until(lambda: state(service).get("state") == "unreachable" and state(service),
+                            "the server to be reported unreachable"))["reason"])
+
+
+async def test_well_formed_pages_and_events_are_ingested(profile: Profile) -> None:
+    key = new_group_key()
+    invite = Invite("friends", key, (GROUP_BUNDLE,))
+    gid = invite.group_id
+    first, _ = seal_group_message(BOB, key, gid, timestamp_ms=1, parents=(), body="from the backlog")
+    second, _ = seal_group_message(BOB, key, gid, timestamp_ms=2, parents=(), body="live")
+
+    async def page(request: Request, reply: Reply) -> None:
+        done = request.query["after"] != "0"
+        await reply.json(200, {"blobs": [] if done else [{"id": "5-0", "blob": b64(first)}],
+                               "next": "5-0", "more": False})
+
+    async def stream(request: Request, reply: Reply) -> None:
+        assert request.query["after"] == "5-0"
+        async def events() -> AsyncIterator[bytes]:
+            yield f"id: 6-0\r\nevent: blob\r\ndata: {b64(second)}\r\n\r\n".encode()
+            while True:
+                await asyncio.sleep(0.1)
+                yield b": ping\r\n\r\n"
+        await reply.chunked(200, events(), EVENT_STREAM)
+
+    async with group_server(page=page, stream=stream) as server:
+        events = EventBus()
+        service = GroupService(profile, events, Messenger(profile, events, FAST), server.client, FAST)
+        service._join(invite)
+        await until(lambda: service.history(gid.hex())["messages"].__len__() == 2, "both messages")
+        assert state(service)["state"] == "live"
+        assert profile.store.get("cursors", SERVER.onion) == {"cursor": "6-0"}
+        await service.stop()
+    bodies = sorted(m["body"] for m in service.history(gid.hex())["messages"])
+    assert bodies == ["from the backlog", "live"]
+
+
+async def test_an_oversized_page_is_the_server_failing(profile: Profile) -> None:
+    async def huge(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(b"[{}," * 16384))
+
+    async with group_server(page=huge) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await until(lambda: len(server.seen("GET", "/v1/blobs")) >= 2, "a retry")
+        await service.stop()
+    assert f"{SERVER.onion[:8]}….onion sent more than {groups_module.PAGE_ANSWER_BYTES:,} bytes " \
+           "for a page of blobs" in reason
+    assert all(reply.sent < 32 << 20 for reply in server.replies)
+
+
+@pytest.mark.parametrize(("page", "expected"), [
+    ({"blobs": [{"id": "1-0", "blob": b64(bytes(100))}], "next": "1-0", "more": False},
+     "blobs.0.blob: Value error, must decode to exactly 2048 bytes, got 100"),
+    ({"blobs": [], "next": "1-0", "more": "yes"}, "more: Input should be a valid boolean"),
+    ({"blobs": [], "next": "../../etc", "more": False}, "next: String should match pattern"),
+    ({"blobs": [{"id": "1-0", "blob": "AA"}] * 501, "next": "1-0", "more": False},
+     "blobs: List should have at most 500 items"),
+    ({"blobs": [], "next": "0", "more": True}, "says more blobs wait after 0 but does not move"),
+])
+async def test_a_malformed_page_is_the_server_failing(profile: Profile, page: dict[str, Any],
+                                                      expected: str) -> None:
+    async def bad(request: Request, reply: Reply) -> None:
+        await reply.json(200, page)
+
+    async with group_server(page=bad) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await service.stop()
+    assert expected in reason
+    assert profile.store.get("cursors", SERVER.onion) is None
+
+
+async def test_an_endless_stream_line_is_dropped_and_reconnected(profile: Profile) -> None:
+    async def endless(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(b"data: " + b"A" * 65536), EVENT_STREAM)
+
+    async with group_server(stream=endless) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await until(lambda: len(server.seen("GET", "/v1/blobs/stream")) >= 2, "a reconnection")
+        await service.stop()
+    assert f"line longer than {groups_module.STREAM_MAX_LINE:,} bytes" in reason
+    assert all(reply.sent < 32 << 20 for reply in server.replies)
+
+
+async def test_endless_data_lines_are_dropped(profile: Profile) -> None:
+    async def endless(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(b"data: " + b"A" * 1000 + b"\n"), EVENT_STREAM)
+
+    async with group_server(stream=endless) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await service.stop()
+    assert f"event larger than {groups_module.STREAM_MAX_EVENT:,} bytes" in reason
+
+
+async def test_a_malformed_blob_event_is_the_server_failing(profile: Profile) -> None:
+    async def wrong(request: Request, reply: Reply) -> None:
+        async def events() -> AsyncIterator[bytes]:
+            yield f"id: 7-0\nevent: blob\ndata: {b64(bytes(2000))}\n\n".encode()
+            await asyncio.sleep(30)
+        await reply.chunked(200, events(), EVENT_STREAM)
+
+    async with group_server(stream=wrong) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await service.stop()
+    assert "blob event whose data must decode to exactly 2048 bytes" in reason
+
+
+async def test_a_silent_stream_is_dropped_and_reconnected(profile: Profile) -> None:
+    async def silent(request: Request, reply: Reply) -> None:
+        await reply.head(200, {"transfer-encoding": "chunked", **EVENT_STREAM})
+        await asyncio.sleep(60)
+
+    async with group_server(stream=silent) as server:
+        service, _ = await joined(profile, server, idle=0.5)
+        reason = await failure_reason(service)
+        await until(lambda: len(server.seen("GET", "/v1/blobs/stream")) >= 2, "a reconnection")
+        await service.stop()
+    assert "sent nothing on the event stream for 0.5 s" in reason
+
+
+def test_the_stream_idle_deadline_spans_several_server_keep_alives() -> None:
+    assert groups_module.SERVER_KEEPALIVE_SECONDS == 15.0
+    assert groups_module.STREAM_IDLE_SECONDS >= 3 * groups_module.SERVER_KEEPALIVE_SECONDS
+
+
+async def test_an_oversized_post_answer_keeps_the_post_queued(profile: Profile) -> None:
+    async def huge(request: Request, reply: Reply) -> None:
+        await reply.chunked(201, forever(b'{"id": "' + b"9" * 8192))
+
+    async with group_server(post=huge) as server:
+        service, invite = await joined(profile, server)
+        service.start()
+        gid = invite.group_id.hex()
+        record = service.post(gid, "hello")
+        key = f"group_messages:{gid}"
+        queued = await until(lambda: (r := profile.store.get(key, record["hash"]))
+                             and r["reason"] and r, "the post to fail with a reason")
+        await service.stop()
+    assert queued["state"] == "queued"
+    assert f"sent more than {groups_module.POST_ANSWER_BYTES:,} bytes for a post " \
+           "acknowledgement" in queued["reason"]
+
+
+# -- mailboxes -------------------------------------------------------------------------
+
+MAILBOX_BUNDLE = MailboxBundle(MAILBOX.public_key, fmd.TAG_SIZE, RECOMMENDED_RECORD_SIZE, 1000,
+                               86_400, 0, int(time.time())).sign(MAILBOX)
+RECORDS_ANSWER_BYTES = mailbox_module.page_answer_bytes(
+    mailbox_module.page_limit(RECOMMENDED_RECORD_SIZE), RECOMMENDED_RECORD_SIZE)
+
+
+async def mailbox_bundle(request: Request, reply: Reply) -> None:
+    await reply.json(200, {"bundle": b64(MAILBOX_BUNDLE)})
+
+
+async def card_stored(request: Request, reply: Reply) -> None:
+    await reply.json(200, {**request.json(), "issued_at": 0, "expires_at": 0})
+
+
+def mailbox_server(profile: Profile, **routes: Any) -> HostileServer:
+    card = f"/v1/cards/{profile.identity.onion}"
+    handlers: dict[tuple[str, str], Handler] = {("GET", "/v1/bundle"): mailbox_bundle,
+                                                ("PUT", card): card_stored}
+    for name, handler in routes.items():
+        handlers[{"records": ("GET", "/v1/records"), "detect": ("POST", "/v1/detect"),
+                  "card": ("PUT", card)}.get(name) or ("GET", f"/v1/cards/{name}")] = handler
+    return HostileServer(handlers)
+
+
+def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int | None = None,
+                    ) -> tuple[MailboxService, Messenger]:
+    events = EventBus()
+    messenger = Messenger(profile, events, FAST)
+    GroupService(profile, events, messenger, server.client, FAST)  # handles invites
+    service = MailboxService(profile, events, server.client, mailbox_onion=MAILBOX.onion,
+                             poll_seconds=0.2, detection_bits=detection_bits,
+                             on_record=messenger.on_mailbox_record)
+    return service, messenger
+
+
+async def mailbox_failure(service: MailboxService) -> str:
+    await until(lambda: service.state["state"] == "unreachable", "the mailbox to fail")
+    return str(service.state["reason"])
+
+
+def page_of(records: list[dict[str, str]], next_: str, **extra: Any) -> Callable[..., Any]:
+    async def handler(request: Request, reply: Reply) -> None:
+        after = request.query.get("after") or request.json()["after"]
+        done = after == next_
+        await reply.json(200, {"records": [] if done else records, "next": next_,
+                               "more": False, **extra})
+    return handler
+
+
+def sealed_to(profile: Profile, service: MailboxService, sender: Identity,
+              envelope: Envelope) -> dict[str, str]:
+    ciphertext = seal_record(sender, profile.identity.public_key, profile.identity.x25519_public(),
+                             envelope, RECOMMENDED_RECORD_SIZE)
+    return {"tag": b64(fmd.flag(service._secret.public_key())), "ciphertext": b64(ciphertext)}
+
+
+def stranger_record(i: int) -> dict[str, str]:
+    return {"id": f"{i}-0", "tag": b64(fmd.flag(fmd.FmdSecretKey.generate().public_key())),
+            "ciphertext": b64(bytes(RECOMMENDED_RECORD_SIZE))}
+
+
+async def test_an_oversized_records_page_is_the_mailbox_failing(profile: Profile) -> None:
+    async def huge(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(b"[{}," * 16384))
+
+    async with mailbox_server(profile, records=huge) as server:
+        service, _ = mailbox_service(profile, server)
+        service.start()
+        reason = await mailbox_failure(service)
+        await service.stop()
+    assert f"mailbox {MAILBOX.onion[:8]}….onion sent more than {RECORDS_ANSWER_BYTES:,} bytes " \
+           "for a page of records" in reason
+
+
+def test_pages_of_larger_records_ask_for_fewer_of_them() -> None:
+    assert mailbox_module.page_limit(RECOMMENDED_RECORD_SIZE) == mailbox_module.PAGE
+    largest = mailbox_module.page_limit(1 << 16)
+    assert 1 <= largest < 50
+    assert mailbox_module.page_answer_bytes(largest, 1 << 16) <= \
+        mailbox_module.PAGE_BYTES + mailbox_module.JSON_SLACK
+
+
+async def test_hostile_card_refusal_text_is_cleaned_and_cut(profile: Profile) -> None:
+    async def refuse(request: Request, reply: Reply) -> None:
+        await reply.json(403, {"error": "\x1b[2J\x1b[Hyour data is gone\r\n\u202e" + "x" * 20_000})
+
+    async with mailbox_server(profile, card=refuse) as server:
+        service, _ = mailbox_service(profile, server)
+        service.start()
+        reason = await mailbox_failure(service)
+        await service.stop()
+    assert reason.startswith("MailboxError: mailbox refused our card (403: [2J [Hyour data is gone x")
+    assert reason.endswith("…)") and len(reason) < 300
+    assert all(ch.isprintable() for ch in reason)
+
+
+async def test_a_bad_record_is_skipped_and_later_ones_still_arrive(profile: Profile) -> None:
+    invite = Invite("friends", new_group_key(), (GROUP_BUNDLE[:-1] + bytes([GROUP_BUNDLE[-1] ^ 1]),))
+    profile.store.put("contacts", BOB.onion, {"onion": BOB.onion, "name": "bob", "status": ACCEPTED,
+                                              "created_at": 0.0})
+
+    def env(kind: MessageKind, body: bytes) -> Envelope:
+        return Envelope(new_msg_id(), kind, int(time.time() * 1000), body)
+
+    async with mailbox_server(profile) as server:
+        service, messenger = mailbox_service(profile, server)
+        records = [{"id": "1-0", **sealed_to(profile, service, BOB,
+                                             env(MessageKind.GROUP_INVITE, invite.encode()))},
+                   {"id": "2-0", **sealed_to(profile, service, BOB,
+                                             env(MessageKind.TEXT, encode_text("after it")))}]
+        server.routes[("GET", "/v1/records")] = page_of(records, "2-0")
+        service.start()
+        await until(lambda: profile.store.list(f"messages:{BOB.onion}"), "the second message")
+        await until(lambda: service.state["state"] == "live", "the mailbox to be live")
+        await service.stop()
+    assert [m["text"] for m in messenger.messages(BOB.onion)] == ["after it"]
+    assert profile.store.list("invites") == []
+    row = profile.store.get("mailbox", "cursor")
+    assert row is not None and row["cursor"] == "2-0" and row["ours"] == 2 and row["seen"] == 2
+
+
+async def test_download_mode_counts_records_itself(profile: Profile) -> None:
+    records = [stranger_record(1), stranger_record(2)]
+    async with mailbox_server(profile, records=page_of(records, "2-0", scanned=10**12)) as server:
+        service, _ = mailbox_service(profile, server)
+        service.start()
+        await until(lambda: (profile.store.get("mailbox", "cursor") or {}).get("cursor") == "2-0",
+                    "the page to be read")
+        await service.stop()
+    assert profile.store.get("mailbox", "cursor")["seen"] == 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("scanned", "expected"), [
+    (b"1e999", "scanned: Input should be a valid integer"),
+    (b"NaN", "scanned: Input should be a valid integer"),
+    (b"-3", "scanned: Input should be greater than or equal to 0"),
+    (b"2.5", "scanned: Input should be a valid integer"),
+    (b"true", "scanned: Input should be a valid integer"),
+    (b"100000000", "claims it scanned 100000000 records for 0 matches; it keeps at most 1000"),
+])
+async def test_a_delegated_scanned_count_is_checked(profile: Profile, scanned: bytes,
+                                                    expected: str) -> None:
+    async def detect(request: Request, reply: Reply) -> None:
+        await reply.raw(200, b'{"records": [], "next": "9-0", "more": false, "scanned": '
+                        + scanned + b"}", {"content-type": "application/json"})
+
+    async with mailbox_server(profile, detect=detect) as server:
+        service, _ = mailbox_service(profile, server, detection_bits=6)
+        service.start()
+        reason = await mailbox_failure(service)
+        await service.stop()
+    assert expected in reason
+    assert (profile.store.get("mailbox", "cursor") or {}).get("seen", 0) == 0
+    json.dumps(service.privacy(), allow_nan=False)
+
+
+async def test_a_plausible_delegated_count_is_used(profile: Profile) -> None:
+    async with mailbox_server(profile, detect=page_of([], "9-0", scanned=700)) as server:
+        service, _ = mailbox_service(profile, server, detection_bits=6)
+        service.start()
+        await until(lambda: (profile.store.get("mailbox", "cursor") or {}).get("cursor") == "9-0",
+                    "the page to be read")
+        await service.stop()
+    assert profile.store.get("mailbox", "cursor")["seen"] == 700  # type: ignore[index]
+
+
+async def test_junk_counters_from_older_versions_are_survived(profile: Profile) -> None:
+    profile.store.put("mailbox", "cursor", {"cursor": {"evil": 1}, "seen": float("inf"),
+                                            "ours": float("nan"), "since": "yesterday"})
+    async with mailbox_server(profile, records=page_of([stranger_record(3)], "3-0")) as server:
+        service, _ = mailbox_service(profile, server)
+        privacy = service.privacy()
+        json.dumps(privacy, allow_nan=False)  # what GET /v1/mailbox answered 500 on
+        assert privacy["records_per_day"] == 0 and privacy["recommended_bits"] == 0
+        service.start()
+        await until(lambda: (profile.store.get("mailbox", "cursor") or {}).get("cursor") == "3-0",
+                    "the page to be read")
+        await service.stop()
+    assert server.seen("GET", "/v1/records")[0].query["after"] == "0"
+    row = profile.store.get("mailbox", "cursor")
+    assert row is not None and row["seen"] == 1 and row["ours"] == 0
+    json.dumps(service.privacy(), allow_nan=False)
+
+
+async def test_an_oversized_card_of_a_contact_is_refused(profile: Profile) -> None:
+    carol = Identity.generate()
+
+    async def huge(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(b'{"card": "' + b"A" * 65536))
+
+    async with mailbox_server(profile, **{carol.onion: huge}) as server:
+        service, _ = mailbox_service(profile, server)
+        envelope = Envelope(new_msg_id(), MessageKind.TEXT, 0, encode_text("hi"))
+        with pytest.raises(MailboxError) as caught:
+            await service.send(carol.onion, MAILBOX.onion, envelope)
+    assert f"sent more than {mailbox_module.CARD_ANSWER_BYTES:,} bytes for a contact card" \
+        in str(caught.value)
+
+
+async def test_a_wrong_size_card_of_a_contact_is_refused(profile: Profile) -> None:
+    carol = Identity.generate()
+    card = ContactCard(carol.public_key, fmd.FmdSecretKey.generate().public_key().encode(),
+                       carol.x25519_public(), int(time.time()), int(time.time()) + 3600).sign(carol)
+
+    async def padded(request: Request, reply: Reply) -> None:
+        await reply.json(200, {"card": b64(card + b"\0" * 30)})
+
+    async with mailbox_server(profile, **{carol.onion: padded}) as server:
+        service, _ = mailbox_service(profile, server)
+        envelope = Envelope(new_msg_id(), MessageKind.TEXT, 0, encode_text("hi"))
+        with pytest.raises(MailboxError, match=r"the contact's card was refused: .* card: Value "
+                                               r"error, is longer than the base64"):
+            await service.send(carol.onion, MAILBOX.onion, envelope)
