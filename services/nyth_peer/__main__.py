@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sys
 
@@ -19,22 +20,52 @@ from nyth_peer.settings import PeerSettings
 
 log = logging.getLogger("nyth_peer")
 
+# Whoever holds the token reads and sends as this profile; an empty or short one is a
+# misconfiguration (an empty token made "Authorization: Bearer" pass).
+MIN_API_TOKEN_CHARS = 16
+
+
+def _check_token(token: str, where: str) -> str:
+    if len(token.strip()) < MIN_API_TOKEN_CHARS:
+        raise ConfigError(f"{where}: the API token must be at least {MIN_API_TOKEN_CHARS} "
+                          "characters (generate one with: openssl rand -base64 32)")
+    if token != token.strip():
+        raise ConfigError(f"{where}: the API token must not start or end with whitespace")
+    return token
+
 
 def _api_token(settings: PeerSettings) -> str:
     if settings.api_token is not None:
-        return settings.api_token.get_secret_value()
+        where = "NYTH_API_TOKEN_FILE" if settings.api_token_file else "NYTH_API_TOKEN"
+        return _check_token(settings.api_token.get_secret_value(), where)
     path = settings.data_dir / "api-token"
     if path.exists():
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if token:
+            return _check_token(token, str(path))
+        log.warning("%s was empty: generated a new API token", path)
     token = secrets.token_urlsafe(32)
     keystore.write_private_file(path, token.encode())
     return token
 
 
-async def _main(settings: PeerSettings) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def prepare(settings: PeerSettings) -> str:
+    """Private files and directory, and the API token; raises ConfigError."""
+    # Everything the peer writes is private: SQLite's -wal/-shm files, keys, tokens.
+    os.umask(0o077)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir leaves an existing directory's mode alone (a volume, an older version).
+        settings.data_dir.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(f"NYTH_DATA_DIR {str(settings.data_dir)!r}: cannot make it a private "
+                          f"directory ({exc.strerror})") from None
+    return _api_token(settings)
+
+
+async def _main(settings: PeerSettings, api_token: str) -> None:
     engine = Engine(settings)
-    app = create_app(engine, _api_token(settings))
+    app = create_app(engine, api_token)
     if settings.passphrase is not None:
         passphrase = settings.passphrase.get_secret_value()
         if Profile.exists(settings.data_dir):
@@ -64,7 +95,12 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_main(settings))
+        api_token = prepare(settings)
+    except ConfigError as exc:
+        print(f"nyth-peer: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        asyncio.run(_main(settings, api_token))
     except AuthenticationError:
         print("nyth-peer: wrong passphrase for the profile", file=sys.stderr)
         sys.exit(2)

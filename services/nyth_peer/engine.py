@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -20,7 +21,7 @@ from nyth_peer.events import EventBus
 from nyth_peer.groups import GroupService
 from nyth_peer.mailbox import MailboxService
 from nyth_peer.messenger import ACCEPTED, Messenger
-from nyth_peer.p2p import P2P_VIRTUAL_PORT, P2PNode
+from nyth_peer.p2p import P2P_MAX_STREAMS, P2P_VIRTUAL_PORT, P2PLimits, P2PNode
 from nyth_peer.pins import GROUP, KINDS, PinKind, Pins
 from nyth_peer.profile import Profile
 from nyth_peer.settings import PeerSettings
@@ -38,7 +39,7 @@ class Engine:
         self.mailbox: MailboxService | None = None
         self.node: P2PNode | None = None
         self.onion_status: dict[str, Any] = {"state": "locked", "reason": "profile not unlocked"}
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.retry = RetryPolicy(initial=settings.retry_initial_seconds,
                                  cap=settings.retry_cap_seconds)
         self._lock = asyncio.Lock()
@@ -60,14 +61,17 @@ class Engine:
                 return
             self.profile = profile
             self.messenger = Messenger(profile, self.events, self.retry)
+            limits = P2PLimits(stranger_idle_timeout=self.settings.p2p_stranger_idle_seconds)
             self.node = P2PNode(profile.identity, self.socks, on_message=self.messenger.on_message,
-                                on_ack=self.messenger.on_ack, on_state=self.messenger.on_state)
+                                on_ack=self.messenger.on_ack, on_state=self.messenger.on_state,
+                                is_contact=self.messenger.is_contact, limits=limits)
             port = await self.node.listen(self.settings.p2p_host, self.settings.p2p_port)
             target = self.settings.onion_target or f"{self.settings.p2p_host}:{port}"
             publisher = OnionPublisher(self.control, profile.identity,
                                        virtual_port=P2P_VIRTUAL_PORT, target=target,
-                                       on_status=self._on_onion_status)
-            self._tasks.append(asyncio.ensure_future(publisher.run()))
+                                       on_status=self._on_onion_status,
+                                       max_streams=P2P_MAX_STREAMS)
+            self._spawn(publisher.run())
             socks = self.socks
             self.groups = GroupService(profile, self.events, self.messenger,
                                        lambda: onion_http_client(socks, timeout=120.0), self.retry)
@@ -84,7 +88,7 @@ class Engine:
             self.messenger.start(self.node)
             self.groups.start()
             self.mailbox.start()
-            self._tasks.append(asyncio.ensure_future(self._greet_contacts()))
+            self._spawn(self._greet_contacts())
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
 
@@ -166,9 +170,25 @@ class Engine:
         if now - self._last_newnym < 10:
             return
         self._last_newnym = now
-        task = asyncio.ensure_future(forget_onion_failures(self.control))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._tasks.append(task)
+        # Best effort: a gateway that is down is reported by the publisher already.
+        self._spawn(forget_onion_failures(self.control), quiet=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], *, quiet: bool = False) -> asyncio.Task[Any]:
+        """Run coro in the background until close(). Finished tasks leave the set: a NEWNYM
+        every 10 s while a contact is unreachable would otherwise pile up forever."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                return
+            exc = task.exception()   # retrieved either way, so asyncio does not complain
+            if exc is not None and not quiet:
+                log.error("background task failed", exc_info=exc)
+
+        task.add_done_callback(done)
+        return task
 
     def _on_onion_status(self, status: PublisherStatus) -> None:
         fields = asdict(status)
@@ -196,9 +216,10 @@ class Engine:
         await asyncio.gather(*(greet(o) for o in contacts))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.groups is not None:
             await self.groups.stop()
         if self.mailbox is not None:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from nyth.errors import NythError
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 60.0
 MAX_HELD = 100  # messages kept from someone whose contact request is not answered yet
+# Unanswered contact requests kept; past this the oldest goes (anyone can send requests
+# with throwaway keys, and a full list that refused newcomers would need the user to
+# clear it by hand). Worst case on disk: this many rows, times MAX_HELD held messages.
+MAX_PENDING_REQUESTS = 100
+# Connection states remembered for onions that are not contacts (a stranger that connects
+# and has not sent a request yet): an LRU, so throwaway keys cannot grow it.
+MAX_STRANGER_CONNECTIONS = 32
 CONNECT_TIMEOUT = 120.0
 
 # Contact statuses
@@ -64,7 +72,9 @@ class Messenger:
         self.mailbox: Any = None  # MailboxService, when our profile uses one (set by the engine)
         self.mailbox_after = 60.0  # seconds a contact must be unreachable before we use its mailbox
         self._unreachable_since: dict[str, float] = {}
-        self.connection: dict[str, dict[str, Any]] = {}
+        self.connection: dict[str, dict[str, Any]] = {}   # contacts only (shown in /v1/status)
+        self._stranger_connection: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.dropped_requests = 0
         self._acks: dict[bytes, asyncio.Future[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
@@ -94,8 +104,17 @@ class Messenger:
         return {**row, "connection": self.connection.get(row["onion"],
                                                          {"state": "disconnected", "reason": None})}
 
+    def is_contact(self, onion: str) -> bool:
+        """Someone our user chose: accepted, or asked by us (their answer must get
+        through). The P2P node gives their sessions a budget strangers cannot exhaust."""
+        row = self.store.get("contacts", onion)
+        return row is not None and row["status"] in (ACCEPTED, PENDING_OUTBOUND)
+
     def _set_contact(self, row: dict[str, Any]) -> None:
         self.store.put("contacts", row["onion"], row)
+        stranger_state = self._stranger_connection.pop(row["onion"], None)
+        if stranger_state is not None:
+            self.connection[row["onion"]] = stranger_state
         self.events.publish("contact", contact=self._contact_view(row))
 
     def add_contact(self, onion: str, text: str, mailbox: str | None = None) -> dict[str, Any]:
@@ -378,7 +397,14 @@ class Messenger:
             fut.set_result(None)
 
     def on_state(self, onion: str, state: str, reason: str | None) -> None:
-        self.connection[onion] = {"state": state, "reason": reason, "since": time.time()}
+        entry = {"state": state, "reason": reason, "since": time.time()}
+        if onion in self.connection or self.store.has("contacts", onion):
+            self.connection[onion] = entry
+        else:
+            self._stranger_connection[onion] = entry
+            self._stranger_connection.move_to_end(onion)
+            while len(self._stranger_connection) > MAX_STRANGER_CONNECTIONS:
+                self._stranger_connection.popitem(last=False)
         if state == "connected":
             self._unreachable_since.pop(onion, None)
         self.events.publish("connection", onion=onion, state=state, reason=reason)
@@ -408,23 +434,33 @@ class Messenger:
         contact = self.store.get("contacts", onion)
         status = contact["status"] if contact else None
         kind = envelope.kind
+        # Only a message that changed something is remembered as seen: handling a no-op
+        # (an accept from a stranger, a malformed request) twice is harmless, and
+        # remembering it would let anyone add rows that nothing prunes.
+        changed = False
         try:
             if kind is MessageKind.CONTACT_REQUEST:
-                self._on_contact_request(onion, contact, ContactRequest.decode(envelope.body))
+                request = ContactRequest.decode(envelope.body)
+                if contact is None and not self._make_room_for_request():
+                    return False   # unacked: the sender retries
+                changed = self._on_contact_request(onion, contact, request)
             elif kind is MessageKind.CONTACT_ACCEPT:
                 if contact is not None and status in (PENDING_OUTBOUND, ACCEPTED):
+                    changed = status == PENDING_OUTBOUND
                     contact["status"] = ACCEPTED
                     self._set_contact(contact)
                     self._kick(onion)
             elif kind is MessageKind.CONTACT_REFUSE:
                 if contact is not None and status == PENDING_OUTBOUND:
+                    changed = True
                     contact["status"] = REFUSED
                     self._set_contact(contact)
                     self._kick(onion)
             elif status != ACCEPTED:
-                if (via_mailbox and kind is MessageKind.TEXT and status in (PENDING_INBOUND, None)
+                if (via_mailbox and kind is MessageKind.TEXT and status == PENDING_INBOUND
                         and len(self.store.list(f"held:{onion}")) < MAX_HELD):
-                    # Written with a contact request, before we accepted: hold it back.
+                    # Written with a contact request, before we accepted: hold it back
+                    # (until the request is answered or dropped, which clears it).
                     self.store.put(f"held:{onion}", msg_id, self._received(onion, envelope))
                     self.store.put(seen, msg_id, {})
                     return True
@@ -438,6 +474,7 @@ class Messenger:
                 return True
             elif kind is MessageKind.GROUP_INVITE and self.on_invite is not None:
                 self.on_invite(onion, envelope.body)
+                changed = True
         except NythError as exc:
             # Not only DecodeError: an invite whose server bundle is badly signed raises
             # AuthenticationError. Whatever the body's defect, it is acked: unacked, the
@@ -445,7 +482,8 @@ class Messenger:
             # mailbox poll at its page).
             log.info("dropping malformed %s from a contact: %s: %s", kind.name,
                      type(exc).__name__, exc)
-        self.store.put(seen, msg_id, {})
+        if changed:
+            self.store.put(seen, msg_id, {})
         return True
 
     @staticmethod
@@ -456,18 +494,52 @@ class Messenger:
                 "attempts": 0, "delivered_at": time.time(), "via": via}
 
     def _on_contact_request(self, onion: str, contact: dict[str, Any] | None,
-                            request: ContactRequest) -> None:
+                            request: ContactRequest) -> bool:
+        """True when the request changed our state (worth remembering as seen)."""
         if contact is None:
             self._set_contact({"onion": onion, "name": request.name, "status": PENDING_INBOUND,
                                "request_text": request.text, "created_at": time.time()})
             self.events.publish("contact_request", onion=onion, name=request.name,
                                 text=request.text)
-            return
+            return True
         contact["name"] = request.name
         if contact["status"] in (PENDING_OUTBOUND, ACCEPTED):
             # Mutual add, or they lost their state: (re)accept.
             contact["status"] = ACCEPTED
             self._set_contact(contact)
             self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
-        else:
-            self._set_contact(contact)
+            return True
+        self._set_contact(contact)
+        return False
+
+    def _make_room_for_request(self) -> bool:
+        """Keep at most MAX_PENDING_REQUESTS unanswered requests, dropping the oldest to
+        make room for a new one. A request our user already wrote to is kept; False if
+        none can go, and the new request is then refused."""
+        pending = [c for c in self.store.list("contacts") if c["status"] == PENDING_INBOUND]
+        excess = len(pending) - MAX_PENDING_REQUESTS + 1
+        if excess <= 0:
+            return True
+        written_to = {row["onion"] for row in self.store.list("outbox")}
+        droppable = sorted((c for c in pending if c["onion"] not in written_to),
+                           key=lambda c: c.get("created_at") or 0.0)
+        if len(droppable) < excess:
+            log.warning("contact request refused: %d unanswered requests are waiting",
+                        len(pending))
+            return False
+        for row in droppable[:excess]:
+            self._drop_request(row["onion"])
+        return True
+
+    def _drop_request(self, onion: str) -> None:
+        with self.store.transaction():
+            for message in self.store.list(f"held:{onion}"):
+                self.store.delete(f"held:{onion}", message["id"])
+            self.store.clear(f"seen:{onion}")
+            self.store.delete("contacts", onion)
+        self.connection.pop(onion, None)
+        self.dropped_requests += 1
+        log.warning("dropped the oldest unanswered contact request: more than %d are waiting",
+                    MAX_PENDING_REQUESTS)
+        self.events.publish("contact_request_dropped", onion=onion,
+                            reason=f"more than {MAX_PENDING_REQUESTS} unanswered contact requests")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from nyth.proto.identity import Identity
 from nyth_peer.store import Store
 
 MAX_NAME_CHARS = 64
+# Profile creation runs in worker threads (the API's, the startup's): without this two
+# concurrent creations could each write a key, the engine running with one and the
+# other left on disk. O_EXCL on the key file covers other processes.
+_create_lock = threading.Lock()
 
 
 class ProfileExistsError(Exception):
@@ -48,16 +53,37 @@ class Profile:
             raise DecodeError(f"profile name must be 1..{MAX_NAME_CHARS} characters")
         if len(passphrase) < 8:
             raise DecodeError("passphrase must be at least 8 characters")
-        if cls.exists(data_dir):
-            raise ProfileExistsError("a profile already exists in this data directory")
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        identity = Identity.generate()
-        storage_key = os.urandom(32)
-        keystore.write_private_file(
-            cls.key_path(data_dir),
-            keystore.seal(identity.seed + storage_key + name.encode("utf-8"), passphrase),
-        )
-        return cls(name, identity, Store(data_dir / "profile.db", storage_key))
+        with _create_lock:
+            if cls.exists(data_dir):
+                raise ProfileExistsError("a profile already exists in this data directory")
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            identity = Identity.generate()
+            storage_key = os.urandom(32)
+            sealed = keystore.seal(identity.seed + storage_key + name.encode("utf-8"), passphrase)
+            cls._write_key_exclusively(cls.key_path(data_dir), sealed)
+            return cls(name, identity, Store(data_dir / "profile.db", storage_key))
+
+    @staticmethod
+    def _write_key_exclusively(path: Path, data: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise ProfileExistsError("a profile already exists in this data directory") from exc
+        try:
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            # A partial key would read as a profile that no passphrase unlocks.
+            path.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     @classmethod
     def unlock(cls, data_dir: Path, passphrase: str) -> Profile:

@@ -25,6 +25,10 @@ class PeerSettings(NythSettings):
     api_token_file: Path | None = None
     p2p_host: str = "127.0.0.1"
     p2p_port: int = Field(0, ge=0, le=65535, description="Listener tor forwards the onion to.")
+    p2p_stranger_idle_seconds: float = Field(
+        60.0, gt=0, le=86_400,
+        description="Close a P2P session from someone who is not a contact after this long "
+                    "without a message (their request is in by then).")
     onion_target: HostPort | None = Field(
         None, description="host:port tor connects to for our onion (default: p2p listener).")
     tor_socks: HostPort = Field(description="tor gateway SOCKS port (host:port).")

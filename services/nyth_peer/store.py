@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -38,12 +39,19 @@ class Store:
         self._name_key = hashlib.blake2b(storage_key, digest_size=32, person=b"nyth-store-name").digest()
         self._lock = threading.RLock()
         self._depth = 0
+        # SQLite gives the -wal and -shm files the database file's mode, so the database
+        # must be 0600 before SQLite opens it, whatever the umask.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a message the API reported as queued must survive a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
+        for suffix in ("-wal", "-shm"):   # left by an older version with a laxer mode
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                side.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
@@ -113,6 +121,11 @@ class Store:
         with self._lock:
             self._db.execute("DELETE FROM records WHERE collection=? AND key=?",
                              (self._name(collection), self._name(key)))
+
+    def clear(self, collection: str) -> None:
+        """Delete every row of collection."""
+        with self._lock:
+            self._db.execute("DELETE FROM records WHERE collection=?", (self._name(collection),))
 
     def list(self, collection: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Rows in insertion order; with limit, the newest `limit` rows (still oldest first)."""

@@ -85,6 +85,8 @@ class OnionPublisher:
 
     `run()` runs until cancelled. Reconnects use capped exponential backoff
     (`initial_backoff` doubling up to `max_backoff`), reset after each success.
+    `max_streams` caps the simultaneous streams one rendezvous circuit may open to us
+    (ADD_ONION MaxStreams; tor closes a circuit that goes over); None: no cap.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class OnionPublisher:
         connect_timeout: float = 10.0,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        max_streams: int | None = None,
     ) -> None:
         if not 1 <= virtual_port <= 65535:
             raise ValueError(f"virtual_port {virtual_port} is outside 1-65535")
@@ -115,6 +118,9 @@ class OnionPublisher:
         self._connect_timeout = connect_timeout
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
+        if max_streams is not None and not 1 <= max_streams <= 65535:
+            raise ValueError(f"max_streams {max_streams} is outside 1-65535")
+        self._max_streams = max_streams
         self._status = PublisherStatus("connecting", None, time.time())
         self._changed = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -264,6 +270,9 @@ class OnionPublisher:
                 key_content=self._identity.tor_key_blob(),
                 await_publication=False,
                 detached=False,
+                # Per rendezvous circuit; stem adds MaxStreamsCloseCircuit, so a client
+                # going over loses its circuit instead of queueing more streams.
+                max_streams=self._max_streams,
             )
         )
         return response
