@@ -60,6 +60,8 @@ CARD_LIFETIME = 7 * 24 * 3600
 CARD_RENEW_BEFORE = 24 * 3600
 REQUEST_DEADLINE = 60.0
 PAGE = 500
+# How often (in polls) a healthy run re-checks the mailbox's bundle: a ~700-byte GET.
+BUNDLE_RECHECK_POLLS = 10
 
 # The most a valid answer can take, from the protocol's fixed sizes: anything longer is
 # a hostile or broken mailbox (ours, or one a stranger's contact id named), and is
@@ -276,14 +278,20 @@ class MailboxService:
 
     async def _run(self) -> None:
         failures = 0
+        polls_since_check = 0
         while True:
             try:
                 async with self._new_http() as http:
-                    # The bundle is checked (and pinned) once per healthy run, not per poll.
-                    if failures or self.state.get("state") != "live":
+                    # The bundle is checked after any failure and every few polls, not on
+                    # every poll: a mailbox restarted with new limits between two polls
+                    # need not make a poll fail, and must still be noticed.
+                    if (failures or self.state.get("state") != "live"
+                            or polls_since_check >= BUNDLE_RECHECK_POLLS):
                         await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
+                        polls_since_check = 0
                     await self._publish_card(http)
                     await self._poll(http)
+                    polls_since_check += 1
                 self._set_state("live")
                 failures = 0
                 await asyncio.sleep(self.poll_seconds)
