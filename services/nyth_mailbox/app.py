@@ -14,7 +14,6 @@ import binascii
 import importlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.errors import AuthenticationError, DecodeError
+from nyth.http_limits import b64_len
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.identity import Identity, public_key_from_onion
 from nyth.proto.mailbox_bundle import U64_MAX, MailboxBundle, card_pow_ok, pow_ok
@@ -75,10 +75,6 @@ DETECT_BUSY = Counter("nyth_mailbox_detect_busy_total",
                       "POST /v1/detect calls refused because max_concurrent_detects were running.")
 STREAMS = Gauge("nyth_mailbox_detection_streams",
                 "Open detection streams (registered detection keys).")
-
-
-def b64_len(size: int) -> int:
-    return 4 * math.ceil(size / 3)
 
 
 class InvalidInput(Exception):
