@@ -13,14 +13,20 @@ gateway that sees it change exits so its restart policy brings it back on the ne
 NYTH_TOR_PRIVATE_NETWORK is not 0) and for an authority to serve a consensus, then runs
 tor on fixed ports (NYTH_TOR_SOCKS_PORT 9050, NYTH_TOR_CONTROL_PORT 9051, bound to
 NYTH_TOR_LISTEN_HOST, default 0.0.0.0: keep it on an internal network) with the password
-from NYTH_TOR_CONTROL_PASSWORD[_FILE]. Without a private network it joins the real Tor
-network. It touches NYTH_TOR_READY_FILE (default /tmp/nyth-tor-ready) once bootstrapped
-(its healthcheck) and exits when tor does. tor's log is copied to stdout.
+from NYTH_TOR_CONTROL_PASSWORD[_FILE]. The control port there is Nyth's control filter
+(nyth.tor.control_filter): tor's own control port listens only on 127.0.0.1 inside the
+container (NYTH_TOR_INTERNAL_CONTROL_PORT, 9151). NYTH_TOR_CONTROL_FILTER=0 exposes tor's
+control port directly instead (debugging only: every client can then do anything).
+Without a private network it joins the real Tor network. It touches NYTH_TOR_READY_FILE
+(default /tmp/nyth-tor-ready) once bootstrapped (its healthcheck) and exits when tor (or
+the filter) does. tor's log is copied to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -35,8 +41,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from nyth.config import ConfigError, read_secret
+from nyth.tor.control_filter import ControlFilterProxy, ControlFilterThread, TargetPolicy
+from nyth.tor.endpoints import ControlEndpoint
+from nyth.tor.gateway import TorGateway
 
 log = logging.getLogger("nyth.tor.container")
 
@@ -182,8 +192,108 @@ def _wait_for_private_network(path: Path, deadline: float) -> list[str]:
     raise TimeoutError(f"no private Tor network announced in {path} before the deadline")
 
 
+class FilteredGateway(TorGateway):
+    """A TorGateway whose control port is Nyth's control filter.
+
+    tor's real control port listens on 127.0.0.1:`internal_control_port` only (unreachable
+    from other containers); the filter listens on `host`:`control_port` and relays to it.
+    `control` is tor's own port (for bootstrap checks here); `filtered_control` is what
+    clients use.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        control_password: str,
+        control_port: int,
+        internal_control_port: int,
+        host: str,
+        targets: TargetPolicy,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(data_dir, control_password=control_password,
+                         control_port=internal_control_port, host=host, **kwargs)
+        self._filter_port = control_port
+        self._targets = targets
+        self._filter: ControlFilterThread | None = None
+
+    @property
+    def control(self) -> ControlEndpoint:
+        return dataclasses.replace(super().control, host="127.0.0.1")
+
+    @property
+    def filtered_control(self) -> ControlEndpoint:
+        return dataclasses.replace(super().control, port=self._filter_port)
+
+    def torrc_lines(self) -> list[str]:
+        lines = super().torrc_lines()
+        internal = f"ControlPort 127.0.0.1:{self.control.port}"
+        replaced = [internal if line.startswith("ControlPort ") else line for line in lines]
+        if replaced.count(internal) != 1:
+            raise RuntimeError("expected exactly one ControlPort line to move to loopback")
+        return replaced
+
+    def start(self, timeout: float = 120) -> None:
+        super().start(timeout)
+        if self._filter is None or not self._filter.running:
+            proxy = ControlFilterProxy("127.0.0.1", self.control.port, targets=self._targets)
+            self._filter = ControlFilterThread(proxy, self.host, self._filter_port)
+            try:
+                self._filter.start()
+            except BaseException:
+                super().stop()
+                raise
+            self._filter_port = self._filter.port
+
+    @property
+    def filter_running(self) -> bool:
+        return self._filter is not None and self._filter.running
+
+    def stop(self) -> None:
+        if self._filter is not None:
+            self._filter.stop()
+            self._filter = None
+        super().stop()
+
+
+def gateway_addresses(listen: str) -> list[str]:
+    """Addresses of this container: onions must not point there (tor's SOCKS port)."""
+    found = {listen} if _is_ip(listen) else set()
+    with contextlib.suppress(OSError):
+        found.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(str(info[4][0]))
+    return sorted(found)
+
+
+def make_gateway(
+    data_dir: Path,
+    *,
+    password: str,
+    listen: str,
+    socks_port: int,
+    control_port: int,
+    internal_control_port: int,
+    filtered: bool,
+    extra_torrc: list[str] | None = None,
+    targets: TargetPolicy | None = None,
+    **kwargs: Any,
+) -> TorGateway:
+    """The gateway `run_gateway` runs: behind the control filter unless `filtered` is off."""
+    if not filtered:
+        return TorGateway(data_dir, control_password=password, socks_port=socks_port,
+                          control_port=control_port, host=listen,
+                          extra_torrc=extra_torrc or [], **kwargs)
+    if targets is None:
+        targets = TargetPolicy.with_addresses(gateway_addresses(listen))
+    return FilteredGateway(data_dir, control_password=password, socks_port=socks_port,
+                           control_port=control_port, internal_control_port=internal_control_port,
+                           host=listen, targets=targets, extra_torrc=extra_torrc or [], **kwargs)
+
+
 def run_gateway(args: argparse.Namespace) -> int:
-    from nyth.tor.gateway import TorGateway
     from nyth.tor.privnet import TorLaunchError
 
     ready = Path(args.ready_file)
@@ -210,15 +320,18 @@ def run_gateway(args: argparse.Namespace) -> int:
     listen = args.listen_host
     if listen not in ("0.0.0.0", "::", "") and not _is_ip(listen):
         listen = socket.gethostbyname(listen)
-    gateway = TorGateway(
-        data_dir, control_password=password, socks_port=args.socks_port,
-        control_port=args.control_port, host=listen, extra_torrc=client_lines,
+    filtered = os.environ.get("NYTH_TOR_CONTROL_FILTER", "1") != "0"
+    gateway = make_gateway(
+        data_dir, password=password, listen=listen, socks_port=args.socks_port,
+        control_port=args.control_port, internal_control_port=args.internal_control_port,
+        filtered=filtered, extra_torrc=client_lines,
     )
     _LogFollower(data_dir / "tor.log").follow()
     try:
-        log.info("starting tor (%s): socks %s:%d, control %s:%d", "private network" if private
-                 else "real Tor network", listen, args.socks_port, listen,
-                 args.control_port)
+        log.info("starting tor (%s): socks %s:%d, control %s:%d (%s)", "private network"
+                 if private else "real Tor network", listen, args.socks_port, listen,
+                 args.control_port, "through the control filter" if filtered
+                 else "UNFILTERED: NYTH_TOR_CONTROL_FILTER=0")
         try:
             gateway.start(timeout=args.timeout)
         except TorLaunchError as exc:
@@ -229,6 +342,9 @@ def run_gateway(args: argparse.Namespace) -> int:
         while True:
             if not gateway.running:
                 log.error("tor exited\n%s", gateway.log_tail())
+                return 1
+            if isinstance(gateway, FilteredGateway) and not gateway.filter_running:
+                log.error("the control filter stopped")
                 return 1
             if private:
                 try:
@@ -268,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     gw.add_argument("--listen-host", default=env("NYTH_TOR_LISTEN_HOST", "0.0.0.0"))
     gw.add_argument("--socks-port", type=int, default=int(env("NYTH_TOR_SOCKS_PORT", "9050")))
     gw.add_argument("--control-port", type=int, default=int(env("NYTH_TOR_CONTROL_PORT", "9051")))
+    gw.add_argument("--internal-control-port", type=int,
+                    default=int(env("NYTH_TOR_INTERNAL_CONTROL_PORT", "9151")),
+                    help="tor's own control port, on 127.0.0.1 behind the control filter")
     gw.add_argument("--client-torrc", default=env("NYTH_TOR_CLIENT_TORRC_FILE", ""),
                     help="private network options file (unset: the real Tor network)")
     gw.add_argument("--ready-file", default=env("NYTH_TOR_READY_FILE", DEFAULT_READY_FILE))
