@@ -94,6 +94,22 @@ def test_containers_are_confined(stack):
     assert reach("group-server", "alice-p2p", 8700) != "open"
     assert reach("mailbox", "alice-p2p", 8700) != "open"
     assert reach("bob", "alice-api", 9000) != "open"
+    # The control port every tor client may use is the gateway's filter: publishing onions
+    # works (every test here relies on it), watching others' circuits does not.
+    control = (
+        "import socket\n"
+        "pw = open('/secrets/tor/control-password').read().strip()\n"
+        "s = socket.create_connection(('tor-gateway', 9051), 5); f = s.makefile('rwb')\n"
+        "def ask(line):\n"
+        " f.write(line.encode() + b'\\r\\n'); f.flush(); return f.readline().decode().strip()\n"
+        "print(ask('AUTHENTICATE \"%s\"' % pw)); print(ask('GETINFO circuit-status'))\n"
+        "print(ask('SETEVENTS STREAM')); print(ask('SIGNAL HALT'))\n"
+    )
+    answers = stack.exec_python("alice", control).splitlines()
+    assert answers[0] == "250 OK", answers
+    assert all(line.startswith("510 ") for line in answers[1:]), answers
+    assert stack.container("tor-gateway").attrs["State"]["Running"]
+
     # Each Redis is reachable from its own service only.
     assert reach("group-server", "redis", 6379) == "open"
     assert reach("mailbox", "mailbox-redis", 6379) == "open"
