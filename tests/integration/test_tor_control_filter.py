@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,8 @@ from nyth.tor.gateway import TorGateway
 from nyth.tor.privnet import PrivateTorNetwork, TorLaunchError
 from nyth.tor.publisher import OnionPublisher
 from nyth.tor.socks import forget_onion_failures, open_onion_connection
+
+from tests.fixtures.echo import echo_server
 
 pytestmark = pytest.mark.integration
 
@@ -48,27 +50,6 @@ def filtered_gateway(
         yield gateway
     finally:
         gateway.stop()
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def _echo_server(host: str) -> AsyncIterator[str]:
-    server = await asyncio.start_server(_echo, host, 0)
-    try:
-        yield f"{host}:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 class _RawControl:
@@ -111,7 +92,7 @@ async def test_publish_echo_newnym_through_the_filter_and_refusals(
     control = filtered_gateway.filtered_control
     assert control.port != filtered_gateway.control.port
     identity = Identity.generate()
-    async with _echo_server("127.0.0.2") as target:
+    async with echo_server("127.0.0.2") as target:
         publisher = OnionPublisher(control, identity, virtual_port=80, target=target,
                                    max_streams=8)
         task = asyncio.create_task(publisher.run())

@@ -27,34 +27,14 @@ from nyth.tor.socks import (
     open_onion_connection,
 )
 
+from tests.fixtures.echo import echo_server
+
 pytestmark = pytest.mark.integration
 
 MakeGateway = Callable[..., TorGateway]
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def _echo_server() -> AsyncIterator[str]:
-    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -335,7 +315,7 @@ async def test_published_onion_echoes_through_socks(
 ) -> None:
     service_gateway = make_tor_gateway()
     identity = Identity.generate()
-    async with _echo_server() as target:
+    async with echo_server() as target:
         publisher = OnionPublisher(
             service_gateway.control, identity, virtual_port=80, target=target
         )
@@ -390,7 +370,7 @@ async def test_publisher_republishes_after_gateway_restart(
     service_gateway = make_tor_gateway()
     identity = Identity.generate()
     seen: list[PublisherStatus] = []
-    async with _echo_server() as target:
+    async with echo_server() as target:
         publisher = OnionPublisher(
             service_gateway.control, identity, virtual_port=80, target=target,
             on_status=seen.append,
@@ -462,7 +442,7 @@ async def test_failed_lookup_then_publish_then_newnym_reaches_it(
     with pytest.raises(OnionConnectError) as info:
         await open_onion_connection(tor_gateway.socks, identity.onion, 80, timeout=30)
     assert info.value.code == 0xF0
-    async with _echo_server() as target:
+    async with echo_server() as target:
         publisher = OnionPublisher(
             make_tor_gateway().control, identity, virtual_port=80, target=target
         )
