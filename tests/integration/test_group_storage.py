@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
+from nyth.runtime.tasks import cancel_and_wait
 from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
 
 pytestmark = pytest.mark.integration
@@ -119,8 +120,7 @@ async def test_live_feed_wakes_on_posts_from_another_client(
         # ...a cursor behind the ring must go to Redis.
         assert feed.cached_after(before) is None
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert await cancel_and_wait(task, timeout=10)
 
 
 async def _until(predicate: object) -> None:

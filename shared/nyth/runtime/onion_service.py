@@ -32,6 +32,7 @@ from nyth.errors import AuthenticationError
 from nyth.keystore import load_or_create_identity, write_private_file
 from nyth.proto.identity import Identity
 from nyth.runtime.stream_store import Cursor, RetainedStream
+from nyth.runtime.tasks import cancel_and_wait
 from nyth.web import error_json, error_responses
 
 SettingsT = TypeVar("SettingsT", bound=OnionServiceSettings)
@@ -194,7 +195,7 @@ class OnionService(Generic[SettingsT]):
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*(self._cancel_and_wait(task) for task in self.tasks))
+        await asyncio.gather(*(cancel_and_wait(task, log=self.log) for task in self.tasks))
         await self.redis.aclose()
 
     async def _trim_loop(self, stream: RetainedStream[Any]) -> None:
@@ -233,18 +234,6 @@ class OnionService(Generic[SettingsT]):
         self.spawn(self.publisher.run(), "onion-publisher")
         self.log.info("publishing %s.onion:%d -> %s through tor at %s", self.identity.onion,
                       settings.onion_port, settings.effective_onion_target, control)
-
-    async def _cancel_and_wait(self, task: asyncio.Task[Any], timeout: float = 5.0) -> None:
-        # Cancel repeatedly: on Python 3.11 a cancel that lands while redis-py's read
-        # timeout fires can be swallowed, and a single cancel() then waits forever.
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not task.done() and asyncio.get_running_loop().time() < deadline:
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
-        if not task.done():
-            self.log.warning("task %s did not stop within %.0f s", task.get_name(), timeout)
-        elif not task.cancelled() and task.exception() is not None:
-            self.log.warning("task %s failed: %r", task.get_name(), task.exception())
 
     async def health(self, model: type[Health] = Health, **extra: Any) -> Response:
         """The /healthz answer: 200, or 503 while Redis does not answer a PING."""
