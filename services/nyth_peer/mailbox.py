@@ -229,9 +229,9 @@ class MailboxService:
 
     def _pinned(self, onion: str) -> MailboxBundle:
         """The bundle pinned for onion (checked by _bundle before any use of the mailbox)."""
-        pin = self.store.get("mailbox_pins", onion)
-        assert pin is not None
-        return MailboxBundle.verify(base64.b64decode(pin["bundle"]), onion)
+        pinned = self.pins.pinned(MAILBOX, onion)
+        assert pinned is not None
+        return MailboxBundle.verify(pinned, onion)
 
     async def fetch_bundle(self, onion: str) -> bytes:
         """The bundle a mailbox presents now, unchecked (a re-pin verifies it)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
 from schemathesis.generation import GenerationMode
+
+from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +41,7 @@ def group_server(tmp_path_factory: pytest.TempPathFactory,
     )
     proc.start()
     yield proc
-    log = Path(proc.log_path).read_text()
-    proc.stop()
-    # A 5xx would show in the log as an unhandled exception even if a check missed it.
-    assert "Traceback" not in log, log[-3000:]
+    stop_and_check_log(proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ bounded work per call) and the live detection stream, and what Redis ends up hol
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import socket
@@ -24,28 +23,21 @@ import httpx_sse
 import nacl.public
 import pytest
 import redis
-from nyth.proto.contact_card import FMD_PUBLIC_KEY_SIZE, ContactCard
+from nyth.proto import fmd
+from nyth.proto.contact_card import ContactCard
 from nyth.proto.identity import Identity
 from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok, solve_card_pow, solve_pow
 from nyth.runtime.devnet import wait_until
 from nyth_mailbox.launch import MailboxProcess
+
+from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
 
 SIZE = 256
 BITS = 6
 TAG = 67
-HAVE_FMD = importlib.util.find_spec("nyth.proto.fmd") is not None
-needs_fmd = pytest.mark.skipif(
-    not HAVE_FMD, reason="nyth.proto.fmd (FMD2, part 1 of issue 4) has not landed yet")
-
 Launch = Callable[..., MailboxProcess]
-
-
-def fmd() -> Any:
-    import importlib
-
-    return importlib.import_module("nyth.proto.fmd")
 
 
 @pytest.fixture
@@ -64,9 +56,7 @@ def launch(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Launch
 
     yield _launch
     for proc in started:
-        log = Path(proc.log_path).read_text() if Path(proc.log_path).exists() else ""
-        proc.stop()
-        assert "Traceback" not in log, log[-3000:]
+        stop_and_check_log(proc)
 
 
 class Mailbox:
@@ -120,15 +110,12 @@ class Mailbox:
 
 
 def random_tag() -> bytes:
-    if HAVE_FMD:
-        return bytes(fmd().flag(fmd().FmdSecretKey.generate().public_key()))
-    return os.urandom(TAG)
+    return bytes(fmd.flag(fmd.FmdSecretKey.generate().public_key()))
 
 
 def card_for(identity: Identity, issued: int | None = None, lifetime: int = 86400) -> bytes:
     issued = int(time.time()) - 5 if issued is None else issued
-    fmd_key = (bytes(fmd().FmdSecretKey.generate().public_key().encode()) if HAVE_FMD
-               else os.urandom(FMD_PUBLIC_KEY_SIZE))
+    fmd_key = bytes(fmd.FmdSecretKey.generate().public_key().encode())
     return ContactCard(identity.public_key, fmd_key, identity.x25519_public(), issued,
                        issued + lifetime).sign(identity)
 
@@ -179,12 +166,10 @@ def test_post_download_replay_and_what_redis_holds(launch: Launch, redis_url: st
     with redis.Redis.from_url(redis_url) as raw:
         entries = raw.xrange(f"{redis_prefix}:records")
         assert {len(fields[b"r"]) for _, fields in entries} == {TAG + SIZE}
-        if HAVE_FMD:  # W = y·U + m·B of the tag, computed once at ingest (32 bytes)
-            assert all(set(fields) == {b"r", b"w"} for _, fields in entries)
-            assert [fields[b"w"] for _, fields in entries] == [
-                fmd().decode_tag(fields[b"r"][:TAG]).w for _, fields in entries]
-        else:
-            assert all(set(fields) == {b"r"} for _, fields in entries)
+        # W = y·U + m·B of the tag, computed once at ingest (32 bytes)
+        assert all(set(fields) == {b"r", b"w"} for _, fields in entries)
+        assert [fields[b"w"] for _, fields in entries] == [
+            fmd.decode_tag(fields[b"r"][:TAG]).w for _, fields in entries]
         dump = b""
         for key in raw.scan_iter(match=f"{redis_prefix}*"):
             dump += key + b"\n"
@@ -232,7 +217,6 @@ def test_pow_and_sizes_are_enforced(launch: Launch) -> None:
     assert 'nyth_mailbox_pow_failed_total{what="card"}' in metrics
 
 
-@needs_fmd
 def test_invalid_tags_are_refused(launch: Launch) -> None:
     mb = Mailbox(launch())
     tag = bytearray(random_tag())
@@ -307,10 +291,9 @@ def test_cards_verify_expire_and_newest_wins(launch: Launch) -> None:
 # -- detection -----------------------------------------------------------------------------
 
 
-@needs_fmd
 def test_detection_returns_true_matches_and_everything_at_n0(launch: Launch) -> None:
     mb = Mailbox(launch(NYTH_MAX_DETECT_SCAN="7"))
-    F = fmd()
+    F = fmd
     bob = F.FmdSecretKey.generate()
     mine = set()
     for i in range(30):
@@ -335,11 +318,10 @@ def test_detection_returns_true_matches_and_everything_at_n0(launch: Launch) -> 
     assert "nyth_mailbox_detection_tests_total" in mb.http.get("/metrics").text
 
 
-@needs_fmd
 def test_detection_uses_stored_w_and_serves_records_without_it(
         launch: Launch, redis_url: str, redis_prefix: str) -> None:
     mb = Mailbox(launch())
-    F = fmd()
+    F = fmd
     bob = F.FmdSecretKey.generate()
     assert mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE)).status_code == 201
     key = bytes(bob.extract(24).encode())
@@ -359,14 +341,13 @@ def test_detection_uses_stored_w_and_serves_records_without_it(
     assert len(mb.download_all()) == 4
 
 
-@needs_fmd
 def test_detection_work_and_connections_are_bounded(launch: Launch, redis_url: str,
                                                     redis_prefix: str) -> None:
     """Nobody can queue unbounded CPU work or hold unbounded connections: detection calls
     past max_concurrent_detects and connections past max_connections get 503 at once."""
     mb = Mailbox(launch(NYTH_MAX_CONCURRENT_DETECTS="1", NYTH_MAX_DETECT_SCAN="3000",
                         NYTH_MAX_CONNECTIONS="16"))
-    F = fmd()
+    F = fmd
     tag = bytes(F.flag(F.FmdSecretKey.generate().public_key()))
     with redis.Redis.from_url(redis_url) as raw:
         pipe = raw.pipeline()
@@ -406,11 +387,10 @@ def test_detection_work_and_connections_are_bounded(launch: Launch, redis_url: s
                                         timeout=10).status_code == 200, 10)
 
 
-@needs_fmd
 def test_live_detection_stream(launch: Launch) -> None:
     proc = launch()
     mb = Mailbox(proc)
-    F = fmd()
+    F = fmd
     bob = F.FmdSecretKey.generate()
     key = base64.urlsafe_b64encode(bytes(bob.extract(24).encode())).decode().rstrip("=")
     backlog = mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE)).json()["id"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,6 +26,8 @@ from nyth.runtime.redis_server import RedisServer
 from nyth_mailbox.launch import MailboxProcess
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +46,7 @@ def mailbox(tmp_path_factory: pytest.TempPathFactory,
     )
     proc.start()
     yield proc
-    log = Path(proc.log_path).read_text()
-    proc.stop()
-    assert "Traceback" not in log, log[-3000:]
+    stop_and_check_log(proc)
 
 
 @pytest.fixture(scope="module")

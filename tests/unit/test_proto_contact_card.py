@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 from typing import Any
 
@@ -10,22 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nyth.errors import AuthenticationError, DecodeError
-from nyth.proto.contact_card import CARD_SIZE, FMD_PUBLIC_KEY_SIZE, MAGIC, ContactCard
+from nyth.proto import fmd
+from nyth.proto.contact_card import CARD_SIZE, MAGIC, ContactCard
 from nyth.proto.identity import Identity
 
 ALICE = Identity.from_seed(b"a" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
 NOW = 1_800_000_000
 REJECT = (DecodeError, AuthenticationError)
-HAVE_FMD = importlib.util.find_spec("nyth.proto.fmd") is not None
 
 
-def fmd_key(seed: bytes = b"f") -> bytes:
-    if HAVE_FMD:
-        from nyth.proto import fmd  # type: ignore[attr-defined,unused-ignore]
-
-        return bytes(fmd.FmdSecretKey.generate().public_key().encode())
-    return (seed * FMD_PUBLIC_KEY_SIZE)[:FMD_PUBLIC_KEY_SIZE]
+def fmd_key() -> bytes:
+    return bytes(fmd.FmdSecretKey.generate().public_key().encode())
 
 
 FMD_KEY = fmd_key()
