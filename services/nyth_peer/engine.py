@@ -81,7 +81,8 @@ class Engine:
                 profile, self.events, lambda: onion_http_client(socks, timeout=120.0),
                 mailbox_onion=mailbox_onion, poll_seconds=self.settings.mailbox_poll_seconds,
                 detection_bits=self.settings.detection_bits,
-                on_record=self.messenger.on_mailbox_record)
+                on_record=self.messenger.on_mailbox_record, retry=self.retry,
+                on_onion_failure=self.forget_onion_failures)
             self.messenger.mailbox = self.mailbox
             self.messenger.mailbox_after = self.settings.mailbox_after_seconds
             self.messenger.on_onion_failure = self.forget_onion_failures

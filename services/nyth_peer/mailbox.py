@@ -37,6 +37,7 @@ from nyth.http_limits import (
 from nyth.proto import fmd
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.contact_id import ContactId
+from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import onion_from_public_key, public_key_from_onion
 from nyth.proto.mailbox_bundle import (
     MAILBOX_BUNDLE_SIZE,
@@ -159,7 +160,8 @@ def recommend_bits(records_per_day: float, ours_per_day: float) -> int:
 class MailboxService:
     def __init__(self, profile: Profile, events: EventBus, http_factory: Callable[[], httpx.AsyncClient],
                  *, mailbox_onion: str | None, poll_seconds: float, detection_bits: int | None,
-                 on_record: Callable[[str, Envelope], bool]) -> None:
+                 on_record: Callable[[str, Envelope], bool], retry: RetryPolicy | None = None,
+                 on_onion_failure: Callable[[], None] | None = None) -> None:
         self.profile = profile
         self.store = profile.store
         self.events = events
@@ -168,6 +170,10 @@ class MailboxService:
         self.poll_seconds = poll_seconds
         self.detection_bits = detection_bits
         self._on_record = on_record
+        # The engine's policy (as for P2P and group servers): a mailbox that was briefly
+        # unreachable at start-up is tried again within seconds, not minutes.
+        self.retry = retry or RetryPolicy()
+        self._on_onion_failure = on_onion_failure
         self.state: dict[str, Any] = {"state": "off" if mailbox_onion is None else "starting",
                                       "reason": None}
         self._tasks: list[asyncio.Task[None]] = []
@@ -199,9 +205,13 @@ class MailboxService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _set_state(self, state: str, reason: str | None = None) -> None:
-        if self.state.get("state") != state or self.state.get("reason") != reason:
-            self.state = {**self.state, "state": state, "reason": reason, "since": time.time()}
+    def _set_state(self, state: str, reason: str | None = None, *,
+                   next_retry_at: float | None = None) -> None:
+        if (self.state.get("state") != state or self.state.get("reason") != reason
+                or self.state.get("next_retry_at") != next_retry_at):
+            since = self.state.get("since") if self.state.get("state") == state else None
+            self.state = {"state": state, "reason": reason, "since": since or time.time(),
+                          "next_retry_at": next_retry_at}
             self.events.publish("mailbox", **self.state)
 
     # -- our own mailbox -------------------------------------------------------------------
@@ -266,8 +276,10 @@ class MailboxService:
         data = card.sign(self.profile.identity)
         # _run pinned the mailbox's bundle before the first publish; it states the work.
         bundle = self._pinned(self.mailbox_onion)
+        self._step(f"solving the card's proof of work ({bundle.pow_bits} bits)")
         nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
                                         bundle.pow_bits)
+        self._step("uploading our contact card")
         answer = await _request(
             http, "PUT", _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
             json={"card": base64.b64encode(data).decode(), "nonce": nonce},
@@ -287,9 +299,11 @@ class MailboxService:
                     # need not make a poll fail, and must still be noticed.
                     if (failures or self.state.get("state") != "live"
                             or polls_since_check >= BUNDLE_RECHECK_POLLS):
+                        self._step("checking the mailbox's bundle")
                         await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
                         polls_since_check = 0
                     await self._publish_card(http)
+                    self._step("fetching records")
                     await self._poll(http)
                     polls_since_check += 1
                 self._set_state("live")
@@ -299,15 +313,23 @@ class MailboxService:
                 raise
             except Exception as exc:
                 failures += 1
-                delay = min(300.0, 2.0 * 2 ** min(failures, 8))
-                self.state["next_retry_at"] = time.time() + delay
+                delay = self.retry.delay(failures)
                 if isinstance(exc, MailboxBundleChangedError):
-                    self._set_state("bundle_changed", str(exc))
+                    self._set_state("bundle_changed", str(exc), next_retry_at=time.time() + delay)
                 else:
+                    if self._on_onion_failure is not None:
+                        self._on_onion_failure()   # tor's failed lookups would stick
                     # Exception text may quote the server's bytes: cleaned and cut short.
                     self._set_state("unreachable",
-                                    printable(f"{type(exc).__name__}: {exc}".rstrip(": "), 500))
+                                    printable(f"{type(exc).__name__}: {exc}".rstrip(": "), 500),
+                                    next_retry_at=time.time() + delay)
                 await self._pause(delay)
+
+    def _step(self, what: str) -> None:
+        """Until the mailbox is live, say which step we are on: a slow start explains itself."""
+        if self.state.get("state") != "live" and self.state.get("step") != what:
+            self.state = {**self.state, "step": what}
+            self.events.publish("mailbox", **self.state)
 
     async def _poll(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None

@@ -8,7 +8,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class Stack:
     env: dict[str, str]
     docker: Any
     peers: dict[str, E2EPeer]
+    made: dict[str, str] = field(default_factory=dict)  # things tests share, made once (a group)
 
     def container(self, service: str) -> Any:
         found = self.docker.containers.list(all=True, filters={"label": [
@@ -101,20 +102,30 @@ class Stack:
         return wait_until(ready, timeout, interval=1, what=f"{service} /healthz {flag}")
 
     def wait_healthy(self, timeout: float = 300) -> None:
-        def all_healthy() -> bool:
-            for service in SERVICES:
-                state = self.container(service).attrs["State"]
-                if state.get("Health", {}).get("Status") != "healthy":
-                    return False
-            return True
-        wait_until(all_healthy, timeout, interval=2, what="every service to be healthy")
+        def health() -> dict[str, str]:
+            return {service: self.container(service).attrs["State"].get("Health", {}).get("Status", "none")
+                    for service in SERVICES}
+
+        wait_until(lambda: set(health().values()) == {"healthy"}, timeout, interval=2,
+                   what="every service to be healthy", state=health)
 
     def wait_peer_online(self, peer: E2EPeer, timeout: float = 180) -> str:
+        def health() -> dict[str, Any]:
+            return dict(httpx.get(f"{peer.api_url}/healthz", timeout=5).json())
+
         def online() -> str | None:
-            health = httpx.get(f"{peer.api_url}/healthz", timeout=5).json()
-            return health["onion"] if health.get("onion_state") == "published" else None
-        peer.onion = wait_until(online, timeout, interval=1, what=f"{peer.name} online")
+            h = health()
+            return h["onion"] if h.get("onion_state") == "published" else None
+        peer.onion = wait_until(online, timeout, interval=1, what=f"{peer.name} online", state=health)
         return peer.onion
+
+    def ensure_running(self, peer: E2EPeer) -> None:
+        """Start the peer's container if a test left it stopped; wait until it is online."""
+        container = self.container(peer.name)
+        container.reload()
+        if container.status != "running":
+            container.start()
+        self.wait_peer_online(peer)
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,22 @@
 """The whole network in containers: normal use, then breaking things on purpose.
 
-Tests share one compose project (bringing it up costs a minute); each destructive test
-restores what it broke, so the order below is also a sequence of recoveries."""
+Tests share one compose project (bringing it up costs a minute). Each test asks for the
+state it needs through the fixtures below (both peers running, befriended, a group), and
+a test that stops or kills a container starts it again even when it fails, so the tests
+pass alone, in any selection and in any order."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from nyth.runtime.devnet import wait_until
 
+from tests.e2e.conftest import E2EPeer, Stack
 from tests.fixtures.stack import befriend, wait_delivered
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
-
-_group: dict[str, str] = {}
 
 
 def _history(peer, gid):
@@ -27,25 +29,36 @@ def _all_posted(peer, gid) -> bool:
     return not any(m["state"] == "queued" for m in _history(peer, gid))
 
 
-def _ensure_friends(alice, bob):
+@pytest.fixture
+def friends(stack: Stack) -> Iterator[tuple[E2EPeer, E2EPeer]]:
+    """alice and bob, both running and online, each an accepted contact of the other; any
+    peer container a test stopped is started again afterwards."""
+    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    for peer in (alice, bob):
+        stack.ensure_running(peer)
     with alice.client() as ca:
         status = {c["onion"]: c["status"] for c in ca.get("/v1/contacts")}
     if status.get(bob.onion) != "accepted":
         befriend(alice, bob, timeout=180)
+    yield alice, bob
+    for peer in (alice, bob):
+        stack.ensure_running(peer)
 
 
-def _group_id(stack) -> str:
-    if "id" not in _group:
-        alice, bob = stack.peers["alice"], stack.peers["bob"]
-        _ensure_friends(alice, bob)
+@pytest.fixture
+def group(stack: Stack, friends: tuple[E2EPeer, E2EPeer]) -> str:
+    """A group of alice's on the stack's group server that bob has joined (made once)."""
+    if "group" not in stack.made:
+        alice, bob = friends
         with alice.client() as ca, bob.client() as cb:
-            group = ca.post("/v1/groups", {"name": "e2e", "servers": [stack.group_server_onion()]})
-            ca.post(f"/v1/groups/{group['id']}/invite", {"contact": bob.onion})
-            wait_until(lambda: any(i["id"] == group["id"] for i in cb.get("/v1/groups/invites")),
-                       180, what="bob to receive the invite")
-            cb.post(f"/v1/groups/invites/{group['id']}/accept")
-        _group["id"] = group["id"]
-    return _group["id"]
+            made = ca.post("/v1/groups", {"name": "e2e", "servers": [stack.group_server_onion()]})
+            ca.post(f"/v1/groups/{made['id']}/invite", {"contact": bob.onion})
+            wait_until(lambda: any(i["id"] == made["id"] for i in cb.get("/v1/groups/invites")),
+                       180, what="bob to receive the invite",
+                       state=lambda: ca.get(f"/v1/contacts/{bob.onion}"))
+            cb.post(f"/v1/groups/invites/{made['id']}/accept")
+        stack.made["group"] = made["id"]
+    return stack.made["group"]
 
 
 # What each service may read under /secrets: its own passphrase and, if it talks to tor,
@@ -117,44 +130,46 @@ def test_containers_are_confined(stack):
     assert reach("mailbox", "redis", 6379) != "open"
 
 
-def test_p2p_message_and_group_post(stack):
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
-    _ensure_friends(alice, bob)
+def test_p2p_message_and_group_post(friends, group):
+    alice, bob = friends
     with alice.client() as ca, bob.client() as cb:
         sent = ca.send(bob.onion, "hello through containers")
         wait_delivered(ca, bob.onion, sent["id"], timeout=180)
-        assert [m["text"] for m in cb.messages(alice.onion)] == ["hello through containers"]
-    gid = _group_id(stack)
+        assert "hello through containers" in [m["text"] for m in cb.messages(alice.onion)]
     with bob.client() as cb:
-        cb.post(f"/v1/groups/{gid}/messages", {"text": "bob in the group"})
-    wait_until(lambda: [m["body"] for m in _history(alice, gid)] == ["bob in the group"], 180,
-               what="alice to see bob's group post")
+        post = cb.post(f"/v1/groups/{group}/messages", {"text": "bob in the group"})
+    wait_until(lambda: post["hash"] in {m["hash"] for m in _history(alice, group)}, 180,
+               what="alice to see bob's group post",
+               state=lambda: {"bob's post": next((m for m in _history(bob, group)
+                                                  if m["hash"] == post["hash"]), None)})
 
 
-def test_group_server_killed_during_posts(stack):
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
-    gid = _group_id(stack)
-    before = len(_history(alice, gid))
-    texts = [f"stream {i}" for i in range(10)]
+def test_group_server_killed_during_posts(stack, friends, group):
+    alice, bob = friends
+    texts = [f"stream {i} {time.time_ns()}" for i in range(10)]
     server = stack.container("group-server")
-    with alice.client() as ca:
-        for i, text in enumerate(texts):
-            ca.post(f"/v1/groups/{gid}/messages", {"text": text})
-            time.sleep(0.3)
-            if i == 4:
-                server.kill()
-    accepted = {m["body"] for m in _history(alice, gid) if m["state"] == "posted"}
-    server.start()
-    wait_until(lambda: _all_posted(alice, gid), 300,
-               what="alice's posts to be accepted after the restart")
-    wait_until(lambda: len(_history(bob, gid)) == before + len(texts), 300,
-               what="bob to see every post")
-    bodies = {m["body"] for m in _history(bob, gid)}
-    assert accepted <= bodies and set(texts) <= bodies
+    try:
+        with alice.client() as ca:
+            for i, text in enumerate(texts):
+                ca.post(f"/v1/groups/{group}/messages", {"text": text})
+                time.sleep(0.3)
+                if i == 4:
+                    server.kill()
+        accepted = {m["body"] for m in _history(alice, group) if m["state"] == "posted"}
+    finally:
+        server.start()
+    wait_until(lambda: _all_posted(alice, group), 300,
+               what="alice's posts to be accepted after the restart",
+               state=lambda: [m for m in _history(alice, group) if m["state"] == "queued"])
+    wait_until(lambda: set(texts) <= {m["body"] for m in _history(bob, group)}, 300,
+               what="bob to see every post",
+               state=lambda: sorted(set(texts) - {m["body"] for m in _history(bob, group)}))
+    bodies = {m["body"] for m in _history(bob, group)}
+    assert accepted <= bodies
 
 
-def test_tor_gateway_restart(stack):
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
+def test_tor_gateway_restart(stack, friends, group):
+    alice, bob = friends
     stack.container("tor-gateway").restart()
     stack.wait_healthy()
     stack.wait_peer_online(alice)
@@ -163,45 +178,52 @@ def test_tor_gateway_restart(stack):
         sent = ca.send(bob.onion, "after gateway restart")
         wait_delivered(ca, bob.onion, sent["id"], timeout=300)
         # Group traffic resumes too (posts and bob's sync go through the restarted gateway).
-        gid = _group_id(stack)
-        ca.post(f"/v1/groups/{gid}/messages", {"text": "group after gateway restart"})
-    wait_until(lambda: "group after gateway restart" in {m["body"] for m in _history(bob, gid)},
-               300, what="bob to see a group post made after the gateway restart")
+        post = ca.post(f"/v1/groups/{group}/messages", {"text": "group after gateway restart"})
+    wait_until(lambda: post["hash"] in {m["hash"] for m in _history(bob, group)},
+               300, what="bob to see a group post made after the gateway restart",
+               state=lambda: {"alice's post": next((m for m in _history(alice, group)
+                                                    if m["hash"] == post["hash"]), None)})
 
 
-def test_first_contact_through_the_mailbox_while_offline(stack):
+def test_first_contact_through_the_mailbox_while_offline(stack, friends):
     """carol does not exist in compose; alice plays her part for bob: bob shares his contact
-    id, goes offline, and a new contact's request and message reach him via the mailbox."""
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
+    id, goes offline, and a message reaches him via the mailbox."""
+    alice, bob = friends
+    text = f"via the mailbox {time.time_ns()}"
     with bob.client() as cb:
         bob_id = cb.profile()["contact_id"]
         assert bob_id and bob_id.startswith("nyth1")
         wait_until(lambda: cb.get("/v1/mailbox")["state"]["state"] == "live", 180,
-                   what="bob's card to be on the mailbox")
+                   what="bob's card to be on the mailbox", state=lambda: cb.get("/v1/mailbox")["state"])
     stack.container("bob").stop()
     with alice.client() as ca:
-        # alice already knows bob; adding him by contact id teaches her his mailbox
+        # adding bob (a contact already) by contact id teaches alice his mailbox
         ca.post("/v1/contacts", {"contact_id": bob_id, "text": "again"})
-        sent = ca.send(bob.onion, "via the mailbox")
+        sent = ca.send(bob.onion, text)
         wait_until(lambda: ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}")["via"]
-                   == "mailbox", 300, what="the message to go via the mailbox")
+                   == "mailbox", 300, what="the message to go via the mailbox",
+                   state=lambda: ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}"))
     stack.container("bob").start()
     stack.wait_peer_online(bob)
     with bob.client() as cb:
-        wait_until(lambda: "via the mailbox" in [m["text"] for m in cb.messages(alice.onion)],
-                   300, what="bob to fetch the message from his mailbox")
+        wait_until(lambda: text in [m["text"] for m in cb.messages(alice.onion)],
+                   300, what="bob to fetch the message from his mailbox",
+                   state=lambda: cb.get("/v1/mailbox")["state"])
         time.sleep(3)
-        assert [m["text"] for m in cb.messages(alice.onion)].count("via the mailbox") == 1
+        assert [m["text"] for m in cb.messages(alice.onion)].count(text) == 1
 
 
-def test_stopped_bob_gets_message_exactly_once(stack):
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
+def test_stopped_bob_gets_message_exactly_once(stack, friends):
+    alice, bob = friends
+    text = f"while you were out {time.time_ns()}"
     stack.container("bob").stop()
     with alice.client() as ca:
-        sent = ca.send(bob.onion, "while you were out")
-        queued = wait_until(
-            lambda: (m := ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}"))["attempts"] >= 1
-            and m, 240, what="a failed attempt")
+        sent = ca.send(bob.onion, text)
+
+        def message():
+            return ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}")
+        queued = wait_until(lambda: (m := message())["attempts"] >= 1 and m, 240,
+                            what="a failed attempt", state=message)
         assert queued["state"] in ("queued", "sending")
         stack.container("bob").start()
         stack.wait_peer_online(bob)
@@ -209,21 +231,21 @@ def test_stopped_bob_gets_message_exactly_once(stack):
     with bob.client() as cb:
         # "delivered" may mean "via the mailbox" (bob was away longer than the threshold):
         # then bob has it once he has polled his mailbox.
-        wait_until(lambda: "while you were out" in [m["text"] for m in cb.messages(alice.onion)],
-                   300, what="bob to have the message")
+        wait_until(lambda: text in [m["text"] for m in cb.messages(alice.onion)],
+                   300, what="bob to have the message", state=lambda: cb.get("/v1/mailbox")["state"])
         time.sleep(3)
         texts = [m["text"] for m in cb.messages(alice.onion)]
-        assert texts.count("while you were out") == 1
+        assert texts.count(text) == 1
 
 
 @pytest.mark.parametrize("how", ["restart", "kill"])
-def test_redis_restart_keeps_acknowledged_posts(stack, how):
-    alice, bob = stack.peers["alice"], stack.peers["bob"]
-    gid = _group_id(stack)
+def test_redis_restart_keeps_acknowledged_posts(stack, friends, group, how):
+    alice, bob = friends
     with alice.client() as ca:
-        ca.post(f"/v1/groups/{gid}/messages", {"text": f"before redis {how}"})
-    wait_until(lambda: _all_posted(alice, gid), 180,
-               what="the post to be acknowledged")
+        ca.post(f"/v1/groups/{group}/messages", {"text": f"before redis {how}"})
+    wait_until(lambda: _all_posted(alice, group), 180,
+               what="the post to be acknowledged",
+               state=lambda: [m for m in _history(alice, group) if m["state"] == "queued"])
     count = stack.group_server_blob_count()
     redis = stack.container("redis")
     if how == "kill":
@@ -235,6 +257,8 @@ def test_redis_restart_keeps_acknowledged_posts(stack, how):
     assert stack.group_server_blob_count() == count
     # And the service carries on: a new post after the restart reaches bob.
     with alice.client() as ca:
-        ca.post(f"/v1/groups/{gid}/messages", {"text": f"after redis {how}"})
-    wait_until(lambda: f"after redis {how}" in {m["body"] for m in _history(bob, gid)}, 300,
-               what="a post after the redis restart to reach bob")
+        post = ca.post(f"/v1/groups/{group}/messages", {"text": f"after redis {how}"})
+    wait_until(lambda: post["hash"] in {m["hash"] for m in _history(bob, group)}, 300,
+               what="a post after the redis restart to reach bob",
+               state=lambda: {"alice's post": next((m for m in _history(alice, group)
+                                                    if m["hash"] == post["hash"]), None)})

@@ -43,7 +43,7 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
         bob_id = cb.profile()["contact_id"]
         # bob's card is on the mailbox before he goes away
         wait_until(lambda: cb.get("/v1/mailbox")["state"]["state"] == "live", 60,
-                   what="bob's mailbox to be live")
+                   what="bob's mailbox to be live", state=lambda: cb.get("/v1/mailbox")["state"])
     assert bob_id.startswith("nyth1")
     bob.process.stop()
 
@@ -54,7 +54,8 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
         second = ca.send(bob.onion, "second while you were away")
         for m in (first, second):
             wait_until(lambda m=m: _msg(ca, bob.onion, m["id"])["via"] == "mailbox", 180,
-                       what="alice's message to go via the mailbox")
+                       what="alice's message to go via the mailbox",
+                       state=lambda m=m: _msg(ca, bob.onion, m["id"]))
             shown = _msg(ca, bob.onion, m["id"])
             assert shown["state"] == "delivered" and "mailbox" in shown["reason"]
 
@@ -72,14 +73,15 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
     with bob.client() as cb, alice.client() as ca:
         request = wait_until(
             lambda: next((c for c in cb.get("/v1/contacts") if c["onion"] == alice.onion), None),
-            120, what="bob to see alice's request")
+            120, what="bob to see alice's request", state=lambda: cb.get("/v1/mailbox")["state"])
         assert request["status"] == "pending_inbound" and request["request_text"] == "hi bob, it's alice"
         assert cb.messages(alice.onion) == []  # held back until bob accepts
         cb.post(f"/v1/contacts/{alice.onion}/accept")
         texts = [m["text"] for m in cb.messages(alice.onion)]
         assert texts == ["first while you were away", "second while you were away"]
         wait_until(lambda: ca.get(f"/v1/contacts/{bob.onion}")["status"] == "accepted", 120,
-                   what="alice to learn bob accepted")
+                   what="alice to learn bob accepted",
+                   state=lambda: ca.get(f"/v1/contacts/{bob.onion}"))
         reply = cb.send(alice.onion, "back now")
         delivered = wait_delivered(cb, alice.onion, reply["id"])
         assert delivered["via"] != "mailbox"   # both online: P2P
@@ -152,7 +154,8 @@ def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(devnet, defe
             request = wait_until(
                 lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
                     "attempts", 0) >= 2 and "card was refused" in (r.get("reason") or "") and r,
-                120, what="alice's peer to refuse the card, saying why")
+                120, what="alice's peer to refuse the card, saying why",
+                state=lambda: ca.get(f"/v1/contacts/{carol.onion}"))
             assert request["state"] == "queued" and request["via"] is None
         assert hostile.card_requests >= 1
     finally:
@@ -181,7 +184,8 @@ def test_forged_card_is_refused_by_the_mailbox_and_the_sender_says_why(devnet):
         request = wait_until(
             lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
                 "attempts", 0) >= 2 and "card" in (r.get("reason") or "") and r,
-            120, what="the request to fail through the mailbox, saying why")
+            120, what="the request to fail through the mailbox, saying why",
+            state=lambda: ca.get(f"/v1/contacts/{carol.onion}"))
         assert request["state"] == "queued" and request["via"] is None
         assert request["next_retry_at"] is not None
         waiting = _msg(ca, carol.onion, msg["id"])

@@ -31,8 +31,15 @@ def _secret_file(directory: Path, name: str) -> Path:
     return path
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str = "condition",
+               state: Any = None) -> Any:
+    """Poll predicate() until it returns something truthy, and return that.
+
+    On timeout the error says what was awaited, the last error the predicate raised, and,
+    when `state` (a callable) is given, what it describes now: the thing's state, reason
+    and next retry, so a failure explains itself."""
+    began = time.monotonic()
+    deadline = began + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -42,8 +49,15 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2, what: str 
         except Exception as exc:
             last_exc = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}"
-                       + (f" (last error: {last_exc})" if last_exc else ""))
+    message = f"timed out after {time.monotonic() - began:.0f} s waiting for {what}"
+    if last_exc:
+        message += f" (last error: {type(last_exc).__name__}: {last_exc})"
+    if state is not None:
+        try:
+            message += f"; state now: {state()}"
+        except Exception as exc:
+            message += f"; state unknown ({type(exc).__name__}: {exc})"
+    raise TimeoutError(message)
 
 
 @dataclass
@@ -60,10 +74,14 @@ class PeerHandle:
 
     def wait_online(self, timeout: float = 90.0) -> str:
         """Wait until the peer's onion is published; returns the onion."""
+        def health() -> dict[str, Any]:
+            return dict(httpx.get(f"{self.api_url}/healthz", timeout=5).json())
+
         def published() -> str | None:
-            health = httpx.get(f"{self.api_url}/healthz", timeout=5).json()
-            return health["onion"] if health.get("onion_state") == "published" else None
-        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published")
+            h = health()
+            return h["onion"] if h.get("onion_state") == "published" else None
+        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published",
+                                state=health)
         return self.onion
 
 
@@ -75,10 +93,14 @@ class ServiceHandle:
     onion: str = ""
 
     def wait_online(self, timeout: float = 90.0) -> str:
+        def health() -> dict[str, Any]:
+            return dict(httpx.get(f"{self.url}/healthz", timeout=5).json())
+
         def published() -> str | None:
-            health = httpx.get(f"{self.url}/healthz", timeout=5).json()
-            return health["onion"] if health.get("onion_published") else None
-        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published")
+            h = health()
+            return h["onion"] if h.get("onion_published") else None
+        self.onion = wait_until(published, timeout, what=f"{self.name}'s onion to be published",
+                                state=health)
         return self.onion
 
 
