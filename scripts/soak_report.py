@@ -23,6 +23,7 @@ class Run:
     failed: int = 0
     skipped: int = 0
     failures: dict[str, str] = field(default_factory=dict)  # test id -> first line of why
+    seconds_by_test: dict[str, float] = field(default_factory=dict)
     has_report: bool = False
 
 
@@ -43,6 +44,7 @@ def read_run(folder: Path, number: int, exit_code: int, seconds: int) -> Run:
     # Our own pytest wrote this file in the run above: not untrusted input.
     for case in ET.parse(report).getroot().iter("testcase"):  # noqa: S314
         run.tests += 1
+        run.seconds_by_test[_test_id(case)] = float(case.get("time") or 0)
         problem = case.find("failure")
         if problem is None:
             problem = case.find("error")
@@ -64,6 +66,32 @@ def read_soak(folder: Path) -> list[Run]:
     return runs
 
 
+def _tier(test: str) -> str:
+    parts = test.split("/")
+    return parts[1] if len(parts) > 2 else "other"
+
+
+def timings(runs: list[Run], slowest: int = 12) -> list[str]:
+    """Where the time goes: seconds per tier and the slowest tests (median over runs; a
+    session fixture's start-up is charged to the first test that used it)."""
+    by_test: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        for test, seconds in r.seconds_by_test.items():
+            by_test[test].append(seconds)
+    if not by_test:
+        return []
+    median = {t: sorted(v)[len(v) // 2] for t, v in by_test.items()}
+    tiers: dict[str, float] = defaultdict(float)
+    for test, seconds in median.items():
+        tiers[_tier(test)] += seconds
+    lines = ["", "seconds per tier (median run): " + ", ".join(
+        f"{tier} {seconds:.0f}" for tier, seconds in sorted(tiers.items(), key=lambda kv: -kv[1]))]
+    lines.append(f"slowest {slowest} tests (median seconds):")
+    for test, seconds in sorted(median.items(), key=lambda kv: -kv[1])[:slowest]:
+        lines.append(f"  {seconds:7.1f}  {test}")
+    return lines
+
+
 def report(runs: list[Run]) -> str:
     lines = [f"{'run':>4} {'exit':>4} {'minutes':>8} {'tests':>6} {'failed':>6} {'skipped':>7}"]
     for r in runs:
@@ -83,6 +111,7 @@ def report(runs: list[Run]) -> str:
         for test, seen in sorted(by_test.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             lines.append(f"  {len(seen)}/{len(runs)}  {test}  (runs {', '.join(str(n) for n, _ in seen)})")
             lines.append(f"        {seen[0][1]}")
+    lines.extend(timings(runs))
     return "\n".join(lines)
 
 
