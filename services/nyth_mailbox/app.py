@@ -60,7 +60,6 @@ CURSOR_HELP = (
 )
 ONION_PATTERN = r"^[a-z2-7]{56}$"
 B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
-B64URL_PATTERN = r"^[A-Za-z0-9_+/-]*={0,2}$"
 FEED_POLL_SECONDS = 5.0
 DETECT_CHUNK = 500
 
@@ -89,11 +88,8 @@ def fmd_module() -> ModuleType | None:
         return None
 
 
-def _b64decode(value: str, name: str, *, urlsafe: bool = False) -> bytes:
+def _b64decode(value: str, name: str) -> bytes:
     try:
-        if urlsafe:
-            value = value.replace("-", "+").replace("_", "/")
-            value += "=" * (-len(value) % 4)
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput(f"{name} is not valid base64") from None
@@ -190,6 +186,16 @@ class DetectBody(BaseModel):
     )
     after: str = Field("0", description=CURSOR_HELP, max_length=40, pattern=CURSOR_PATTERN)
     limit: int = Field(100, ge=1, le=100_000, description="At most this many matches.")
+
+
+class DetectStreamBody(BaseModel):
+    detection_key: str = Field(
+        description="Base64 of an FMD detection key: n × 32 bytes, n = 0..24 (n = 0 matches "
+                    "every record).",
+        max_length=b64_len(MAX_DETECTION_KEY_BYTES), pattern=B64_PATTERN,
+    )
+    after: str = Field("0", description=CURSOR_HELP + " Last-Event-ID takes precedence.",
+                       max_length=40, pattern=CURSOR_PATTERN)
 
 
 class DetectPage(RecordPage):
@@ -474,28 +480,31 @@ def create_app(settings: MailboxSettings) -> FastAPI:
                           scanned=scanned)
         return JSONResponse(page.model_dump())
 
-    @app.get(
+    @app.post(
         "/v1/detect/stream", tags=["detection"],
         summary="Server-Sent Events: matches for a detection key after the cursor, then live",
         description=(
             "Registers the detection key for the life of the stream. Each event has "
             "`id: <cursor>`, `event: record`, `data: {\"id\", \"tag\", \"ciphertext\"}` "
-            "(JSON, base64 fields). Last-Event-ID takes precedence over `after`."
+            "(JSON, base64 fields). Last-Event-ID takes precedence over `after`. The key "
+            "travels in the body only: any query string is refused (422), so that no key "
+            "ends up in a URL, where access logs and proxies keep it."
         ),
         response_class=EventSourceResponse,
         responses=event_stream_responses(),
     )
     async def detect_stream(
         request: Request,
-        key: Annotated[str, Query(
-            description="base64url (or base64) of the detection key; empty for n = 0",
-            max_length=b64_len(MAX_DETECTION_KEY_BYTES),
-            json_schema_extra={"pattern": B64URL_PATTERN})],
-        after: CursorParam = "0",
+        body: DetectStreamBody,
         last_event_id: LastEventId = None,
     ) -> Response:
-        detection_key = _decode_detection_key(_b64decode(key, "key", urlsafe=True))
-        start = Cursor.parse(last_event_id if last_event_id is not None else after)
+        if request.url.query:
+            # The old form was GET ?key=...; a client still sending the key in the URL
+            # has already leaked it to whatever logs URLs: say so rather than ignore it.
+            return error_json(422, "POST /v1/detect/stream takes no query parameters: send "
+                                   "detection_key and after in the JSON body")
+        detection_key = _decode_detection_key(_b64decode(body.detection_key, "detection_key"))
+        start = Cursor.parse(last_event_id if last_event_id is not None else body.after)
         state = server(request)
         return state.event_stream(_match_events(state, detection_key, start),
                                   close_feed=state.notifier.close)

@@ -148,13 +148,23 @@ def _counters(row: dict[str, Any] | None) -> dict[str, Any]:
             "since": since if 0 < since <= time.time() else time.time()}
 
 
+# False positives per true match the recommendation aims for. With k = 3 a detection is
+# ours with probability at most 1/(k+1) = 1/4 in the mailbox's eyes (k = 1 made it a coin
+# toss), while the download stays at about (k+1)·M records a period; each step of k
+# towards 10 costs that much more traffic for a smaller gain in doubt.
+COVER_FACTOR = 3
+
+
 def recommend_bits(records_per_day: float, ours_per_day: float) -> int:
-    """n such that false positives (2⁻ⁿ·N) are at least as many as our true matches (M):
-    the mailbox then cannot tell which detections are really ours (DESIGN §5)."""
+    """The largest n in 1..γ with 2⁻ⁿ·N ≥ k·M (k = COVER_FACTOR, M at least 1), or 0
+    (download everything) when nothing was observed or even n = 1 gives less cover: then
+    the mailbox cannot single out our detections among the false positives (DESIGN §5)."""
     if not (math.isfinite(records_per_day) and math.isfinite(ours_per_day)) or records_per_day <= 0:
         return 0
-    ratio = records_per_day / max(ours_per_day, 1.0)
-    return max(0, min(fmd.GAMMA, math.floor(math.log2(ratio)) if ratio >= 1 else 0))
+    ratio = records_per_day / (COVER_FACTOR * max(ours_per_day, 1.0))
+    if ratio < 2:
+        return 0
+    return min(fmd.GAMMA, math.floor(math.log2(ratio)))
 
 
 class MailboxService:

@@ -6,6 +6,10 @@ material is ever written in the clear. File layout (all fixed, versioned):
     magic "NYTHKEY1" (8) | salt (16) | opslimit (u32 BE) | memlimit (u64 BE) | secretbox(...)
 
 secretbox = nonce (24) | XSalsa20-Poly1305 ciphertext of the payload.
+
+Rows sealed under a key that is already secret (the profile database's) use
+`seal_bound`: the ciphertext is bound to a caller-given slot name, so it opens only
+where it was written (docs/protocol.md §6.1).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import struct
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.pwhash
 import nacl.secret
@@ -74,6 +79,39 @@ def open_sealed(data: bytes, passphrase: str) -> bytes:
         return nacl.secret.SecretBox(key).decrypt(data[_HEADER.size:])
     except nacl.exceptions.CryptoError as exc:
         raise AuthenticationError("wrong passphrase or corrupted key file") from exc
+
+
+BOUND_VERSION = 2
+BOUND_AD_MAGIC = b"NYTHROW2"
+BOUND_NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+BOUND_OVERHEAD = 1 + BOUND_NONCE_SIZE + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+
+def seal_bound(key: bytes, plaintext: bytes, slot: bytes) -> bytes:
+    """0x02 ‖ nonce (24) ‖ XChaCha20-Poly1305-IETF(plaintext, AD = "NYTHROW2" ‖ slot).
+
+    The AD makes the row open only under the same slot name, so a row copied or swapped
+    into another place fails authentication instead of being read as that place's value.
+    """
+    nonce = nacl.utils.random(BOUND_NONCE_SIZE)
+    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plaintext, BOUND_AD_MAGIC + slot, nonce, key)
+    return bytes([BOUND_VERSION]) + nonce + sealed
+
+
+def open_bound(key: bytes, blob: bytes, slot: bytes) -> bytes:
+    """Inverse of seal_bound; AuthenticationError for anything not sealed for this slot."""
+    if len(blob) < BOUND_OVERHEAD or blob[0] != BOUND_VERSION:
+        raise AuthenticationError(
+            f"not a format-{BOUND_VERSION} sealed row (first byte {blob[:1].hex() or 'none'})")
+    nonce, sealed = blob[1 : 1 + BOUND_NONCE_SIZE], blob[1 + BOUND_NONCE_SIZE :]
+    try:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, BOUND_AD_MAGIC + slot, nonce, key)
+    except nacl.exceptions.CryptoError as exc:
+        raise AuthenticationError(
+            "sealed row failed authentication: it was changed, or moved here from another "
+            "slot") from exc
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -108,7 +108,8 @@ def test_containers_are_confined(stack):
     assert reach("mailbox", "alice-p2p", 8700) != "open"
     assert reach("bob", "alice-api", 9000) != "open"
     # The control port every tor client may use is the gateway's filter: publishing onions
-    # works (every test here relies on it), watching others' circuits does not.
+    # works (every test here relies on it), watching others' circuits or pointing an onion
+    # outside the `tor` network does not.
     control = (
         "import socket\n"
         "pw = open('/secrets/tor/control-password').read().strip()\n"
@@ -117,10 +118,14 @@ def test_containers_are_confined(stack):
         " f.write(line.encode() + b'\\r\\n'); f.flush(); return f.readline().decode().strip()\n"
         "print(ask('AUTHENTICATE \"%s\"' % pw)); print(ask('GETINFO circuit-status'))\n"
         "print(ask('SETEVENTS STREAM')); print(ask('SIGNAL HALT'))\n"
+        # Onions may point only into the `tor` network: not the host, not the LAN.
+        "print(ask('ADD_ONION NEW:ED25519-V3 Port=80,172.17.0.1:22'))\n"
+        "print(ask('ADD_ONION NEW:ED25519-V3 Port=80,192.168.1.1:80'))\n"
     )
     answers = stack.exec_python("alice", control).splitlines()
     assert answers[0] == "250 OK", answers
-    assert all(line.startswith("510 ") for line in answers[1:]), answers
+    assert len(answers) == 6 and all(line.startswith("510 ") for line in answers[1:]), answers
+    assert "outside the onion target networks" in answers[4], answers
     assert stack.container("tor-gateway").attrs["State"]["Running"]
 
     # Each Redis is reachable from its own service only.

@@ -392,7 +392,7 @@ def test_live_detection_stream(launch: Launch) -> None:
     mb = Mailbox(proc)
     F = fmd
     bob = F.FmdSecretKey.generate()
-    key = base64.urlsafe_b64encode(bytes(bob.extract(24).encode())).decode().rstrip("=")
+    key = base64.b64encode(bytes(bob.extract(24).encode())).decode()
     backlog = mb.post(bytes(F.flag(bob.public_key())), os.urandom(SIZE)).json()["id"]
     mb.post(random_tag(), os.urandom(SIZE))
     got: list[dict[str, Any]] = []
@@ -400,7 +400,7 @@ def test_live_detection_stream(launch: Launch) -> None:
 
     def reader() -> None:
         with httpx.Client(trust_env=False, timeout=15) as client, httpx_sse.connect_sse(
-            client, "GET", f"{proc.base_url}/v1/detect/stream", params={"key": key}
+            client, "POST", f"{proc.base_url}/v1/detect/stream", json={"detection_key": key}
         ) as source:
             ready.set()
             for event in source.iter_sse():
@@ -419,5 +419,7 @@ def test_live_detection_stream(launch: Launch) -> None:
     thread.join(15)
     assert [g["id"] for g in got] == [backlog, live]
     assert base64.b64decode(got[1]["ciphertext"]) == ct
-    bad = mb.http.get("/v1/detect/stream", params={"key": "abc"})
+    bad = mb.http.post("/v1/detect/stream", json={"detection_key": "abc"})
     assert bad.status_code == 422
+    # The old form, with the key in the URL, is refused rather than ignored.
+    assert mb.http.get("/v1/detect/stream", params={"key": key}).status_code == 405

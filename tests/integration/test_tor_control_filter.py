@@ -25,10 +25,10 @@ from tests.fixtures.echo import echo_server
 
 pytestmark = pytest.mark.integration
 
-# The test's echo server listens on 127.0.0.2: loopback targets are allowed here (tests
+# The test's echo server listens on 127.0.0.2: loopback is the allowed network here (tests
 # run everything on loopback) except 127.0.0.1, where this gateway's tor listens - the
-# container refuses every local address and its own.
-TARGETS = TargetPolicy.with_addresses(["127.0.0.1"], refuse_local=False)
+# container allows only its internal network and refuses every local address and its own.
+TARGETS = TargetPolicy.for_networks(["127.0.0.0/8"], refused=["127.0.0.1"], refuse_local=False)
 
 
 @pytest.fixture

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nyth.config import ConfigError
 from nyth.proto.identity import Identity
+from nyth.tor.container import connected_networks, onion_target_policy
 from nyth.tor.control_filter import (
     MAX_COMMAND_LINE,
     MAX_IN_FLIGHT,
@@ -24,7 +28,10 @@ from nyth.tor.control_filter import (
 KEY = Identity.from_seed(bytes(range(32))).tor_key_blob()
 ONION = Identity.from_seed(bytes(range(32))).onion
 OTHER_ONION = Identity.from_seed(bytes(32)).onion
-GATEWAY = TargetPolicy.with_addresses(["172.20.0.5"])
+# As the gateway container builds it: the internal `tor` network (and an IPv6 one), minus
+# the gateway's own address and the host's bridge.
+GATEWAY = TargetPolicy.for_networks(["172.20.0.0/16", "fd00:20::/64"],
+                                    refused=["172.20.0.5", "172.20.0.1"])
 
 
 def allowed(line: str, targets: TargetPolicy = GATEWAY) -> bool:
@@ -46,10 +53,10 @@ NYTH_SENDS = [
     "SETEVENTS SIGNAL CONF_CHANGED STATUS_SERVER",
     "SETEVENTS HS_DESC",
     "SETEVENTS",
-    f"ADD_ONION ED25519-V3:{KEY} Port=80,10.1.2.3:8080",
-    f"ADD_ONION ED25519-V3:{KEY} Flags=MaxStreamsCloseCircuit MaxStreams=16 Port=80,10.1.2.3:8080",
-    f"ADD_ONION ED25519-V3:{KEY} Port=80,[fd00::7]:80",
-    "ADD_ONION NEW:ED25519-V3 Flags=DiscardPK Port=80,192.168.1.9:1",
+    f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.1.3:8080",
+    f"ADD_ONION ED25519-V3:{KEY} Flags=MaxStreamsCloseCircuit MaxStreams=16 Port=80,172.20.1.3:8080",
+    f"ADD_ONION ED25519-V3:{KEY} Port=80,[fd00:20::7]:80",
+    "ADD_ONION NEW:ED25519-V3 Flags=DiscardPK Port=80,172.20.0.9:1",
     f"DEL_ONION {ONION}",
     "SIGNAL NEWNYM",
     "signal NEWNYM",  # keywords are case-insensitive in tor
@@ -129,10 +136,10 @@ def test_everything_else_is_refused(line: str) -> None:
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        ("RSA1024:AAAA Port=80,10.0.0.1:80", "only ED25519-V3"),
-        ("NEW:BEST Port=80,10.0.0.1:80", "only ED25519-V3"),
-        ("NEW:RSA1024 Port=80,10.0.0.1:80", "only ED25519-V3"),
-        ("ED25519-V3:short Port=80,10.0.0.1:80", "malformed"),
+        ("RSA1024:AAAA Port=80,172.20.0.9:80", "only ED25519-V3"),
+        ("NEW:BEST Port=80,172.20.0.9:80", "only ED25519-V3"),
+        ("NEW:RSA1024 Port=80,172.20.0.9:80", "only ED25519-V3"),
+        ("ED25519-V3:short Port=80,172.20.0.9:80", "malformed"),
         (f"ED25519-V3:{KEY}", "without a Port"),
         (f"ED25519-V3:{KEY} Port=80", "explicit ip:port"),
         (f"ED25519-V3:{KEY} Port=80,127.0.0.1:9051", "local address"),
@@ -148,21 +155,21 @@ def test_everything_else_is_refused(line: str) -> None:
         (f"ED25519-V3:{KEY} Port=80,tor-gateway:9051", "IP literal"),
         (f"ED25519-V3:{KEY} Port=80,unix:/run/tor/control", "IP literal"),
         (f"ED25519-V3:{KEY} Port=80,::1:9051", "IP literal"),
-        (f"ED25519-V3:{KEY} Port=80,10.0.0.1", "IP literal"),
-        (f"ED25519-V3:{KEY} Port=80,10.0.0.1:0", "IP literal"),
-        (f"ED25519-V3:{KEY} Port=80,10.0.0.1:65536", "IP literal"),
-        (f"ED25519-V3:{KEY} Port=0,10.0.0.1:80", "virtual port"),
-        (f"ED25519-V3:{KEY} Port=x,10.0.0.1:80", "virtual port"),
-        (f"ED25519-V3:{KEY} Flags=Detach Port=80,10.0.0.1:80", "flags"),
-        (f"ED25519-V3:{KEY} Flags=NonAnonymous Port=80,10.0.0.1:80", "flags"),
-        (f"ED25519-V3:{KEY} Flags=V3Auth Port=80,10.0.0.1:80", "flags"),
-        (f"ED25519-V3:{KEY} Flags=BasicAuth Port=80,10.0.0.1:80", "flags"),
-        (f"ED25519-V3:{KEY} ClientAuth=bob Port=80,10.0.0.1:80", "option not allowed"),
-        (f"ED25519-V3:{KEY} ClientAuthV3=abc Port=80,10.0.0.1:80", "option not allowed"),
-        (f"ED25519-V3:{KEY} MaxStreams=0 Port=80,10.0.0.1:80", "MaxStreams"),
-        (f"ED25519-V3:{KEY} MaxStreams=1 MaxStreams=2 Port=80,10.0.0.1:80", "repeats"),
-        (f'ED25519-V3:{KEY} Port="80,10.0.0.1:80"', "virtual port"),
-        (f"ED25519-V3:{KEY} " + " ".join(["Port=80,10.0.0.1:80"] * 9), "too many ports"),
+        (f"ED25519-V3:{KEY} Port=80,172.20.0.9", "IP literal"),
+        (f"ED25519-V3:{KEY} Port=80,172.20.0.9:0", "IP literal"),
+        (f"ED25519-V3:{KEY} Port=80,172.20.0.9:65536", "IP literal"),
+        (f"ED25519-V3:{KEY} Port=0,172.20.0.9:80", "virtual port"),
+        (f"ED25519-V3:{KEY} Port=x,172.20.0.9:80", "virtual port"),
+        (f"ED25519-V3:{KEY} Flags=Detach Port=80,172.20.0.9:80", "flags"),
+        (f"ED25519-V3:{KEY} Flags=NonAnonymous Port=80,172.20.0.9:80", "flags"),
+        (f"ED25519-V3:{KEY} Flags=V3Auth Port=80,172.20.0.9:80", "flags"),
+        (f"ED25519-V3:{KEY} Flags=BasicAuth Port=80,172.20.0.9:80", "flags"),
+        (f"ED25519-V3:{KEY} ClientAuth=bob Port=80,172.20.0.9:80", "option not allowed"),
+        (f"ED25519-V3:{KEY} ClientAuthV3=abc Port=80,172.20.0.9:80", "option not allowed"),
+        (f"ED25519-V3:{KEY} MaxStreams=0 Port=80,172.20.0.9:80", "MaxStreams"),
+        (f"ED25519-V3:{KEY} MaxStreams=1 MaxStreams=2 Port=80,172.20.0.9:80", "repeats"),
+        (f'ED25519-V3:{KEY} Port="80,172.20.0.9:80"', "virtual port"),
+        (f"ED25519-V3:{KEY} " + " ".join(["Port=80,172.20.0.9:80"] * 9), "too many ports"),
     ],
 )
 def test_add_onion_rules(args: str, why: str) -> None:
@@ -172,10 +179,89 @@ def test_add_onion_rules(args: str, why: str) -> None:
 
 
 def test_local_targets_can_be_allowed_for_tests_but_the_refused_set_still_holds() -> None:
-    loose = TargetPolicy.with_addresses(["127.0.0.1"], refuse_local=False)
+    loose = TargetPolicy.for_networks(["127.0.0.0/8"], refused=["127.0.0.1"],
+                                      refuse_local=False)
     assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,127.0.0.2:80", loose)
     assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,127.0.0.1:80", loose)
     assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,127.0.0.2:80", TargetPolicy())
+
+
+# Finding 3 of the security review (issue 8): each of these passed, so a container holding
+# the control password could make the gateway connect outside Tor (to the host, the LAN,
+# an attacker's server).
+@pytest.mark.parametrize("target", ["172.17.0.1:22", "192.168.1.1:80", "[fd00::1]:80",
+                                    "[::ffff:192.168.1.1]:80", "8.8.8.8:53"])
+def test_targets_outside_the_tor_network_are_refused(target: str) -> None:
+    verdict = check_command(f"ADD_ONION ED25519-V3:{KEY} Port=80,{target}\r\n".encode(),
+                            GATEWAY)
+    assert not verdict.allowed
+    assert "outside the onion target networks (172.20.0.0/16, fd00:20::/64)" in verdict.reason
+
+
+def test_a_target_on_the_tor_network_is_accepted() -> None:
+    assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.7:8080")
+    assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,[::ffff:172.20.0.7]:8080")
+    # One bad port spoils the command.
+    assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.7:8080 Port=22,172.17.0.1:22")
+
+
+def test_without_allowed_networks_every_target_is_refused() -> None:
+    verdict = check_command(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.7:8080".encode())
+    assert not verdict.allowed and "none configured" in verdict.reason
+
+
+# /proc/net/route as a container on the `tor` network (172.20.0.0/16) and on another one
+# (172.21.0.0/16, with the default route) prints it on a little-endian machine.
+ROUTES = (
+    "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+    "eth1\t00000000\t010015AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    "eth0\t000014AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
+    "eth1\t000015AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
+    "eth9\t000016AC\t00000000\t0000\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
+    "garbage\n"
+)
+little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="sample is little-endian")
+
+
+@little_endian
+def test_connected_networks_reads_the_route_table() -> None:
+    assert connected_networks(ROUTES) == [ipaddress.ip_network("172.20.0.0/16"),
+                                          ipaddress.ip_network("172.21.0.0/16")]
+
+
+@little_endian
+def test_the_gateway_allows_only_the_network_it_listens_on() -> None:
+    policy = onion_target_policy("172.20.0.5", "", ROUTES, ["172.20.0.5", "172.21.0.3"])
+    assert policy.allowed_networks == (ipaddress.ip_network("172.20.0.0/16"),)
+    assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.7:8080", policy)
+    for refused in ("172.21.0.9:80", "172.21.0.1:80", "172.20.0.5:9050", "172.20.0.1:22",
+                    "172.17.0.1:22", "192.168.1.1:80", "[fd00::1]:80"):
+        assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,{refused}", policy), refused
+
+
+def test_the_setting_names_the_networks() -> None:
+    policy = onion_target_policy("0.0.0.0", " 10.9.0.0/24, fd00:20::/64,10.8.0.7 ", "",
+                                 ["10.9.0.2"])
+    assert [str(net) for net in policy.allowed_networks] == [
+        "10.9.0.0/24", "fd00:20::/64", "10.8.0.7/32"]
+    assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.8.0.7:80", policy)
+    assert allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,[fd00:20::9]:80", policy)
+    assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.9.0.2:80", policy)
+    assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.9.0.1:80", policy)
+    assert not allowed(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.8.0.8:80", policy)
+
+
+@pytest.mark.parametrize(("listen", "setting", "why"), [
+    ("0.0.0.0", "", "listens on every address"),
+    ("::", "", "listens on every address"),
+    ("10.99.0.5", "", "no attached network"),
+    ("fd00:20::5", "", "IPv6 address"),
+    ("0.0.0.0", "10.0.0.0/33", "NYTH_TOR_ONION_TARGET_NETWORKS"),
+    ("0.0.0.0", "tor", "NYTH_TOR_ONION_TARGET_NETWORKS"),
+])
+def test_the_gateway_refuses_to_guess(listen: str, setting: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        onion_target_policy(listen, setting, ROUTES, [])
 
 
 def test_line_length_is_bounded() -> None:
@@ -183,7 +269,7 @@ def test_line_length_is_bounded() -> None:
     verdict = check_command(long_line)
     assert not verdict.allowed and "too long" in verdict.reason
     assert len(f"ADD_ONION ED25519-V3:{KEY} Flags=MaxStreamsCloseCircuit MaxStreams=16 "
-               "Port=80,[fd00::7]:65535\r\n") < 200
+               "Port=80,[fd00:20::7]:65535\r\n") < 200
 
 
 @given(st.binary(max_size=MAX_COMMAND_LINE + 64))
@@ -220,7 +306,7 @@ def test_printable_add_onion_arguments_never_crash(args: str) -> None:
 
 
 def _publish(session: ControlFilterSession, onion: str = ONION) -> None:
-    to_tor, now = session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.1.2.3:80\r\n".encode())
+    to_tor, now = session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.1.3:80\r\n".encode())
     assert to_tor and not now
     assert session.from_tor(f"250-ServiceID={onion}\r\n".encode())
     assert session.from_tor(b"250 OK\r\n") == b"250 OK\r\n"
@@ -285,8 +371,8 @@ def test_service_ids_count_only_from_add_onion_replies() -> None:
 def test_onions_per_connection_are_bounded() -> None:
     session = ControlFilterSession(GATEWAY)
     for _ in range(MAX_ONIONS_PER_CONNECTION):
-        assert session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.0.0.1:80\n".encode())[0]
-    to_tor, _ = session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,10.0.0.1:80\n".encode())
+        assert session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.9:80\n".encode())[0]
+    to_tor, _ = session.from_client(f"ADD_ONION ED25519-V3:{KEY} Port=80,172.20.0.9:80\n".encode())
     assert to_tor == b""
 
 

@@ -15,7 +15,10 @@ tor on fixed ports (NYTH_TOR_SOCKS_PORT 9050, NYTH_TOR_CONTROL_PORT 9051, bound 
 NYTH_TOR_LISTEN_HOST, default 0.0.0.0: keep it on an internal network) with the password
 from NYTH_TOR_CONTROL_PASSWORD[_FILE]. The control port there is Nyth's control filter
 (nyth.tor.control_filter): tor's own control port listens only on 127.0.0.1 inside the
-container (NYTH_TOR_INTERNAL_CONTROL_PORT, 9151). NYTH_TOR_CONTROL_FILTER=0 exposes tor's
+container (NYTH_TOR_INTERNAL_CONTROL_PORT, 9151). Onions may point only into the network
+the gateway listens on (NYTH_TOR_LISTEN_HOST must then be one address, not 0.0.0.0) or
+into NYTH_TOR_ONION_TARGET_NETWORKS (comma-separated CIDRs) when set; the gateway refuses
+to start when it cannot tell. NYTH_TOR_CONTROL_FILTER=0 exposes tor's
 control port directly instead (debugging only: every client can then do anything).
 Without a private network it joins the real Tor network. It touches NYTH_TOR_READY_FILE
 (default /tmp/nyth-tor-ready) once bootstrapped (its healthcheck) and exits when tor (or
@@ -33,6 +36,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -215,7 +219,7 @@ class FilteredGateway(TorGateway):
         super().__init__(data_dir, control_password=control_password,
                          control_port=internal_control_port, host=host, **kwargs)
         self._filter_port = control_port
-        self._targets = targets
+        self.targets = targets
         self._filter: ControlFilterThread | None = None
 
     @property
@@ -237,7 +241,7 @@ class FilteredGateway(TorGateway):
     def start(self, timeout: float = 120) -> None:
         super().start(timeout)
         if self._filter is None or not self._filter.running:
-            proxy = ControlFilterProxy("127.0.0.1", self.control.port, targets=self._targets)
+            proxy = ControlFilterProxy("127.0.0.1", self.control.port, targets=self.targets)
             self._filter = ControlFilterThread(proxy, self.host, self._filter_port)
             try:
                 self._filter.start()
@@ -255,6 +259,73 @@ class FilteredGateway(TorGateway):
             self._filter.stop()
             self._filter = None
         super().stop()
+
+
+def connected_networks(route_table: str) -> list[ipaddress.IPv4Network]:
+    """IPv4 networks this machine is directly attached to, from /proc/net/route's text.
+
+    Destination and Mask are printed as 32-bit numbers in host byte order; a connected
+    route has no gateway and the up flag.
+    """
+    found = []
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            destination, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
+        except ValueError:
+            continue
+        if gateway != 0 or not flags & 0x1 or mask == 0:
+            continue
+        with contextlib.suppress(ValueError, struct.error):
+            address = ipaddress.IPv4Address(struct.pack("=I", destination))
+            netmask = ipaddress.IPv4Address(struct.pack("=I", mask))
+            found.append(ipaddress.IPv4Network(f"{address}/{netmask}"))
+    return found
+
+
+def onion_target_policy(listen: str, setting: str, route_table: str,
+                        own_addresses: list[str]) -> TargetPolicy:
+    """What the control filter lets onions point at.
+
+    `setting` (NYTH_TOR_ONION_TARGET_NETWORKS, comma-separated networks or addresses)
+    wins; otherwise the one network the gateway listens on (in the compose stack: the
+    internal `tor` network, where every service's onion target is). Its first address is
+    refused as well as the gateway's own: Docker gives it to the host's bridge.
+    Raises ConfigError when neither says which network is meant.
+    """
+    if setting.strip():
+        try:
+            networks = [ipaddress.ip_network(part.strip(), strict=False)
+                        for part in setting.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"NYTH_TOR_ONION_TARGET_NETWORKS: {exc}") from None
+    else:
+        address = ipaddress.ip_address(listen) if _is_ip(listen) else None
+        if address is None or address.is_unspecified:
+            raise ConfigError(
+                "the gateway listens on every address, so the control filter cannot tell "
+                "which network onions may point to: set NYTH_TOR_LISTEN_HOST to the "
+                "gateway's address on the internal network, or NYTH_TOR_ONION_TARGET_NETWORKS")
+        if address.version != 4:
+            # /proc/net/route is IPv4 only; an IPv6 network has to be named.
+            raise ConfigError(f"the gateway listens on the IPv6 address {listen}: set "
+                              "NYTH_TOR_ONION_TARGET_NETWORKS to the internal network")
+        networks = [net for net in connected_networks(route_table) if address in net]
+        if not networks:
+            raise ConfigError(f"no attached network holds the listen address {listen}: "
+                              "set NYTH_TOR_ONION_TARGET_NETWORKS")
+        networks = [min(networks, key=lambda net: net.num_addresses)]
+    bridges = [str(net.network_address + 1) for net in networks if net.num_addresses > 4]
+    return TargetPolicy.for_networks(networks, refused=[*own_addresses, *bridges])
+
+
+def _route_table() -> str:
+    try:
+        return Path("/proc/net/route").read_text()
+    except OSError:
+        return ""
 
 
 def gateway_addresses(listen: str) -> list[str]:
@@ -287,7 +358,9 @@ def make_gateway(
                           control_port=control_port, host=listen,
                           extra_torrc=extra_torrc or [], **kwargs)
     if targets is None:
-        targets = TargetPolicy.with_addresses(gateway_addresses(listen))
+        targets = onion_target_policy(
+            listen, os.environ.get("NYTH_TOR_ONION_TARGET_NETWORKS", ""), _route_table(),
+            gateway_addresses(listen))
     return FilteredGateway(data_dir, control_password=password, socks_port=socks_port,
                            control_port=control_port, internal_control_port=internal_control_port,
                            host=listen, targets=targets, extra_torrc=extra_torrc or [], **kwargs)
@@ -321,11 +394,18 @@ def run_gateway(args: argparse.Namespace) -> int:
     if listen not in ("0.0.0.0", "::", "") and not _is_ip(listen):
         listen = socket.gethostbyname(listen)
     filtered = os.environ.get("NYTH_TOR_CONTROL_FILTER", "1") != "0"
-    gateway = make_gateway(
-        data_dir, password=password, listen=listen, socks_port=args.socks_port,
-        control_port=args.control_port, internal_control_port=args.internal_control_port,
-        filtered=filtered, extra_torrc=client_lines,
-    )
+    try:
+        gateway = make_gateway(
+            data_dir, password=password, listen=listen, socks_port=args.socks_port,
+            control_port=args.control_port, internal_control_port=args.internal_control_port,
+            filtered=filtered, extra_torrc=client_lines,
+        )
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if isinstance(gateway, FilteredGateway):
+        log.info("onions may point only into %s", ", ".join(
+            str(net) for net in gateway.targets.allowed_networks))
     _LogFollower(data_dir / "tor.log").follow()
     try:
         log.info("starting tor (%s): socks %s:%d, control %s:%d (%s)", "private network"

@@ -22,8 +22,9 @@ Allowed (measured from stem 1.8 traces of a real publish and a NEWNYM):
   pass (below), so subscribing to them reveals nothing.
 - ADD_ONION ED25519-V3:<key> or NEW:ED25519-V3, Flags ⊆ {DiscardPK,
   MaxStreamsCloseCircuit}, MaxStreams=n, Port=virt,ip:port with an IP-literal target
-  that is not loopback/unspecified/link-local/multicast (tor's own SOCKS and control
-  ports live there inside the gateway container) nor one of the gateway's addresses.
+  inside the allowed networks (the internal `tor` network: TargetPolicy) and not
+  loopback/unspecified/link-local/multicast (tor's own SOCKS and control ports live
+  there inside the gateway container) nor one of the gateway's addresses.
   No Detach (an onion must die with its connection), no client auth, no NonAnonymous.
 - DEL_ONION <v3 service id>: the publisher removes its onion on the way out.
 - SIGNAL NEWNYM: forget_onion_failures after a failed onion lookup.
@@ -93,37 +94,58 @@ def _refuse(reason: str, keyword: str = "") -> Verdict:
     return Verdict(False, reason, keyword)
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class TargetPolicy:
-    """Which ADD_ONION targets are refused.
+    """Which ADD_ONION targets may be used: an allow-list, then refusals inside it.
 
+    `allowed_networks`: the only networks a target may be in (in the compose stack the
+    internal `tor` network). Anything else (the host, the LAN, the internet) would make
+    tor connect outside Tor on a client's say-so and tell whoever listens there the
+    gateway's real address; with no network allowed, every target is refused.
+    `refused_addresses`: addresses inside those networks that are still refused (the
+    gateway's own, where tor's SOCKS port listens; the host's bridge address).
     `refuse_local`: loopback, unspecified, link-local and multicast addresses (inside the
-    gateway container loopback is tor itself). `refused_addresses`: the gateway's own
-    addresses, where tor's SOCKS port listens.
+    gateway container loopback is tor itself).
     """
 
+    allowed_networks: tuple[Network, ...] = ()
+    refused_addresses: frozenset[Address] = frozenset()
     refuse_local: bool = True
-    refused_addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
 
     @classmethod
-    def with_addresses(cls, addresses: Iterable[str], *, refuse_local: bool = True) -> TargetPolicy:
+    def for_networks(cls, networks: Iterable[str | Network], *, refused: Iterable[str] = (),
+                     refuse_local: bool = True) -> TargetPolicy:
+        """Raises ValueError for a network that does not parse; host bits are allowed
+        (172.20.0.5/16 means 172.20.0.0/16), as `ip addr` prints them."""
+        allowed = tuple(n if isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                        else ipaddress.ip_network(n.strip(), strict=False) for n in networks)
         parsed = set()
-        for text in addresses:
+        for text in refused:
             with contextlib.suppress(ValueError):
                 parsed.add(ipaddress.ip_address(text.strip("[]")))
-        return cls(refuse_local, frozenset(parsed))
+        return cls(allowed, frozenset(parsed), refuse_local)
 
-    def check(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    def check(self, ip: Address) -> str | None:
         """Why `ip` may not be an onion target, or None."""
         candidates = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # The kernel connects a v4-mapped address over IPv4: judge that address.
             candidates.append(ip.ipv4_mapped)
         for item in candidates:
             if self.refuse_local and (item.is_loopback or item.is_unspecified
                                       or item.is_link_local or item.is_multicast):
                 return f"target {ip} is a local address"
             if item in self.refused_addresses:
-                return f"target {ip} is the gateway itself"
+                return f"target {ip} is the gateway itself or the host"
+        effective = candidates[-1]
+        if not any(effective.version == net.version and effective in net
+                   for net in self.allowed_networks):
+            allowed = ", ".join(str(net) for net in self.allowed_networks) or "none configured"
+            return f"target {ip} is outside the onion target networks ({allowed})"
         return None
 
 
