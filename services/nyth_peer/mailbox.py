@@ -271,7 +271,9 @@ class MailboxService:
         now = int(time.time())
         if row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published"):
             return
-        card = ContactCard(self.profile.identity.public_key, self._secret.public_key().encode(),
+        card = ContactCard(self.profile.identity.public_key,
+                           public_key_from_onion(self.mailbox_onion),
+                           self._secret.public_key().encode(),
                            self.profile.identity.x25519_public(), now, now + CARD_LIFETIME)
         data = card.sign(self.profile.identity)
         # _run pinned the mailbox's bundle before the first publish; it states the work.
@@ -434,7 +436,11 @@ class MailboxService:
                 except UntrustedResponseError as exc:
                     raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 try:
-                    card = ContactCard.verify(data, onion, int(time.time()))
+                    # The card must name the mailbox we ask: a contact id's mailbox key is
+                    # only checksummed, so a mailbox serving a copy of the real card is
+                    # refused here, before it gets (and can drop or time) the record.
+                    card = ContactCard.verify(data, onion, int(time.time()),
+                                              mailbox=mailbox_onion)
                 except (DecodeError, AuthenticationError) as exc:
                     raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 record = seal_record(self.profile.identity, card.onion_public_key,

@@ -284,6 +284,13 @@ def mailbox_server(profile: Profile, **routes: Any) -> HostileServer:
     return HostileServer(handlers)
 
 
+def card_of(owner: Identity, mailbox: Identity) -> bytes:
+    now = int(time.time())
+    return ContactCard(owner.public_key, mailbox.public_key,
+                       fmd.FmdSecretKey.generate().public_key().encode(), b"\x07" * 32, now,
+                       now + 3600).sign(owner)
+
+
 def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int | None = None,
                     ) -> tuple[MailboxService, Messenger]:
     events = EventBus()
@@ -461,8 +468,7 @@ async def test_an_oversized_card_of_a_contact_is_refused(profile: Profile) -> No
 
 async def test_a_wrong_size_card_of_a_contact_is_refused(profile: Profile) -> None:
     carol = Identity.generate()
-    card = ContactCard(carol.public_key, fmd.FmdSecretKey.generate().public_key().encode(),
-                       carol.x25519_public(), int(time.time()), int(time.time()) + 3600).sign(carol)
+    card = card_of(carol, MAILBOX)
 
     async def padded(request: Request, reply: Reply) -> None:
         await reply.json(200, {"card": b64(card + b"\0" * 30)})
@@ -473,3 +479,31 @@ async def test_a_wrong_size_card_of_a_contact_is_refused(profile: Profile) -> No
         with pytest.raises(MailboxError, match=r"the contact's card was refused: .* card: Value "
                                                r"error, is longer than the base64"):
             await service.send(carol.onion, MAILBOX.onion, envelope)
+
+
+@pytest.mark.parametrize("named", ["another mailbox", "this mailbox"])
+async def test_a_card_naming_another_mailbox_is_refused_by_the_sender(
+        profile: Profile, named: str) -> None:
+    """Carol's real card, served by a mailbox it does not name (someone circulated a
+    contact id with their own mailbox): nothing is sealed or posted there. The control
+    (the card names the mailbox that serves it) gets as far as posting the record."""
+    carol = Identity.generate()
+    card = card_of(carol, Identity.generate() if named == "another mailbox" else MAILBOX)
+
+    async def serve(request: Request, reply: Reply) -> None:
+        await reply.json(200, {"card": b64(card)})
+
+    async with mailbox_server(profile, **{carol.onion: serve}) as server:
+        service, _ = mailbox_service(profile, server)
+        envelope = Envelope(new_msg_id(), MessageKind.TEXT, 0, encode_text("hi"))
+        with pytest.raises(MailboxError) as caught:
+            await service.send(carol.onion, MAILBOX.onion, envelope)
+        posted = server.seen("POST", "/v1/records")
+    if named == "another mailbox":
+        assert "the contact's card was refused: contact card names another mailbox" \
+            in str(caught.value)
+        assert f"not {MAILBOX.onion}.onion" in str(caught.value)
+        assert posted == []
+    else:
+        assert "mailbox refused the record (404" in str(caught.value)
+        assert len(posted) == 1
