@@ -18,6 +18,7 @@ cannot be re-addressed to someone else), and deduplicates by message id as for P
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import nacl.exceptions
 import nacl.public
@@ -51,13 +52,21 @@ def seal_record(sender: Identity, recipient_public_key: bytes, recipient_x25519:
     return bytes(box.encrypt(inner))
 
 
-def open_record(recipient: Identity, ciphertext: bytes) -> tuple[bytes, Envelope]:
-    """(sender public key, envelope). AuthenticationError: not for us, or forged."""
-    private = nacl.public.PrivateKey(recipient.x25519_private())
-    try:
-        inner = nacl.public.SealedBox(private).decrypt(ciphertext)
-    except nacl.exceptions.CryptoError as exc:
-        raise AuthenticationError("record is not sealed for this profile") from exc
+def open_record(recipient_public_key: bytes, card_secrets: Sequence[bytes],
+                ciphertext: bytes) -> tuple[bytes, Envelope]:
+    """(sender public key, envelope), trying each of our card keys (current and retained).
+    AuthenticationError: not for us (under any of them), or forged."""
+    if isinstance(card_secrets, bytes):
+        raise TypeError("card_secrets is a sequence of keys, not one key")
+    inner = None
+    for secret in card_secrets:
+        try:
+            inner = nacl.public.SealedBox(nacl.public.PrivateKey(secret)).decrypt(ciphertext)
+            break
+        except nacl.exceptions.CryptoError:
+            continue
+    if inner is None:
+        raise AuthenticationError("record is not sealed for this profile")
     if len(inner) < _HEAD.size + SIGNATURE_SIZE:
         raise DecodeError("record too short")
     magic, sender_pk, length = _HEAD.unpack_from(inner)
@@ -67,7 +76,7 @@ def open_record(recipient: Identity, ciphertext: bytes) -> tuple[bytes, Envelope
     if end + SIGNATURE_SIZE > len(inner) or any(inner[end + SIGNATURE_SIZE:]):
         raise DecodeError("record length or padding is invalid")
     data = inner[_HEAD.size:end]
-    verify_signature(sender_pk, _DOMAIN + recipient.public_key + sender_pk + data,
+    verify_signature(sender_pk, _DOMAIN + recipient_public_key + sender_pk + data,
                      inner[end:end + SIGNATURE_SIZE])
     payload = decode_payload(data)
     if not isinstance(payload, Envelope):
