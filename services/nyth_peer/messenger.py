@@ -462,7 +462,8 @@ class Messenger:
             return self._handle(onion, envelope)
 
     def on_mailbox_record(self, onion: str, envelope: Envelope) -> bool:
-        """A message fetched from our mailbox, sealed and signed by onion."""
+        """A message fetched from our mailbox, sealed to our card and authenticated as
+        onion's (deniably: a MAC, not a signature)."""
         with self.store.transaction():
             return self._handle(onion, envelope, via_mailbox=True)
 
