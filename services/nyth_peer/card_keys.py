@@ -64,11 +64,14 @@ class CardKeys:
     def has(self, public: bytes) -> bool:
         return any(e["public"] == _b64(public) for e in self._entries())
 
-    def secrets(self, now: float) -> list[bytes]:
-        """The secrets that may still open a record, newest first; keys whose records can
-        no longer be on the mailbox are deleted first."""
+    def prune(self, now: float) -> list[dict[str, Any]]:
+        """Delete the keys whose records can no longer be on the mailbox; the rest."""
         entries = self._entries()
         keep = [e for e in entries if now < e["expires_at"] + e["retention"]]
         if len(keep) != len(entries):
             self._save(keep)
-        return [base64.b64decode(e["secret"]) for e in reversed(keep)]
+        return keep
+
+    def secrets(self, now: float) -> list[bytes]:
+        """The secrets that may still open a record, newest first (after pruning)."""
+        return [base64.b64decode(e["secret"]) for e in reversed(self.prune(now))]

@@ -199,6 +199,9 @@ class MailboxService:
                          public_key_from_onion(self.mailbox_onion)).encode()
 
     def start(self) -> None:
+        # Also when the mailbox is down or no longer configured: an expired card key must
+        # not outlive its records because no poll came to delete it.
+        self.card_keys.prune(time.time())
         if self.mailbox_onion is not None:
             self._tasks.append(asyncio.ensure_future(self._run()))
 

@@ -126,6 +126,19 @@ def test_bad_fields_are_refused(overrides: dict[str, Any]) -> None:
         make(**overrides)
 
 
+# Curve25519 points of order 1, 2, 4 and 8 (and a non-canonical alias of one).
+LOW_ORDER = ["0100000000000000000000000000000000000000000000000000000000000000",
+             "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+             "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+             "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_a_low_order_x25519_key_is_refused(point: str) -> None:
+    with pytest.raises(DecodeError, match="low-order"):
+        make(x25519_public_key=bytes.fromhex(point))
+
+
 @pytest.mark.parametrize("size", [0, 1, CARD_SIZE - 1, CARD_SIZE + 1])
 def test_wrong_sizes_are_refused(size: int) -> None:
     with pytest.raises(DecodeError):

@@ -22,6 +22,9 @@ import importlib
 import struct
 from dataclasses import dataclass
 
+import nacl.bindings
+import nacl.exceptions
+
 from nyth.errors import DecodeError
 from nyth.proto.identity import (
     PUBLIC_KEY_SIZE,
@@ -42,6 +45,7 @@ CARD_SIZE = _BODY.size + SIGNATURE_SIZE
 # A card dated this far ahead of the verifier's clock is refused (clock skew allowance).
 MAX_FUTURE_SKEW_SECONDS = 24 * 3600
 _U63 = 1 << 63
+_PROBE = bytes([9]) * 32  # any scalar: clamping clears the cofactor
 
 
 def _check_fmd_key(data: bytes) -> None:
@@ -72,6 +76,12 @@ class ContactCard:
             raise DecodeError("card X25519 key must be 32 bytes")
         if self.x25519_public_key == bytes(X25519_KEY_SIZE):
             raise DecodeError("card X25519 key is all zeros")
+        try:
+            # libsodium refuses a low-order point (all-zero result): a record could not be
+            # sealed to it, so the card is refused here, with that reason.
+            nacl.bindings.crypto_scalarmult(_PROBE, self.x25519_public_key)
+        except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError):
+            raise DecodeError("card X25519 key is a low-order point") from None
         if not 0 <= self.issued_at < _U63 or not 0 <= self.expires_at < _U63:
             raise DecodeError("card time out of range")
         if self.expires_at <= self.issued_at:
