@@ -274,8 +274,10 @@ class MailboxService:
         assert self.mailbox_onion is not None
         row = self.store.get("mailbox", "card")
         now = int(time.time())
-        # A card from before random card keys (no "x25519" in its row) is replaced at once.
+        # A card from before random card keys (no "x25519" in its row), or published on
+        # another mailbox than the configured one (cards name their mailbox), is replaced.
         if (row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published")
+                and row.get("mailbox") == self.mailbox_onion
                 and self.card_keys.has(base64.b64decode(row.get("x25519") or ""))):
             return
         # _run pinned the mailbox's bundle before the first publish; it states the work,
@@ -299,7 +301,8 @@ class MailboxService:
             raise MailboxError(f"mailbox refused our card ({_status(answer)})")
         self.card_keys.published(x25519_public)
         self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True,
-                                           "x25519": base64.b64encode(x25519_public).decode()})
+                                           "x25519": base64.b64encode(x25519_public).decode(),
+                                           "mailbox": self.mailbox_onion})
 
     async def _run(self) -> None:
         failures = 0

@@ -526,6 +526,7 @@ async def test_each_card_gets_a_new_random_x25519_key(profile: Profile, tmp_path
         await service.stop()
     cards = [ContactCard.decode_unverified(base64.b64decode(r.json()["card"]))[0]
              for r in server.seen(*put)[:2]]
+    assert all(c.mailbox_public_key == MAILBOX.public_key for c in cards)
     keys = [c.x25519_public_key for c in cards]
     assert keys[0] != keys[1]
     assert profile.identity.x25519_public() not in keys   # not the gateway's key any more
@@ -569,3 +570,22 @@ async def test_an_expired_card_key_is_deleted_and_its_records_no_longer_open(
     assert keys["expired"] not in remaining and keys["retained"] in remaining
     stored = json.dumps(profile.store.get("mailbox", "card_keys"))
     assert b64(keys["expired"]) not in stored and b64(keys["retained"]) in stored
+
+
+async def test_a_card_is_republished_when_the_mailbox_changes(profile: Profile) -> None:
+    """The card names its mailbox: one still valid but published on another mailbox (the
+    profile moved) is not taken for this one's."""
+    profile.store.put("mailbox", "card", {"expires_at": int(time.time()) + 5 * 86400,
+                                          "published": True, "mailbox": BOB.onion})
+    async with mailbox_server(profile, records=page_of([], "0")) as server:
+        service, _ = mailbox_service(profile, server)
+        row = profile.store.get("mailbox", "card")
+        assert row is not None
+        key = service.card_keys.for_new_card(row["expires_at"], 3600)
+        service.card_keys.published(key)
+        profile.store.put("mailbox", "card", {**row, "x25519": b64(key)})
+        service.start()
+        await until(lambda: server.seen("PUT", f"/v1/cards/{profile.identity.onion}"),
+                    "the card to be published on the new mailbox")
+        await service.stop()
+    assert (profile.store.get("mailbox", "card") or {})["mailbox"] == MAILBOX.onion

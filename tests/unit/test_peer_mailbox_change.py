@@ -67,6 +67,8 @@ def test_api_shows_the_proposal_and_switches_only_on_confirmation(api: TestClien
     first = api.post("/v1/contacts", json={"contact_id": contact_id(REAL), "text": "hi"})
     assert first.status_code == 201 and first.json()["mailbox"] == REAL.onion
     assert first.json()["mailbox_change"] is None
+    # Fields the view does not name pass through.
+    assert first.json()["request_text"] == "hi" and "connection" in first.json()
 
     again = api.post("/v1/contacts", json={"contact_id": contact_id(EVIL)})
     assert again.status_code == 201
