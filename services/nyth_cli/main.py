@@ -151,6 +151,16 @@ def contact_add(address: str, text: str = typer.Option("", help="a note with the
     result = call("POST", "/v1/contacts", {key: address, "text": text})
     request = result.get("request") or {}
     console.print(f"{result['onion']}: {result['status']} {_state_text(request) if request else ''}")
+    _warn_mailbox_change(result)
+
+
+def _warn_mailbox_change(contact: dict[str, Any]) -> None:
+    change = contact.get("mailbox_change")
+    if change:
+        console.print(f"[yellow]{contact['onion']}: a contact id names mailbox {t(change['to'])}"
+                      f".onion, but {t(change['from'])}.onion is stored and stays in use. Only "
+                      f"switch if the contact told you they moved: nyth contact mailbox-confirm "
+                      f"{contact['onion']} {t(change['to'])}[/yellow]", soft_wrap=True)
 
 
 @contact_app.command("list")
@@ -165,6 +175,39 @@ def contact_list() -> None:
         table.add_row(c["onion"], t(c.get("name") or ""), t(c["status"]),
                       f"{t(conn['state'])} {t(conn.get('reason') or '')}")
     console.print(table)
+    for c in result:
+        _warn_mailbox_change(c)
+
+
+@contact_app.command("mailbox-confirm")
+def contact_mailbox_confirm(
+        onion: str, mailbox: str,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
+    """Answer a proposed mailbox change of a contact: name the proposed mailbox to use it
+    from now on, or the current one to keep it (dismissing the proposal)."""
+    try:
+        wanted, contact_onion = normalize_onion(mailbox), normalize_onion(onion)
+    except DecodeError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    contact = call("GET", f"/v1/contacts/{contact_onion}")
+    change = contact.get("mailbox_change")
+    if not change:
+        console.print(f"no mailbox change is waiting for {contact_onion}.onion")
+        raise typer.Exit(1)
+    switching = wanted == change["to"]
+    if switching:
+        console.print(f"offline messages to {contact_onion}.onion will go to {t(change['to'])}"
+                      f".onion instead of {t(change['from'])}.onion. Whoever runs a mailbox "
+                      "receives, can drop and sees the timing of what is sent through it.")
+        if not yes and not typer.confirm("Switch this contact's mailbox?"):
+            console.print("nothing changed")
+            raise typer.Exit(1)
+    result = call("POST", f"/v1/contacts/{contact_onion}/mailbox/confirm", {"mailbox": wanted})
+    if _state["json"]:
+        show(result)
+        return
+    console.print(f"{contact_onion}.onion: mailbox {t(result.get('mailbox'))}.onion"
+                  + ("" if switching else " kept; the proposal is dismissed"))
 
 
 @contact_app.command("accept")

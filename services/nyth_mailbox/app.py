@@ -362,7 +362,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         data = _b64decode(body.card, "card")
         now = int(time.time())
         try:
-            card = ContactCard.verify(data, onion, now)
+            # A card naming another mailbox would be refused by every sender anyway.
+            card = ContactCard.verify(data, onion, now, mailbox=state.identity.onion)
         except (DecodeError, AuthenticationError) as exc:
             return error_json(422, f"card refused: {exc}")
         if card.expires_at - now > settings.max_card_lifetime_seconds:
@@ -394,9 +395,11 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         card = None
         if data is not None:
             try:
-                card = ContactCard.verify(data, onion, int(time.time()))
+                card = ContactCard.verify(data, onion, int(time.time()),
+                                          mailbox=state.identity.onion)
             except (DecodeError, AuthenticationError):
-                card = None  # expired between Redis' expiry ticks
+                card = None  # expired between Redis' expiry ticks, or a v1 card stored
+                # before an upgrade
         if data is None or card is None:
             return error_json(404, "no card for this onion")
         return JSONResponse(CardResponse(card=_b64(data), issued_at=card.issued_at,

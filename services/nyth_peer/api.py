@@ -18,7 +18,7 @@ from nyth.proto.contact_id import ContactId
 from nyth.proto.identity import normalize_onion, public_key_from_onion
 from nyth.proto.p2p import MAX_TEXT_CHARS
 from nyth.web import error_responses, install_common
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from nyth_peer.engine import Engine
@@ -50,6 +50,30 @@ class ContactAdd(BaseModel):
         description="the contact identifier they shared (nyth1…): onion + mailbox, so a "
                     "request reaches them even while they are offline")
     text: str = Field("", max_length=MAX_TEXT_CHARS, description="a note sent with the request")
+
+
+class MailboxConfirm(BaseModel):
+    mailbox: str = Field(min_length=56, max_length=80, description=(
+        "the mailbox onion to use from now on: `mailbox_change.to` switches to the proposed "
+        "mailbox, `mailbox_change.from` keeps the current one and dismisses the proposal"))
+
+
+class MailboxChange(BaseModel):
+    from_: str = Field(alias="from", description="the mailbox onion in use (kept until you confirm)")
+    to: str = Field(description="the mailbox onion a contact id named for this contact")
+    since: float = Field(description="when the change was proposed (Unix seconds)")
+
+
+class ContactView(BaseModel):
+    """A contact. Other fields (request state, connection...) are passed through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    onion: str
+    status: str
+    mailbox: str | None = Field(None, description="the mailbox onion offline messages go to")
+    mailbox_change: MailboxChange | None = Field(
+        None, description="a different mailbox proposed by a contact id, not in use until "
+                          "you confirm it (POST /v1/contacts/{onion}/mailbox/confirm)")
 
 
 class TextIn(BaseModel):
@@ -219,12 +243,16 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
             raise HTTPException(502, f"{exc}; nothing was re-pinned") from exc
 
     # -- contacts and messages -------------------------------------------------------------
-    @v1.get("/contacts", responses=error_responses(423))
+    @v1.get("/contacts", response_model=list[ContactView], response_model_by_alias=True,
+            responses=error_responses(423))
     async def contacts() -> list[dict[str, Any]]:
         return _messenger().contacts()
 
-    @v1.post("/contacts", status_code=201, responses=error_responses(400, 423))
+    @v1.post("/contacts", status_code=201, response_model=ContactView,
+             response_model_by_alias=True, responses=error_responses(400, 423))
     async def add_contact(body: ContactAdd) -> dict[str, Any]:
+        """Add a contact (a contact request). Adding a known contact by a contact id that
+        names another mailbox than the stored one changes nothing but `mailbox_change`."""
         if (body.onion is None) == (body.contact_id is None):
             raise HTTPException(422, "give exactly one of onion and contact_id")
         if body.contact_id is not None:
@@ -236,9 +264,23 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
         onion = _onion(body.onion or "")
         return _contact_call(lambda m: m.add_contact(onion, body.text))
 
-    @v1.get("/contacts/{onion}", responses=error_responses(404, 423))
+    @v1.get("/contacts/{onion}", response_model=ContactView, response_model_by_alias=True,
+            responses=error_responses(404, 423))
     async def contact(onion: Onion) -> dict[str, Any]:
         return _contact_call(lambda m: m.contact(_onion(onion)), missing=404)
+
+    @v1.post("/contacts/{onion}/mailbox/confirm", response_model=ContactView,
+             response_model_by_alias=True, responses=error_responses(404, 409, 423))
+    async def confirm_mailbox(onion: Onion, body: MailboxConfirm) -> dict[str, Any]:
+        """Answer a proposed mailbox change (`mailbox_change` on the contact): name the
+        proposed mailbox to use it from now on, or the current one to keep it. Until then
+        offline messages keep going to the current mailbox. 409 if no change is waiting or
+        the mailbox named is neither; 404 for an unknown contact."""
+        contact_onion, mailbox = _onion(onion), _onion(body.mailbox)
+        messenger = _messenger()
+        if not messenger.store.has("contacts", contact_onion):
+            raise HTTPException(404, f"no contact {contact_onion}.onion")
+        return _contact_call(lambda m: m.confirm_mailbox(contact_onion, mailbox), missing=409)
 
     @v1.post("/contacts/{onion}/accept", responses=error_responses(409, 423))
     async def accept(onion: Onion) -> dict[str, Any]:

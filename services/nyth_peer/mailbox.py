@@ -51,6 +51,7 @@ from nyth.proto.p2p import Envelope
 from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
+from nyth_peer.card_keys import CardKeys
 from nyth_peer.events import EventBus
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
@@ -188,6 +189,7 @@ class MailboxService:
                                       "reason": None}
         self._tasks: list[asyncio.Task[None]] = []
         self._secret = self._fmd_secret()
+        self.card_keys = CardKeys(self.store)
         self.pins = Pins(self.store)
         self._wake = asyncio.Event()
 
@@ -207,6 +209,9 @@ class MailboxService:
                          public_key_from_onion(self.mailbox_onion)).encode()
 
     def start(self) -> None:
+        # Also when the mailbox is down or no longer configured: an expired card key must
+        # not outlive its records because no poll came to delete it.
+        self.card_keys.prune(time.time())
         if self.mailbox_onion is not None:
             self._tasks.append(asyncio.ensure_future(self._run()))
 
@@ -279,13 +284,21 @@ class MailboxService:
         assert self.mailbox_onion is not None
         row = self.store.get("mailbox", "card")
         now = int(time.time())
-        if row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published"):
+        # A card from before random card keys (no "x25519" in its row), or published on
+        # another mailbox than the configured one (cards name their mailbox), is replaced.
+        if (row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published")
+                and row.get("mailbox") == self.mailbox_onion
+                and self.card_keys.has(base64.b64decode(row.get("x25519") or ""))):
             return
-        card = ContactCard(self.profile.identity.public_key, self._secret.public_key().encode(),
-                           self.profile.identity.x25519_public(), now, now + CARD_LIFETIME)
-        data = card.sign(self.profile.identity)
-        # _run pinned the mailbox's bundle before the first publish; it states the work.
+        # _run pinned the mailbox's bundle before the first publish; it states the work,
+        # and how long records sealed to this card's key may stay on the mailbox.
         bundle = self._pinned(self.mailbox_onion)
+        x25519_public = self.card_keys.for_new_card(now + CARD_LIFETIME, bundle.max_age_seconds)
+        card = ContactCard(self.profile.identity.public_key,
+                           public_key_from_onion(self.mailbox_onion),
+                           self._secret.public_key().encode(), x25519_public, now,
+                           now + CARD_LIFETIME)
+        data = card.sign(self.profile.identity)
         self._step(f"solving the card's proof of work ({bundle.pow_bits} bits)")
         nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
                                         bundle.pow_bits)
@@ -296,7 +309,10 @@ class MailboxService:
             max_bytes=CARD_ANSWER_BYTES, what="answer to our card")
         if answer.status_code not in (200, 201, 204):
             raise MailboxError(f"mailbox refused our card ({_status(answer)})")
-        self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True})
+        self.card_keys.published(x25519_public)
+        self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True,
+                                           "x25519": base64.b64encode(x25519_public).decode(),
+                                           "mailbox": self.mailbox_onion})
 
     async def _run(self) -> None:
         failures = 0
@@ -347,6 +363,8 @@ class MailboxService:
         limit = page_limit(bundle.record_size)
         cursor_row = _counters(self.store.get("mailbox", "cursor"))
         full_key = self._secret.extract(fmd.GAMMA)
+        # Also deletes the card keys whose records can no longer be on the mailbox.
+        card_secrets = self.card_keys.secrets(time.time())
         while True:
             after = cursor_row["cursor"]
             page = await self._fetch_page(http, bundle, after, limit)
@@ -370,7 +388,8 @@ class MailboxService:
                 try:
                     if not fmd.test(full_key, item.tag):
                         continue
-                    sender_pk, envelope = open_record(self.profile.identity, item.ciphertext)
+                    sender_pk, envelope = open_record(self.profile.identity.public_key,
+                                                      card_secrets, item.ciphertext)
                 except NythError:
                     continue
                 cursor_row["ours"] += 1
@@ -444,7 +463,11 @@ class MailboxService:
                 except UntrustedResponseError as exc:
                     raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 try:
-                    card = ContactCard.verify(data, onion, int(time.time()))
+                    # The card must name the mailbox we ask: a contact id's mailbox key is
+                    # only checksummed, so a mailbox serving a copy of the real card is
+                    # refused here, before it gets (and can drop or time) the record.
+                    card = ContactCard.verify(data, onion, int(time.time()),
+                                              mailbox=mailbox_onion)
                 except (DecodeError, AuthenticationError) as exc:
                     raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 record = seal_record(self.profile.identity, card.onion_public_key,

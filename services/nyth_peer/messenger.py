@@ -123,9 +123,8 @@ class Messenger:
         if onion == self.profile.identity.onion:
             raise ContactError("that is your own address")
         existing = self.store.get("contacts", onion)
-        if existing is not None and mailbox and existing.get("mailbox") != mailbox:
-            existing["mailbox"] = mailbox
-            self._set_contact(existing)
+        if existing is not None and mailbox:
+            self._propose_mailbox(existing, mailbox)
         if existing is not None and existing["status"] in (ACCEPTED, PENDING_OUTBOUND):
             return self._contact_view(existing)
         request = ContactRequest(self.profile.name, text)
@@ -141,6 +140,47 @@ class Messenger:
             self._set_contact(row)
             self._enqueue(onion, MessageKind.CONTACT_REQUEST, request.encode())
         return self._contact_view(row)
+
+    def _propose_mailbox(self, contact: dict[str, Any], mailbox: str) -> None:
+        """A contact id naming a mailbox for a known contact. The first one is taken as
+        given (as when adding someone new); a different one only becomes a proposal the
+        user must confirm, and the stored one stays in use meanwhile: a contact id's
+        mailbox is protected by a checksum only, so whoever hands out "Bob's id" with
+        their own mailbox must not silently receive Bob's offline traffic."""
+        current = contact.get("mailbox")
+        if not current:
+            contact["mailbox"] = mailbox
+            contact.pop("mailbox_change", None)
+        elif mailbox == current:
+            return
+        else:
+            change = contact.get("mailbox_change")
+            if change is not None and change.get("to") == mailbox:
+                return
+            contact["mailbox_change"] = {"from": current, "to": mailbox, "since": time.time()}
+            log.warning("a contact id names another mailbox for a known contact; the stored "
+                        "one stays in use until the user confirms the change")
+        self._set_contact(contact)
+
+    def confirm_mailbox(self, onion: str, mailbox: str) -> dict[str, Any]:
+        """The user's answer to a proposed mailbox change: naming the proposed mailbox
+        switches to it, naming the current one dismisses the proposal."""
+        contact = self.store.get("contacts", onion)
+        if contact is None:
+            raise ContactError(f"no contact {onion}.onion")
+        change = contact.get("mailbox_change")
+        if change is None:
+            raise ContactError("no mailbox change is waiting for confirmation for this contact")
+        if mailbox not in (change["to"], change["from"]):
+            raise ContactError(f"the proposed change is from {change['from']}.onion to "
+                               f"{change['to']}.onion; name one of those")
+        contact["mailbox"] = mailbox
+        del contact["mailbox_change"]
+        self._set_contact(contact)
+        if mailbox == change["to"]:
+            # What waited for the old mailbox may go to the new one now.
+            self.resume_mailbox(mailbox)
+        return self._contact_view(contact)
 
     def answer_request(self, onion: str, accept: bool) -> dict[str, Any]:
         row = self.store.get("contacts", onion)
@@ -422,7 +462,8 @@ class Messenger:
             return self._handle(onion, envelope)
 
     def on_mailbox_record(self, onion: str, envelope: Envelope) -> bool:
-        """A message fetched from our mailbox, sealed and signed by onion."""
+        """A message fetched from our mailbox, sealed to our card and authenticated as
+        onion's (deniably: a MAC, not a signature)."""
         with self.store.transaction():
             return self._handle(onion, envelope, via_mailbox=True)
 

@@ -66,6 +66,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a message the API reported as queued must survive a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
+        # Deleted rows are overwritten, not left in free pages: an expired contact-card
+        # key (forward secrecy of offline records) must be gone, not just unlinked.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
         self._migrate()
         for suffix in ("-wal", "-shm"):   # left by an older version with a laxer mode

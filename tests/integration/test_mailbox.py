@@ -113,10 +113,13 @@ def random_tag() -> bytes:
     return bytes(fmd.flag(fmd.FmdSecretKey.generate().public_key()))
 
 
-def card_for(identity: Identity, issued: int | None = None, lifetime: int = 86400) -> bytes:
+def card_for(mb: Mailbox, identity: Identity, issued: int | None = None, lifetime: int = 86400,
+             mailbox: bytes | None = None) -> bytes:
+    """identity's card naming mb (or the mailbox key given)."""
     issued = int(time.time()) - 5 if issued is None else issued
     fmd_key = bytes(fmd.FmdSecretKey.generate().public_key().encode())
-    return ContactCard(identity.public_key, fmd_key, identity.x25519_public(), issued,
+    mailbox = mb.bundle.onion_public_key if mailbox is None else mailbox
+    return ContactCard(identity.public_key, mailbox, fmd_key, os.urandom(32), issued,
                        issued + lifetime).sign(identity)
 
 
@@ -144,7 +147,7 @@ def test_post_download_replay_and_what_redis_holds(launch: Launch, redis_url: st
     plaintext = f"hello bob, this is {alice.onion}".encode()
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(bob.x25519_public())).encrypt(plaintext)
     ciphertext = sealed + os.urandom(SIZE - len(sealed))  # padded to the record size
-    assert mb.put_card(bob.onion, card_for(bob)).status_code == 200
+    assert mb.put_card(bob.onion, card_for(mb, bob)).status_code == 200
 
     posted = [(random_tag(), ciphertext)] + [(random_tag(), os.urandom(SIZE)) for _ in range(11)]
     ids = []
@@ -201,7 +204,7 @@ def test_pow_and_sizes_are_enforced(launch: Launch) -> None:
 
     # Publishing a card costs the same work, under its own hash domain.
     bob = Identity.generate()
-    card = card_for(bob)
+    card = card_for(mb, bob)
     key = mb.bundle.onion_public_key
     unworked = next(n for n in range(1000) if not card_pow_ok(key, card, n, 12))
     response = mb.put_card(bob.onion, card, nonce=unworked)
@@ -251,38 +254,43 @@ def test_cards_verify_expire_and_newest_wins(launch: Launch) -> None:
     now = int(time.time())
     assert mb.http.get(f"/v1/cards/{bob.onion}").status_code == 404
 
-    first = card_for(bob, issued=now - 100)
+    first = card_for(mb, bob, issued=now - 100)
     response = mb.put_card(bob.onion, first)
     assert response.status_code == 200, response.text
     got = mb.http.get(f"/v1/cards/{bob.onion}").json()
     assert base64.b64decode(got["card"]) == first
-    assert ContactCard.verify(first, bob.onion, now).issued_at == got["issued_at"]
+    assert ContactCard.verify(first, bob.onion, now, mailbox=mb.onion).issued_at \
+        == got["issued_at"]
     assert mb.put_card(bob.onion, first).status_code == 200  # idempotent
 
-    forged = bytearray(card_for(bob))
+    forged = bytearray(card_for(mb, bob))
     forged[-1] ^= 1
     assert mb.put_card(bob.onion, bytes(forged)).status_code == 422
-    expired = card_for(bob, issued=now - 1000, lifetime=500)
+    expired = card_for(mb, bob, issued=now - 1000, lifetime=500)
     assert "expired" in mb.put_card(bob.onion, expired).json()["error"]
-    wrong_onion = mb.put_card(bob.onion, card_for(mallory))
+    wrong_onion = mb.put_card(bob.onion, card_for(mb, mallory))
     assert wrong_onion.status_code == 422 and "different onion" in wrong_onion.json()["error"]
-    too_long = mb.put_card(bob.onion, card_for(bob, lifetime=20 * 86400))
+    # Bob's genuine card, but naming another mailbox: no sender would accept it from here.
+    elsewhere = mb.put_card(bob.onion, card_for(mb, bob, mailbox=mallory.public_key))
+    assert elsewhere.status_code == 422
+    assert "names another mailbox" in elsewhere.json()["error"]
+    too_long = mb.put_card(bob.onion, card_for(mb, bob, lifetime=20 * 86400))
     assert too_long.status_code == 422
 
-    older = card_for(bob, issued=now - 200)
+    older = card_for(mb, bob, issued=now - 200)
     assert mb.put_card(bob.onion, older).status_code == 409
-    newer = card_for(bob, issued=now - 10)
+    newer = card_for(mb, bob, issued=now - 10)
     assert mb.put_card(bob.onion, newer).status_code == 200
     assert base64.b64decode(mb.http.get(f"/v1/cards/{bob.onion}").json()["card"]) == newer
-    assert mb.put_card(bob.onion, card_for(bob, issued=now - 10)).status_code == 409
+    assert mb.put_card(bob.onion, card_for(mb, bob, issued=now - 10)).status_code == 409
 
     for _ in range(2):
         other = Identity.generate()
-        assert mb.put_card(other.onion, card_for(other)).status_code == 200
+        assert mb.put_card(other.onion, card_for(mb, other)).status_code == 200
     full = Identity.generate()
-    assert mb.put_card(full.onion, card_for(full)).status_code == 429
+    assert mb.put_card(full.onion, card_for(mb, full)).status_code == 429
     # Renewing a card already held still works when full.
-    assert mb.put_card(bob.onion, card_for(bob, issued=now)).status_code == 200
+    assert mb.put_card(bob.onion, card_for(mb, bob, issued=now)).status_code == 200
 
     bad = mb.http.get("/v1/cards/" + "a" * 56)
     assert bad.status_code == 422 and set(bad.json()) == {"error"}

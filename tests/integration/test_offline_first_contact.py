@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import threading
 import time
 
@@ -93,10 +94,12 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
 
 class HostileMailbox:
     """A mailbox that lies: its own onion and correctly signed bundle, but it serves
-    whatever card it is given. Real HTTP behind a real onion on the private network."""
+    whatever card it is given (`card`, set before use). Real HTTP behind a real onion on
+    the private network."""
 
-    def __init__(self, gateway, card: bytes) -> None:
+    def __init__(self, gateway) -> None:
         self.identity = Identity.generate()
+        self.card = b""
         bundle = MailboxBundle(self.identity.public_key, TAG_SIZE, RECOMMENDED_RECORD_SIZE,
                                1000, 3600, 0, int(time.time())).sign(self.identity)
         app = FastAPI()
@@ -109,7 +112,7 @@ class HostileMailbox:
         @app.get("/v1/cards/{onion}")
         def get_card(onion: str) -> dict:
             self.card_requests += 1
-            return {"card": base64.b64encode(card).decode(), "issued_at": 0, "expires_at": 0}
+            return {"card": base64.b64encode(self.card).decode(), "issued_at": 0, "expires_at": 0}
 
         port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -130,21 +133,26 @@ class HostileMailbox:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-@pytest.mark.parametrize("defect", ["forged", "expired", "wrong onion"])
+@pytest.mark.parametrize("defect", ["forged", "expired", "wrong onion", "another mailbox"])
 def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(devnet, defect):
     carol, mallory = Identity.generate(), Identity.generate()
     now = int(time.time())
     fmd_key = FmdSecretKey.generate().public_key().encode()
+    hostile = HostileMailbox(devnet.gateway)
+    here, x_key = hostile.identity.public_key, os.urandom(32)
     if defect == "forged":   # carol's onion, mallory's keys and signature
-        card = ContactCard(carol.public_key, fmd_key, mallory.x25519_public(), now, now + 3600)
+        card = ContactCard(carol.public_key, here, fmd_key, x_key, now, now + 3600)
         data = card._body() + mallory.sign(card._body())
     elif defect == "expired":  # carol's own signature, expired an hour ago
-        data = ContactCard(carol.public_key, fmd_key, carol.x25519_public(),
+        data = ContactCard(carol.public_key, here, fmd_key, x_key,
                            now - 7200, now - 3600).sign(carol)
-    else:                    # a valid card, but mallory's
-        data = ContactCard(mallory.public_key, fmd_key, mallory.x25519_public(),
+    elif defect == "wrong onion":  # a valid card, but mallory's
+        data = ContactCard(mallory.public_key, here, fmd_key, x_key,
                            now, now + 3600).sign(mallory)
-    hostile = HostileMailbox(devnet.gateway, data)
+    else:  # carol's genuine card, naming her real mailbox: a copy served by another one
+        data = ContactCard(carol.public_key, Identity.generate().public_key, fmd_key, x_key,
+                           now, now + 3600).sign(carol)
+    hostile.card = data
     try:
         alice = devnet.add_peer("alice", **FAST)
         alice.wait_online()
@@ -167,11 +175,12 @@ def test_forged_card_is_refused_by_the_mailbox_and_the_sender_says_why(devnet):
     mailbox.wait_online()
     alice = devnet.add_peer("alice", NYTH_MAILBOX=mailbox.onion, **FAST)
     alice.wait_online()
-    # carol never runs a peer: we publish her card by hand, signed by someone else.
-    carol, mallory = Identity.generate(), Identity.generate()
+    # carol never runs a peer: we publish her card by hand, with a broken signature.
+    carol = Identity.generate()
     now = int(time.time())
-    card = ContactCard(carol.public_key, FmdSecretKey.generate().public_key().encode(),
-                       mallory.x25519_public(), now, now + 3600)
+    card = ContactCard(carol.public_key, public_key_from_onion(mailbox.onion),
+                       FmdSecretKey.generate().public_key().encode(), os.urandom(32), now,
+                       now + 3600)
     body = bytearray(card.sign(carol))
     body[-1] ^= 1  # broken signature: the mailbox itself refuses to store it
     response = httpx.put(f"{mailbox.url}/v1/cards/{carol.onion}",

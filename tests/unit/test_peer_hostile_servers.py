@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
 import pytest
 from nyth.proto import fmd
 from nyth.proto.bundle import ServerBundle
@@ -284,6 +285,13 @@ def mailbox_server(profile: Profile, **routes: Any) -> HostileServer:
     return HostileServer(handlers)
 
 
+def card_of(owner: Identity, mailbox: Identity) -> bytes:
+    now = int(time.time())
+    return ContactCard(owner.public_key, mailbox.public_key,
+                       fmd.FmdSecretKey.generate().public_key().encode(), b"\x07" * 32, now,
+                       now + 3600).sign(owner)
+
+
 def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int | None = None,
                     ) -> tuple[MailboxService, Messenger]:
     events = EventBus()
@@ -311,8 +319,10 @@ def page_of(records: list[dict[str, str]], next_: str, **extra: Any) -> Callable
 
 def sealed_to(profile: Profile, service: MailboxService, sender: Identity,
               envelope: Envelope) -> dict[str, str]:
-    ciphertext = seal_record(sender, profile.identity.public_key, profile.identity.x25519_public(),
-                             envelope, RECOMMENDED_RECORD_SIZE)
+    # The key of the card the service is about to publish (created now if need be).
+    card_key = service.card_keys.for_new_card(int(time.time()) + 3600, 3600)
+    ciphertext = seal_record(sender, profile.identity.public_key, card_key, envelope,
+                             RECOMMENDED_RECORD_SIZE)
     return {"tag": b64(fmd.flag(service._secret.public_key())), "ciphertext": b64(ciphertext)}
 
 
@@ -461,8 +471,7 @@ async def test_an_oversized_card_of_a_contact_is_refused(profile: Profile) -> No
 
 async def test_a_wrong_size_card_of_a_contact_is_refused(profile: Profile) -> None:
     carol = Identity.generate()
-    card = ContactCard(carol.public_key, fmd.FmdSecretKey.generate().public_key().encode(),
-                       carol.x25519_public(), int(time.time()), int(time.time()) + 3600).sign(carol)
+    card = card_of(carol, MAILBOX)
 
     async def padded(request: Request, reply: Reply) -> None:
         await reply.json(200, {"card": b64(card + b"\0" * 30)})
@@ -473,3 +482,110 @@ async def test_a_wrong_size_card_of_a_contact_is_refused(profile: Profile) -> No
         with pytest.raises(MailboxError, match=r"the contact's card was refused: .* card: Value "
                                                r"error, is longer than the base64"):
             await service.send(carol.onion, MAILBOX.onion, envelope)
+
+
+@pytest.mark.parametrize("named", ["another mailbox", "this mailbox"])
+async def test_a_card_naming_another_mailbox_is_refused_by_the_sender(
+        profile: Profile, named: str) -> None:
+    """Carol's real card, served by a mailbox it does not name (someone circulated a
+    contact id with their own mailbox): nothing is sealed or posted there. The control
+    (the card names the mailbox that serves it) gets as far as posting the record."""
+    carol = Identity.generate()
+    card = card_of(carol, Identity.generate() if named == "another mailbox" else MAILBOX)
+
+    async def serve(request: Request, reply: Reply) -> None:
+        await reply.json(200, {"card": b64(card)})
+
+    async with mailbox_server(profile, **{carol.onion: serve}) as server:
+        service, _ = mailbox_service(profile, server)
+        envelope = Envelope(new_msg_id(), MessageKind.TEXT, 0, encode_text("hi"))
+        with pytest.raises(MailboxError) as caught:
+            await service.send(carol.onion, MAILBOX.onion, envelope)
+        posted = server.seen("POST", "/v1/records")
+    if named == "another mailbox":
+        assert "the contact's card was refused: contact card names another mailbox" \
+            in str(caught.value)
+        assert f"not {MAILBOX.onion}.onion" in str(caught.value)
+        assert posted == []
+    else:
+        assert "mailbox refused the record (404" in str(caught.value)
+        assert len(posted) == 1
+
+
+async def test_each_card_gets_a_new_random_x25519_key(profile: Profile, tmp_path: Path) -> None:
+    async with mailbox_server(profile, records=page_of([], "0")) as server:
+        service, _ = mailbox_service(profile, server)
+        service.start()
+        put = ("PUT", f"/v1/cards/{profile.identity.onion}")
+        await until(lambda: server.seen(*put), "the first card")
+        # Due for renewal: the next round publishes a new card.
+        row = profile.store.get("mailbox", "card")
+        assert row is not None
+        profile.store.put("mailbox", "card", {**row, "expires_at": int(time.time()) + 60})
+        await until(lambda: len(server.seen(*put)) >= 2, "the renewed card")
+        await service.stop()
+    cards = [ContactCard.decode_unverified(base64.b64decode(r.json()["card"]))[0]
+             for r in server.seen(*put)[:2]]
+    assert all(c.mailbox_public_key == MAILBOX.public_key for c in cards)
+    keys = [c.x25519_public_key for c in cards]
+    assert keys[0] != keys[1]
+    assert profile.identity.x25519_public() not in keys   # not the gateway's key any more
+    secrets = service.card_keys.secrets(time.time())
+    assert [nacl.bindings.crypto_scalarmult_base(s) for s in secrets] == keys[::-1]
+    # Sealed in the profile store like every row: never on disk in clear.
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("profile.db*"))
+    assert all(secret not in on_disk and b64(secret).encode() not in on_disk
+               for secret in secrets)
+
+
+async def test_an_expired_card_key_is_deleted_and_its_records_no_longer_open(
+        profile: Profile) -> None:
+    """A key whose card expired longer ago than the mailbox keeps records is deleted at
+    the next poll: a record sealed to it (a mailbox that kept it anyway) stays closed;
+    one sealed to a retained key (card expired, retention not over) still opens."""
+    profile.store.put("contacts", BOB.onion, {"onion": BOB.onion, "name": "bob",
+                                              "status": ACCEPTED, "created_at": 0.0})
+    now = int(time.time())
+    async with mailbox_server(profile) as server:
+        service, messenger = mailbox_service(profile, server)
+        service_keys = service.card_keys
+        expired = service_keys.for_new_card(now - 7200, 3600)    # gone since an hour
+        service_keys.published(expired)
+        retained = service_keys.for_new_card(now - 600, 3600)    # kept 50 more minutes
+        service_keys.published(retained)
+        keys = {"expired": expired, "retained": retained}
+        records = []
+        for i, (name, key) in enumerate(keys.items()):
+            envelope = Envelope(new_msg_id(), MessageKind.TEXT, now * 1000, encode_text(name))
+            records.append({"id": f"{i + 1}-0", "tag": b64(fmd.flag(service._secret.public_key())),
+                            "ciphertext": b64(seal_record(BOB, profile.identity.public_key, key,
+                                                          envelope, RECOMMENDED_RECORD_SIZE))})
+        server.routes[("GET", "/v1/records")] = page_of(records, "2-0")
+        service.start()
+        await until(lambda: (profile.store.get("mailbox", "cursor") or {}).get("cursor") == "2-0",
+                    "the page to be read")
+        await service.stop()
+    assert [m["text"] for m in messenger.messages(BOB.onion)] == ["retained"]
+    remaining = [nacl.bindings.crypto_scalarmult_base(s) for s in service_keys.secrets(time.time())]
+    assert keys["expired"] not in remaining and keys["retained"] in remaining
+    stored = json.dumps(profile.store.get("mailbox", "card_keys"))
+    assert b64(keys["expired"]) not in stored and b64(keys["retained"]) in stored
+
+
+async def test_a_card_is_republished_when_the_mailbox_changes(profile: Profile) -> None:
+    """The card names its mailbox: one still valid but published on another mailbox (the
+    profile moved) is not taken for this one's."""
+    profile.store.put("mailbox", "card", {"expires_at": int(time.time()) + 5 * 86400,
+                                          "published": True, "mailbox": BOB.onion})
+    async with mailbox_server(profile, records=page_of([], "0")) as server:
+        service, _ = mailbox_service(profile, server)
+        row = profile.store.get("mailbox", "card")
+        assert row is not None
+        key = service.card_keys.for_new_card(row["expires_at"], 3600)
+        service.card_keys.published(key)
+        profile.store.put("mailbox", "card", {**row, "x25519": b64(key)})
+        service.start()
+        await until(lambda: server.seen("PUT", f"/v1/cards/{profile.identity.onion}"),
+                    "the card to be published on the new mailbox")
+        await service.stop()
+    assert (profile.store.get("mailbox", "card") or {})["mailbox"] == MAILBOX.onion
