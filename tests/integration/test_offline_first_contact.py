@@ -92,6 +92,32 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
         assert privacy["mode"] == "download everything" and privacy["recommended_bits"] >= 0
 
 
+def test_a_mailbox_that_comes_back_is_used_again_within_seconds(devnet):
+    """A mailbox that was down when the peer started (or restarted meanwhile) is live again
+    a few seconds after it is back: the peer retries on the engine's policy (capped at 5 s
+    here) and clears tor's memory of the failed lookups (NEWNYM). Before, it backed off 4,
+    8, 16, 32 s… on its own and kept the failed lookup, so one early miss cost a minute."""
+    mailbox = devnet.add_mailbox(NYTH_POW_BITS="4")
+    mailbox_onion = mailbox.wait_online()
+    mailbox.process.stop()
+    bob = devnet.add_peer("bob", NYTH_MAILBOX=mailbox_onion, **FAST)
+    bob.wait_online()
+    with bob.client() as cb:
+        def state():
+            return cb.get("/v1/mailbox")["state"]
+        wait_until(lambda: state()["state"] == "unreachable", 120,
+                   what="bob's peer to find its mailbox unreachable", state=state)
+        time.sleep(25)   # several failed tries: the old schedule was at a 16-32 s pause by now
+        mailbox.process.start()
+        mailbox.wait_online()
+        back = time.monotonic()
+        # The cap (5 s, with jitter) plus one NEWNYM, a descriptor fetch and a card upload
+        # over the private network: measured 3-12 s; the old schedule took 30-60 s or more.
+        wait_until(lambda: state()["state"] == "live", 30,
+                   what="bob's mailbox to be live again", state=state)
+        print(f"live {time.monotonic() - back:.1f} s after the mailbox was back")
+
+
 class HostileMailbox:
     """A mailbox that lies: its own onion and correctly signed bundle, but it serves
     whatever card it is given (`card`, set before use). Real HTTP behind a real onion on
