@@ -15,6 +15,7 @@ import base64
 import contextlib
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from nyth.http_limits import (
     printable,
     server_label,
 )
+from nyth.mailbox_traffic import Isolation, Purpose, TrafficPolicy, new_isolation
 from nyth.proto import fmd
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.contact_id import ContactId
@@ -52,6 +54,7 @@ from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
 from nyth_peer.events import EventBus
+from nyth_peer.mailbox_traffic import CardCache, CardRefresher
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
@@ -158,14 +161,22 @@ def recommend_bits(records_per_day: float, ours_per_day: float) -> int:
 
 
 class MailboxService:
-    def __init__(self, profile: Profile, events: EventBus, http_factory: Callable[[], httpx.AsyncClient],
+    """http_factory(isolation) makes a client whose connections carry that SOCKS
+    credential: each purpose gets its own client and credential, so the mailbox never
+    sees two purposes on one connection or circuit (nyth.mailbox_traffic)."""
+
+    def __init__(self, profile: Profile, events: EventBus,
+                 http_factory: Callable[[Isolation], httpx.AsyncClient],
                  *, mailbox_onion: str | None, poll_seconds: float, detection_bits: int | None,
                  on_record: Callable[[str, Envelope], bool], retry: RetryPolicy | None = None,
-                 on_onion_failure: Callable[[], None] | None = None) -> None:
+                 on_onion_failure: Callable[[], None] | None = None,
+                 traffic: TrafficPolicy | None = None, rng: random.Random | None = None) -> None:
         self.profile = profile
         self.store = profile.store
         self.events = events
         self._new_http = http_factory
+        self.traffic = traffic or TrafficPolicy()
+        self._rng = rng or random.SystemRandom()
         self.mailbox_onion = mailbox_onion
         self.poll_seconds = poll_seconds
         self.detection_bits = detection_bits
@@ -180,6 +191,12 @@ class MailboxService:
         self._secret = self._fmd_secret()
         self.pins = Pins(self.store)
         self._wake = asyncio.Event()
+        self.cards = CardCache(self.store)
+        self.refresher = CardRefresher(self.store, self.cards, self.fetch_card, self.traffic,
+                                       self.retry, self._rng)
+        # Our polls share one credential (they are alike and the mailbox can link them by
+        # timing anyway); a new one after a failure, so a retry gets a new circuit.
+        self._poll_isolation = new_isolation(Purpose.POLL)
 
     def _fmd_secret(self) -> fmd.FmdSecretKey:
         row = self.store.get("mailbox", "fmd")
@@ -197,6 +214,8 @@ class MailboxService:
                          public_key_from_onion(self.mailbox_onion)).encode()
 
     def start(self) -> None:
+        # Contacts' cards are refreshed whether or not we have a mailbox of our own.
+        self._tasks.append(asyncio.ensure_future(self.refresher.run()))
         if self.mailbox_onion is not None:
             self._tasks.append(asyncio.ensure_future(self._run()))
 
@@ -246,7 +265,7 @@ class MailboxService:
     async def fetch_bundle(self, onion: str) -> bytes:
         """The bundle a mailbox presents now, unchecked (a re-pin verifies it)."""
         try:
-            async with self._new_http() as http:
+            async with self._new_http(new_isolation(Purpose.REVIEW)) as http:
                 return await self._fetch_bundle(http, onion)
         except MailboxError:
             raise
@@ -267,9 +286,8 @@ class MailboxService:
 
     async def _publish_card(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None
-        row = self.store.get("mailbox", "card")
         now = int(time.time())
-        if row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published"):
+        if not self._card_due(now):
             return
         card = ContactCard(self.profile.identity.public_key, self._secret.public_key().encode(),
                            self.profile.identity.x25519_public(), now, now + CARD_LIFETIME)
@@ -286,14 +304,29 @@ class MailboxService:
             max_bytes=CARD_ANSWER_BYTES, what="answer to our card")
         if answer.status_code not in (200, 201, 204):
             raise MailboxError(f"mailbox refused our card ({_status(answer)})")
-        self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True})
+        self.store.put("mailbox", "card", {
+            "expires_at": card.expires_at, "published": True,
+            "renew_at": self.traffic.renew_at(card.expires_at, self._rng)})
+
+    def _card_due(self, now: float) -> bool:
+        """Whether our card must be uploaded: never published, or its renewal time (drawn
+        at random when it was published) has come."""
+        row = self.store.get("mailbox", "card")
+        if row is None or not row.get("published"):
+            return True
+        renew_at = row.get("renew_at")
+        if isinstance(renew_at, bool) or not isinstance(renew_at, int | float):
+            renew_at = row["expires_at"] - CARD_RENEW_BEFORE   # a row from before renew_at
+        return bool(now >= renew_at)
 
     async def _run(self) -> None:
         failures = 0
         polls_since_check = 0
         while True:
             try:
-                async with self._new_http() as http:
+                # Polls and the card upload never share a connection or a circuit: the
+                # card names us, our polls must not (nyth.mailbox_traffic).
+                async with self._new_http(self._poll_isolation) as http:
                     # The bundle is checked after any failure and every few polls, not on
                     # every poll: a mailbox restarted with new limits between two polls
                     # need not make a poll fail, and must still be noticed.
@@ -302,7 +335,9 @@ class MailboxService:
                         self._step("checking the mailbox's bundle")
                         await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
                         polls_since_check = 0
-                    await self._publish_card(http)
+                    if self._card_due(time.time()):
+                        async with self._new_http(new_isolation(Purpose.CARD_UPLOAD)) as upload:
+                            await self._publish_card(upload)
                     self._step("fetching records")
                     await self._poll(http)
                     polls_since_check += 1
@@ -314,6 +349,7 @@ class MailboxService:
             except Exception as exc:
                 failures += 1
                 delay = self.retry.delay(failures)
+                self._poll_isolation = new_isolation(Purpose.POLL)
                 if isinstance(exc, MailboxBundleChangedError):
                     self._set_state("bundle_changed", str(exc), next_retry_at=time.time() + delay)
                 else:
@@ -419,24 +455,16 @@ class MailboxService:
 
     # -- sending to someone else's mailbox -------------------------------------------------
     async def send(self, onion: str, mailbox_onion: str, envelope: Envelope) -> None:
-        """Post envelope for onion to its mailbox; raises MailboxError with a reason."""
+        """Post envelope for onion to its mailbox; raises MailboxError with a reason.
+
+        The card comes from the cache (fetched on the refresher's schedule), or on a miss
+        from its own connection and circuit; the post waits a random delay, never goes
+        within card_post_gap of a fetch of this card, and has a circuit of its own."""
         try:
-            async with self._new_http() as http:
+            card, fetched_at = await self._card_for(onion, mailbox_onion)
+            await self._wait_to_post(onion, mailbox_onion, fetched_at)
+            async with self._new_http(new_isolation(Purpose.POST)) as http:
                 bundle = await self._bundle(http, mailbox_onion)
-                answer = await _request(http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
-                                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
-                if answer.status_code == 404:
-                    raise MailboxError("the contact has no card on its mailbox")
-                if answer.status_code != 200:
-                    raise MailboxError(f"{answer.server} {answer.failure()} for the card")
-                try:
-                    data = answer.parse(_CardAnswer).card
-                except UntrustedResponseError as exc:
-                    raise MailboxError(f"the contact's card was refused: {exc}") from exc
-                try:
-                    card = ContactCard.verify(data, onion, int(time.time()))
-                except (DecodeError, AuthenticationError) as exc:
-                    raise MailboxError(f"the contact's card was refused: {exc}") from exc
                 record = seal_record(self.profile.identity, card.onion_public_key,
                                      card.x25519_public_key, envelope, bundle.record_size)
                 tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
@@ -458,6 +486,69 @@ class MailboxService:
         except Exception as exc:
             raise MailboxError("cannot reach the contact's mailbox: "
                                + printable(f"{type(exc).__name__} {exc}", 300)) from exc
+
+    async def _card_for(self, onion: str, mailbox_onion: str) -> tuple[ContactCard, float]:
+        """onion's verified card and when it was fetched: the cached one while it stays
+        usable, else a fresh one."""
+        row = self.cards.get(onion, mailbox_onion)
+        if row is not None:
+            try:
+                card = self._verified_card(row["card"], onion)
+            except MailboxError:
+                self.cards.drop(onion)   # expired, or a format we no longer read
+            else:
+                if self.traffic.card_usable(time.time(), card.expires_at):
+                    return card, float(row["fetched_at"])
+        card = await self.fetch_card(onion, mailbox_onion)
+        row = self.cards.get(onion, mailbox_onion)
+        return card, float(row["fetched_at"]) if row is not None else time.time()
+
+    async def _wait_to_post(self, onion: str, mailbox_onion: str, fetched_at: float) -> None:
+        """Sleep the post's random delay, and until card_post_gap has passed since the
+        latest fetch of the recipient's card (the refresher may fetch it meanwhile)."""
+        delay = self.traffic.post_delay(self._rng)
+        start = time.time()
+        while True:
+            row = self.cards.get(onion, mailbox_onion)
+            latest = max(fetched_at, float(row["fetched_at"]) if row is not None else 0.0)
+            wait = self.traffic.post_at(start, latest, delay) - time.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    async def fetch_card(self, onion: str, mailbox_onion: str) -> ContactCard:
+        """Fetch, verify and cache onion's card, on a connection and circuit of its own
+        (a fresh credential: two fetches are not linked to each other either)."""
+        try:
+            async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
+                answer = await _request(http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
+                                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
+        except UntrustedResponseError as exc:
+            raise MailboxError(str(exc)) from exc
+        except TimeoutError as exc:
+            raise MailboxError("the contact's mailbox did not answer in time") from exc
+        except Exception as exc:
+            raise MailboxError("cannot reach the contact's mailbox: "
+                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
+        if answer.status_code == 404:
+            raise MailboxError("the contact has no card on its mailbox")
+        if answer.status_code != 200:
+            raise MailboxError(f"{answer.server} {answer.failure()} for the card")
+        try:
+            data = answer.parse(_CardAnswer).card
+        except UntrustedResponseError as exc:
+            raise MailboxError(f"the contact's card was refused: {exc}") from exc
+        card = self._verified_card(data, onion)
+        self.cards.put(onion, mailbox_onion, data, card.expires_at, time.time())
+        return card
+
+    @staticmethod
+    def _verified_card(data: bytes, onion: str) -> ContactCard:
+        try:
+            card = ContactCard.verify(data, onion, int(time.time()))
+        except (DecodeError, AuthenticationError) as exc:
+            raise MailboxError(f"the contact's card was refused: {exc}") from exc
+        return card
 
 
 async def _request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int, what: str,

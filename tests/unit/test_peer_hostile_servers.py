@@ -289,7 +289,8 @@ def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int
     events = EventBus()
     messenger = Messenger(profile, events, FAST)
     GroupService(profile, events, messenger, server.client, FAST)  # handles invites
-    service = MailboxService(profile, events, server.client, mailbox_onion=MAILBOX.onion,
+    service = MailboxService(profile, events, lambda _isolation: server.client(),
+                             mailbox_onion=MAILBOX.onion,
                              poll_seconds=0.2, detection_bits=detection_bits,
                              on_record=messenger.on_mailbox_record)
     return service, messenger

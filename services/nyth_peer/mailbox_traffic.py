@@ -1,0 +1,126 @@
+"""Contacts' cards, cached and fetched on a schedule of their own.
+
+A send that fetched the recipient's card just before posting would tell the mailbox
+which record is for whom. So cards are fetched for every contact that has a mailbox at
+random times over the card's life (`nyth.mailbox_traffic.TrafficPolicy`), each on a
+fresh circuit, and a send uses the cached card; it fetches only on a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nyth.errors import NythError
+from nyth.http_limits import printable
+from nyth.mailbox_traffic import TrafficPolicy
+from nyth.proto.delivery import RetryPolicy
+
+from nyth_peer.messenger import ACCEPTED, PENDING_OUTBOUND
+from nyth_peer.store import Store
+
+log = logging.getLogger(__name__)
+
+CARDS = "mailbox_cards"
+# How often the contact list is looked at for new contacts with a mailbox: local work.
+SCAN_SECONDS = 30.0
+
+
+class CardCache:
+    """Verified cards of contacts, in the profile store (sealed like every row)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, onion: str, mailbox: str) -> dict[str, Any] | None:
+        """The cached row for onion's card from that mailbox: card bytes, expires_at,
+        fetched_at; None if none is cached (or one from another mailbox)."""
+        row = self.store.get(CARDS, onion)
+        if row is None or row.get("mailbox") != mailbox:
+            return None
+        return {**row, "card": base64.b64decode(row["card"])}
+
+    def put(self, onion: str, mailbox: str, card: bytes, expires_at: int,
+            fetched_at: float) -> None:
+        self.store.put(CARDS, onion, {"mailbox": mailbox, "card": base64.b64encode(card).decode(),
+                                      "expires_at": expires_at, "fetched_at": fetched_at})
+
+    def drop(self, onion: str) -> None:
+        self.store.delete(CARDS, onion)
+
+
+class CardRefresher:
+    """Fetches the card of every contact that has a mailbox at random times.
+
+    fetch(onion, mailbox) fetches, verifies and caches one card (on its own circuit);
+    it raises NythError when it cannot.
+    """
+
+    def __init__(self, store: Store, cache: CardCache,
+                 fetch: Callable[[str, str], Awaitable[Any]], policy: TrafficPolicy,
+                 retry: RetryPolicy, rng: random.Random | None = None) -> None:
+        self.store = store
+        self.cache = cache
+        self._fetch = fetch
+        self.policy = policy
+        self.retry = retry
+        self._rng = rng or random.SystemRandom()
+        # onion -> (fetched_at the time was computed from, when to fetch)
+        self._due: dict[str, tuple[float | None, float]] = {}
+        self._failures: dict[str, int] = {}
+
+    def contacts(self) -> dict[str, str]:
+        """onion -> mailbox of every contact a message could go to through its mailbox."""
+        return {c["onion"]: c["mailbox"] for c in self.store.list("contacts")
+                if c.get("mailbox") and c.get("status") in (ACCEPTED, PENDING_OUTBOUND)}
+
+    def due_at(self, onion: str, mailbox: str, now: float) -> float:
+        """When onion's card is fetched next. Recomputed whenever the cache changed under
+        us (a send fetched it on a miss), otherwise drawn once."""
+        row = self.cache.get(onion, mailbox)
+        basis = None if row is None else float(row["fetched_at"])
+        known = self._due.get(onion)
+        if known is not None and known[0] == basis:
+            return known[1]
+        if row is None:
+            due = self.policy.first_fetch_at(now, self._rng)
+        else:
+            due = self.policy.next_refresh_at(float(row["fetched_at"]), float(row["expires_at"]),
+                                              self._rng)
+        self._due[onion] = (basis, due)
+        return due
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(await self.step(time.time()))
+
+    async def step(self, now: float) -> float:
+        """Fetch the cards that are due; returns how long to sleep before the next step."""
+        contacts = self.contacts()
+        for gone in set(self._due) - set(contacts):
+            self._due.pop(gone, None)
+            self._failures.pop(gone, None)
+        for onion, mailbox in contacts.items():
+            if self.due_at(onion, mailbox, now) <= now:
+                await self._refresh(onion, mailbox)
+        now = time.time()
+        upcoming = [self.due_at(onion, mailbox, now) for onion, mailbox in contacts.items()]
+        return max(0.05, min([SCAN_SECONDS, *(due - now for due in upcoming)]))
+
+    async def _refresh(self, onion: str, mailbox: str) -> None:
+        try:
+            await self._fetch(onion, mailbox)
+        except NythError as exc:
+            failures = self._failures[onion] = self._failures.get(onion, 0) + 1
+            row = self.cache.get(onion, mailbox)
+            self._due[onion] = (None if row is None else float(row["fetched_at"]),
+                                time.time() + self.retry.delay(failures, self._rng))
+            log.info("could not refresh a contact's card: %s",
+                     printable(f"{type(exc).__name__}: {exc}", 300))
+            return
+        self._failures.pop(onion, None)
