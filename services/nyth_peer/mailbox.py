@@ -54,7 +54,7 @@ from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
 from nyth_peer.events import EventBus
-from nyth_peer.mailbox_traffic import CardCache, CardRefresher
+from nyth_peer.mailbox_traffic import CARDS, CardCache, CardRefresher
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
@@ -197,6 +197,11 @@ class MailboxService:
         # Our polls share one credential (they are alike and the mailbox can link them by
         # timing anyway); a new one after a failure, so a retry gets a new circuit.
         self._poll_isolation = new_isolation(Purpose.POLL)
+        # Per contact: a fetch of their card and a post to them are never in flight
+        # together, and when each last began/ended (monotonic: only gaps matter).
+        self._contact_locks: dict[str, asyncio.Lock] = {}
+        self._fetched: dict[str, float] = {}
+        self._posted: dict[str, float] = {}
 
     def _fmd_secret(self) -> fmd.FmdSecretKey:
         row = self.store.get("mailbox", "fmd")
@@ -461,22 +466,13 @@ class MailboxService:
         from its own connection and circuit; the post waits a random delay, never goes
         within card_post_gap of a fetch of this card, and has a circuit of its own."""
         try:
-            card, fetched_at = await self._card_for(onion, mailbox_onion)
-            await self._wait_to_post(onion, mailbox_onion, fetched_at)
-            async with self._new_http(new_isolation(Purpose.POST)) as http:
-                bundle = await self._bundle(http, mailbox_onion)
-                record = seal_record(self.profile.identity, card.onion_public_key,
-                                     card.x25519_public_key, envelope, bundle.record_size)
-                tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
-                nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
-                                                bundle.pow_bits)
-                answer = await _request(
-                    http, "POST", _url(mailbox_onion, "/v1/records"),
-                    json={"tag": base64.b64encode(tag).decode(),
-                          "ciphertext": base64.b64encode(record).decode(), "nonce": nonce},
-                    max_bytes=POST_ANSWER_BYTES, what="answer to our record")
-                if answer.status_code not in (201, 409):
-                    raise MailboxError(f"mailbox refused the record ({_status(answer)})")
+            card = await self._card_for(onion, mailbox_onion)
+            async with self._lock(onion):
+                await self._wait_to_post(onion)
+                try:
+                    await self._post(mailbox_onion, card, envelope)
+                finally:
+                    self._posted[onion] = time.monotonic()
         except MailboxError:
             raise
         except UntrustedResponseError as exc:
@@ -487,9 +483,28 @@ class MailboxService:
             raise MailboxError("cannot reach the contact's mailbox: "
                                + printable(f"{type(exc).__name__} {exc}", 300)) from exc
 
-    async def _card_for(self, onion: str, mailbox_onion: str) -> tuple[ContactCard, float]:
-        """onion's verified card and when it was fetched: the cached one while it stays
-        usable, else a fresh one."""
+    async def _post(self, mailbox_onion: str, card: ContactCard, envelope: Envelope) -> None:
+        """Seal, tag and post one record, on a connection and circuit of its own."""
+        async with self._new_http(new_isolation(Purpose.POST)) as http:
+            bundle = await self._bundle(http, mailbox_onion)
+            record = seal_record(self.profile.identity, card.onion_public_key,
+                                 card.x25519_public_key, envelope, bundle.record_size)
+            tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
+            nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
+                                            bundle.pow_bits)
+            answer = await _request(
+                http, "POST", _url(mailbox_onion, "/v1/records"),
+                json={"tag": base64.b64encode(tag).decode(),
+                      "ciphertext": base64.b64encode(record).decode(), "nonce": nonce},
+                max_bytes=POST_ANSWER_BYTES, what="answer to our record")
+            if answer.status_code not in (201, 409):
+                raise MailboxError(f"mailbox refused the record ({_status(answer)})")
+
+    def _lock(self, onion: str) -> asyncio.Lock:
+        return self._contact_locks.setdefault(onion, asyncio.Lock())
+
+    async def _card_for(self, onion: str, mailbox_onion: str) -> ContactCard:
+        """onion's verified card: the cached one while it stays usable, else a fresh one."""
         row = self.cards.get(onion, mailbox_onion)
         if row is not None:
             try:
@@ -498,31 +513,39 @@ class MailboxService:
                 self.cards.drop(onion)   # expired, or a format we no longer read
             else:
                 if self.traffic.card_usable(time.time(), card.expires_at):
-                    return card, float(row["fetched_at"])
-        card = await self.fetch_card(onion, mailbox_onion)
-        row = self.cards.get(onion, mailbox_onion)
-        return card, float(row["fetched_at"]) if row is not None else time.time()
+                    return card
+        return await self.fetch_card(onion, mailbox_onion)
 
-    async def _wait_to_post(self, onion: str, mailbox_onion: str, fetched_at: float) -> None:
+    async def _wait_to_post(self, onion: str) -> None:
         """Sleep the post's random delay, and until card_post_gap has passed since the
-        latest fetch of the recipient's card (the refresher may fetch it meanwhile)."""
+        last fetch of the recipient's card began (the cached fetch time counts too: a
+        fetch before a restart). Holding onion's lock: no fetch begins meanwhile."""
         delay = self.traffic.post_delay(self._rng)
-        start = time.time()
-        while True:
-            row = self.cards.get(onion, mailbox_onion)
-            latest = max(fetched_at, float(row["fetched_at"]) if row is not None else 0.0)
-            wait = self.traffic.post_at(start, latest, delay) - time.time()
-            if wait <= 0:
-                return
+        row = self.store.get(CARDS, onion)
+        fetched_ago = time.time() - float(row["fetched_at"]) if row is not None else math.inf
+        since_fetch = min(fetched_ago, time.monotonic() - self._fetched.get(onion, -math.inf))
+        wait = self.traffic.post_at(0.0, -since_fetch, delay)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _wait_to_fetch(self, onion: str) -> None:
+        """The other way round: no fetch of a card within card_post_gap after a post to
+        its owner ended (holding onion's lock)."""
+        wait = self._posted.get(onion, -math.inf) + self.traffic.card_post_gap - time.monotonic()
+        if wait > 0:
             await asyncio.sleep(wait)
 
     async def fetch_card(self, onion: str, mailbox_onion: str) -> ContactCard:
         """Fetch, verify and cache onion's card, on a connection and circuit of its own
         (a fresh credential: two fetches are not linked to each other either)."""
         try:
-            async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
-                answer = await _request(http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
-                                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
+            async with self._lock(onion):
+                await self._wait_to_fetch(onion)
+                self._fetched[onion] = time.monotonic()
+                async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
+                    answer = await _request(
+                        http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
+                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
         except UntrustedResponseError as exc:
             raise MailboxError(str(exc)) from exc
         except TimeoutError as exc:

@@ -172,3 +172,15 @@ async def test_our_card_upload_and_our_polls_use_different_credentials(profile: 
     assert {p.isolation.purpose for p in polls} == {Purpose.POLL}
     assert uploads[0].isolation not in {p.isolation for p in polls}
     one_purpose_per_credential(sent)
+
+
+async def test_no_card_fetch_follows_a_post_to_its_owner_within_the_gap(profile: Profile) -> None:
+    sent: list[Sent] = []
+    async with mailbox(profile) as server:
+        mb = service(profile, server, sent)
+        await mb.send(CAROL.onion, MAILBOX.onion, envelope("hi"))
+        await mb.fetch_card(CAROL.onion, MAILBOX.onion)   # as the refresher would, at once
+    post = next(s for s in sent if s.method == "POST")
+    refetch = [s for s in sent if s.path.startswith("/v1/cards/")][-1]
+    assert refetch.at - post.at >= GAP, f"fetched {refetch.at - post.at:.3f} s after the post"
+    one_purpose_per_credential(sent)
