@@ -35,6 +35,7 @@ ENV = {"NYTH_MAILBOX_AFTER_SECONDS": "0", "NYTH_MAILBOX_POLL_SECONDS": "1",
 
 @dataclass
 class Connection:
+    number: int                    # in order of arrival (ports can be reused)
     port: int                      # tor's end of the TCP connection: what the mailbox sees
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, path)
 
@@ -53,13 +54,14 @@ class MailboxView:
         self.server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._relay, "127.0.0.1", self.port), self.loop).result(10)
 
-    def requests(self) -> list[tuple[float, int, str, str]]:
-        """(time, connection port, method, path), in order of arrival."""
-        return sorted((t, c.port, m, p) for c in list(self.connections) for t, m, p in c.requests)
+    def requests(self) -> list[tuple[float, str, str, str]]:
+        """(time, connection, method, path), in order of arrival."""
+        return sorted((t, f"#{c.number} from port {c.port}", m, p)
+                      for c in list(self.connections) for t, m, p in c.requests)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.upstream is not None
-        conn = Connection(writer.get_extra_info("peername")[1])
+        conn = Connection(len(self.connections), writer.get_extra_info("peername")[1])
         self.connections.append(conn)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         back = asyncio.ensure_future(self._pump(up_reader, writer))
@@ -147,7 +149,7 @@ def test_the_mailbox_cannot_pair_a_record_with_its_card_fetch(devnet):
         bob.wait_online()
         alice.wait_online()
 
-        def seen() -> list[tuple[float, int, str]]:
+        def seen() -> list[tuple[float, str, str]]:
             return [(t, port, kind(m, p, bob.onion)) for t, port, m, p in view.requests()]
 
         with bob.client() as cb:
@@ -168,15 +170,15 @@ def test_the_mailbox_cannot_pair_a_record_with_its_card_fetch(devnet):
 
         requests = seen()
         # 1. The mailbox's own view: connections.
-        kinds_by_connection: dict[int, list[str]] = {}
-        for _, port, k in requests:
-            kinds_by_connection.setdefault(port, []).append(k)
-        for port, kinds in kinds_by_connection.items():
+        kinds_by_connection: dict[str, list[str]] = {}
+        for _, conn, k in requests:
+            kinds_by_connection.setdefault(conn, []).append(k)
+        for conn, kinds in kinds_by_connection.items():
             named = {"card upload", "card fetch"} & set(kinds)
             anonymous = {"poll", "post"} & set(kinds)
             assert not (named and anonymous), (
-                f"one connection (port {port}) carried {kinds}: the mailbox links them")
-            assert kinds.count("post") <= 1, f"two posts on one connection (port {port}): {kinds}"
+                f"one connection ({conn}) carried {kinds}: the mailbox links them")
+            assert kinds.count("post") <= 1, f"two posts on one connection ({conn}): {kinds}"
         # 2. The mailbox's own view: time. Every post comes at least GAP after the last
         #    fetch of bob's card before it.
         for at, _, k in requests:
