@@ -26,7 +26,7 @@ from nyth.tor.endpoints import open_controller
 from stem.control import EventType
 from stem.response.events import StreamEvent
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 GAP = 8.0     # NYTH_MAILBOX_CARD_GAP_SECONDS for alice; the default is 120
 ENV = {"NYTH_MAILBOX_AFTER_SECONDS": "0", "NYTH_MAILBOX_POLL_SECONDS": "1",
