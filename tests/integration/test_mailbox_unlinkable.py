@@ -169,6 +169,10 @@ def test_the_mailbox_cannot_pair_a_record_with_its_card_fetch(devnet):
                                       "mailbox saw": seen()})
 
         requests = seen()
+        print("the mailbox saw:", *(f"{t:.1f} {conn}: {k}" for t, conn, k in requests), sep="\n  ")
+        print("streams to the mailbox, by circuit:", *(
+            f"{circ}: {[iso.username if iso else None for iso in isos]}"
+            for circ, isos in circuits.by_circuit().items()), sep="\n  ")
         # 1. The mailbox's own view: connections.
         kinds_by_connection: dict[str, list[str]] = {}
         for _, conn, k in requests:
