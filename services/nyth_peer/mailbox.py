@@ -5,7 +5,9 @@ Our profile names one mailbox (NYTH_MAILBOX). On it we publish a signed contact 
 records whose FMD tags match our key — either downloading everything and testing
 locally (the mailbox learns nothing) or delegating a detection key with a false-positive
 rate of 2⁻ⁿ. To reach a contact who is offline, we fetch and verify their card from
-*their* mailbox, seal the message to them, tag it, pay the proof of work and post it.
+*their* mailbox (cached, and refreshed on a schedule of its own: mailbox_traffic.py), seal
+the message to them, tag it, pay the proof of work and post it, on a circuit of its own
+after a random delay (nyth.mailbox_traffic says what the mailbox can still link).
 """
 
 from __future__ import annotations
