@@ -56,7 +56,7 @@ from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
 from nyth_peer.events import EventBus
-from nyth_peer.mailbox_traffic import CARDS, CardCache, CardRefresher
+from nyth_peer.mailbox_traffic import CardCache, CardRefresher, Pacing
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
@@ -199,11 +199,7 @@ class MailboxService:
         # Our polls share one credential (they are alike and the mailbox can link them by
         # timing anyway); a new one after a failure, so a retry gets a new circuit.
         self._poll_isolation = new_isolation(Purpose.POLL)
-        # Per contact: a fetch of their card and a post to them are never in flight
-        # together, and when each last began/ended (monotonic: only gaps matter).
-        self._contact_locks: dict[str, asyncio.Lock] = {}
-        self._fetched: dict[str, float] = {}
-        self._posted: dict[str, float] = {}
+        self.pacing = Pacing(self.store, self.traffic, self._rng)
 
     def _fmd_secret(self) -> fmd.FmdSecretKey:
         row = self.store.get("mailbox", "fmd")
@@ -469,12 +465,8 @@ class MailboxService:
         within card_post_gap of a fetch of this card, and has a circuit of its own."""
         try:
             card = await self._card_for(onion, mailbox_onion)
-            async with self._lock(onion):
-                await self._wait_to_post(onion)
-                try:
-                    await self._post(mailbox_onion, card, envelope)
-                finally:
-                    self._posted[onion] = time.monotonic()
+            async with self.pacing.posting(onion):
+                await self._post(mailbox_onion, card, envelope)
         except MailboxError:
             raise
         except UntrustedResponseError as exc:
@@ -502,9 +494,6 @@ class MailboxService:
             if answer.status_code not in (201, 409):
                 raise MailboxError(f"mailbox refused the record ({_status(answer)})")
 
-    def _lock(self, onion: str) -> asyncio.Lock:
-        return self._contact_locks.setdefault(onion, asyncio.Lock())
-
     async def _card_for(self, onion: str, mailbox_onion: str) -> ContactCard:
         """onion's verified card: the cached one while it stays usable, else a fresh one."""
         row = self.cards.get(onion, mailbox_onion)
@@ -518,32 +507,11 @@ class MailboxService:
                     return card
         return await self.fetch_card(onion, mailbox_onion)
 
-    async def _wait_to_post(self, onion: str) -> None:
-        """Sleep the post's random delay, and until card_post_gap has passed since the
-        last fetch of the recipient's card began (the cached fetch time counts too: a
-        fetch before a restart). Holding onion's lock: no fetch begins meanwhile."""
-        delay = self.traffic.post_delay(self._rng)
-        row = self.store.get(CARDS, onion)
-        fetched_ago = time.time() - float(row["fetched_at"]) if row is not None else math.inf
-        since_fetch = min(fetched_ago, time.monotonic() - self._fetched.get(onion, -math.inf))
-        wait = self.traffic.post_at(0.0, -since_fetch, delay)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-    async def _wait_to_fetch(self, onion: str) -> None:
-        """The other way round: no fetch of a card within card_post_gap after a post to
-        its owner ended (holding onion's lock)."""
-        wait = self._posted.get(onion, -math.inf) + self.traffic.card_post_gap - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-
     async def fetch_card(self, onion: str, mailbox_onion: str) -> ContactCard:
         """Fetch, verify and cache onion's card, on a connection and circuit of its own
         (a fresh credential: two fetches are not linked to each other either)."""
         try:
-            async with self._lock(onion):
-                await self._wait_to_fetch(onion)
-                self._fetched[onion] = time.monotonic()
+            async with self.pacing.fetching(onion):
                 async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
                     answer = await _request(
                         http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),

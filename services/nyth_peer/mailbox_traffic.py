@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from nyth.errors import NythError
@@ -97,7 +99,15 @@ class CardRefresher:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(await self.step(time.time()))
+            try:
+                pause = await self.step(time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not end refreshes for good; sends still fetch on a miss.
+                log.exception("refreshing contacts' cards failed")
+                pause = SCAN_SECONDS
+            await asyncio.sleep(pause)
 
     async def step(self, now: float) -> float:
         """Fetch the cards that are due; returns how long to sleep before the next step."""
@@ -124,3 +134,46 @@ class CardRefresher:
                      printable(f"{type(exc).__name__}: {exc}", 300))
             return
         self._failures.pop(onion, None)
+
+
+class Pacing:
+    """Per contact: a fetch of their card and a post to them are never in flight
+    together, a post goes no sooner than card_post_gap after the last fetch began (plus
+    its random delay), and a fetch no sooner than card_post_gap after the last post."""
+
+    def __init__(self, store: Store, policy: TrafficPolicy, rng: random.Random) -> None:
+        self.store = store
+        self.policy = policy
+        self._rng = rng
+        self._locks: dict[str, asyncio.Lock] = {}
+        # monotonic times: only gaps matter
+        self._fetched: dict[str, float] = {}
+        self._posted: dict[str, float] = {}
+
+    def _lock(self, onion: str) -> asyncio.Lock:
+        return self._locks.setdefault(onion, asyncio.Lock())
+
+    @contextlib.asynccontextmanager
+    async def fetching(self, onion: str) -> AsyncIterator[None]:
+        async with self._lock(onion):
+            wait = self._posted.get(onion, -math.inf) + self.policy.card_post_gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._fetched[onion] = time.monotonic()
+            yield
+
+    @contextlib.asynccontextmanager
+    async def posting(self, onion: str) -> AsyncIterator[None]:
+        async with self._lock(onion):
+            delay = self.policy.post_delay(self._rng)
+            # The cache's time counts too: a fetch made before a restart.
+            row = self.store.get(CARDS, onion)
+            fetched_ago = time.time() - float(row["fetched_at"]) if row is not None else math.inf
+            since = min(fetched_ago, time.monotonic() - self._fetched.get(onion, -math.inf))
+            wait = self.policy.post_at(0.0, -since, delay)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                yield
+            finally:
+                self._posted[onion] = time.monotonic()
