@@ -138,7 +138,7 @@ class CardRefresher:
 
 class Pacing:
     """Per contact: a fetch of their card and a post to them are never in flight
-    together, a post goes no sooner than card_post_gap after the last fetch began (plus
+    together, a post goes no sooner than card_post_gap after the last fetch ended (plus
     its random delay), and a fetch no sooner than card_post_gap after the last post."""
 
     def __init__(self, store: Store, policy: TrafficPolicy, rng: random.Random) -> None:
@@ -159,8 +159,12 @@ class Pacing:
             wait = self._posted.get(onion, -math.inf) + self.policy.card_post_gap - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self._fetched[onion] = time.monotonic()
-            yield
+            try:
+                yield
+            finally:
+                # From the end: the mailbox saw the request before, however long tor
+                # took to build the circuit for it.
+                self._fetched[onion] = time.monotonic()
 
     @contextlib.asynccontextmanager
     async def posting(self, onion: str) -> AsyncIterator[None]:

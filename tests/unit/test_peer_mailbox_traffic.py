@@ -184,3 +184,22 @@ async def test_no_card_fetch_follows_a_post_to_its_owner_within_the_gap(profile:
     refetch = [s for s in sent if s.path.startswith("/v1/cards/")][-1]
     assert refetch.at - post.at >= GAP, f"fetched {refetch.at - post.at:.3f} s after the post"
     one_purpose_per_credential(sent)
+
+
+async def test_a_cached_card_close_to_expiry_or_from_another_mailbox_is_fetched_again(
+        profile: Profile) -> None:
+    now = int(time.time())
+    expiring = ContactCard(CAROL.public_key, fmd.FmdSecretKey.generate().public_key().encode(),
+                           CAROL.x25519_public(), now, now + 1800).sign(CAROL)
+    sent: list[Sent] = []
+    async with mailbox(profile) as server:
+        mb = service(profile, server, sent)
+        mb.cards.put(CAROL.onion, MAILBOX.onion, expiring, now + 1800, time.time() - 86_400)
+        await mb.send(CAROL.onion, MAILBOX.onion, envelope("one"))
+        assert [s.path for s in sent].count(f"/v1/cards/{CAROL.onion}") == 1
+        # the contact moved to another mailbox: the card cached from the old one is not used
+        other = Identity.generate().onion
+        mb.cards.put(CAROL.onion, other, carol_card(), now + 7 * 86_400, time.time() - 86_400)
+        await mb.send(CAROL.onion, MAILBOX.onion, envelope("two"))
+    assert [s.path for s in sent].count(f"/v1/cards/{CAROL.onion}") == 2
+    one_purpose_per_credential(sent)
