@@ -21,10 +21,12 @@ from nyth.proto.identity import Identity
 from nyth.proto.mailbox_bundle import MailboxBundle
 from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 from nyth.proto.p2p import Envelope, MessageKind, encode_text, new_msg_id
+from nyth_peer.engine import Engine
 from nyth_peer.events import EventBus
 from nyth_peer.mailbox import MailboxService
 from nyth_peer.messenger import ACCEPTED, REFUSED
 from nyth_peer.profile import Profile
+from nyth_peer.settings import PeerSettings
 
 from tests.unit.hostile_http import HostileServer, Reply, Request
 
@@ -203,3 +205,14 @@ async def test_a_cached_card_close_to_expiry_or_from_another_mailbox_is_fetched_
         await mb.send(CAROL.onion, MAILBOX.onion, envelope("two"))
     assert [s.path for s in sent].count(f"/v1/cards/{CAROL.onion}") == 2
     one_purpose_per_credential(sent)
+
+
+def test_the_settings_set_the_post_delay_and_the_gap(tmp_path: Path) -> None:
+    settings = PeerSettings(data_dir=tmp_path, tor_socks="127.0.0.1:9050",
+                            tor_control="127.0.0.1:9051", mailbox_post_delay_seconds=2,
+                            mailbox_card_gap_seconds=5)
+    policy = Engine(settings)._traffic()
+    assert (policy.post_delay_mean, policy.post_delay_cap, policy.card_post_gap) == (2, 8, 5)
+    defaults = Engine(PeerSettings(data_dir=tmp_path, tor_socks="127.0.0.1:9050",
+                                   tor_control="127.0.0.1:9051"))._traffic()
+    assert (defaults.post_delay_mean, defaults.card_post_gap) == (30, 120)
