@@ -311,6 +311,25 @@ class MailboxService:
             "expires_at": card.expires_at, "published": True,
             "renew_at": self.traffic.renew_at(card.expires_at, self._rng)})
 
+    async def _upload_card(self) -> None:
+        async with self._new_http(new_isolation(Purpose.CARD_UPLOAD)) as upload:
+            await self._publish_card(upload)
+
+    async def _between_polls(self) -> None:
+        """The pause between polls. A renewal of our (still valid) card goes at a random
+        moment inside it, on its own circuit: not next to a poll's requests."""
+        if not self._card_due(time.time()):
+            await asyncio.sleep(self.poll_seconds)
+            return
+        offset = self._rng.uniform(0, self.poll_seconds)
+        await asyncio.sleep(offset)
+        await self._upload_card()
+        await asyncio.sleep(self.poll_seconds - offset)
+
+    def _card_valid(self, now: float) -> bool:
+        row = self.store.get("mailbox", "card")
+        return row is not None and bool(row.get("published")) and now < row["expires_at"]
+
     def _card_due(self, now: float) -> bool:
         """Whether our card must be uploaded: never published, or its renewal time (drawn
         at random when it was published) has come."""
@@ -338,15 +357,15 @@ class MailboxService:
                         self._step("checking the mailbox's bundle")
                         await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
                         polls_since_check = 0
-                    if self._card_due(time.time()):
-                        async with self._new_http(new_isolation(Purpose.CARD_UPLOAD)) as upload:
-                            await self._publish_card(upload)
+                    if self._card_due(time.time()) and not self._card_valid(time.time()):
+                        # No card of ours out there: nobody can reach us until it is.
+                        await self._upload_card()
                     self._step("fetching records")
                     await self._poll(http)
                     polls_since_check += 1
                 self._set_state("live")
                 failures = 0
-                await asyncio.sleep(self.poll_seconds)
+                await self._between_polls()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -499,7 +518,7 @@ class MailboxService:
         row = self.cards.get(onion, mailbox_onion)
         if row is not None:
             try:
-                card = self._verified_card(row["card"], onion)
+                card = _verified_card(row["card"], onion)
             except MailboxError:
                 self.cards.drop(onion)   # expired, or a format we no longer read
             else:
@@ -531,17 +550,18 @@ class MailboxService:
             data = answer.parse(_CardAnswer).card
         except UntrustedResponseError as exc:
             raise MailboxError(f"the contact's card was refused: {exc}") from exc
-        card = self._verified_card(data, onion)
+        card = _verified_card(data, onion)
         self.cards.put(onion, mailbox_onion, data, card.expires_at, time.time())
         return card
 
-    @staticmethod
-    def _verified_card(data: bytes, onion: str) -> ContactCard:
-        try:
-            card = ContactCard.verify(data, onion, int(time.time()))
-        except (DecodeError, AuthenticationError) as exc:
-            raise MailboxError(f"the contact's card was refused: {exc}") from exc
-        return card
+
+def _verified_card(data: bytes, onion: str) -> ContactCard:
+    """A contact's card, checked as a sender must (the mailbox is untrusted)."""
+    try:
+        card = ContactCard.verify(data, onion, int(time.time()))
+    except (DecodeError, AuthenticationError) as exc:
+        raise MailboxError(f"the contact's card was refused: {exc}") from exc
+    return card
 
 
 async def _request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int, what: str,

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -208,11 +209,34 @@ async def test_a_cached_card_close_to_expiry_or_from_another_mailbox_is_fetched_
 
 
 def test_the_settings_set_the_post_delay_and_the_gap(tmp_path: Path) -> None:
-    settings = PeerSettings(data_dir=tmp_path, tor_socks="127.0.0.1:9050",
-                            tor_control="127.0.0.1:9051", mailbox_post_delay_seconds=2,
-                            mailbox_card_gap_seconds=5)
-    policy = Engine(settings)._traffic()
+    def settings(**kwargs: Any) -> PeerSettings:
+        return PeerSettings(data_dir=tmp_path, tor_socks="127.0.0.1:9050",
+                            tor_control="127.0.0.1:9051", **kwargs)
+
+    policy = Engine(settings(mailbox_post_delay_seconds=2, mailbox_card_gap_seconds=5))._traffic()
     assert (policy.post_delay_mean, policy.post_delay_cap, policy.card_post_gap) == (2, 8, 5)
-    defaults = Engine(PeerSettings(data_dir=tmp_path, tor_socks="127.0.0.1:9050",
-                                   tor_control="127.0.0.1:9051"))._traffic()
+    defaults = Engine(settings())._traffic()
     assert (defaults.post_delay_mean, defaults.card_post_gap) == (30, 120)
+
+
+async def test_a_renewal_goes_between_polls_on_its_own_credential(profile: Profile) -> None:
+    now = time.time()
+    profile.store.put("mailbox", "card", {"expires_at": now + 3 * 3600, "published": True,
+                                          "renew_at": now - 1})
+    sent: list[Sent] = []
+    async with mailbox(profile) as server:
+        mb = service(profile, server, sent, own_mailbox=MAILBOX.onion)
+        mb.start()
+        deadline = time.monotonic() + 15
+        while ((profile.store.get("mailbox", "card") or {})["renew_at"] < now
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.05)
+        await mb.stop()
+    kinds = [s.method if s.method == "PUT" else s.path for s in sent]
+    assert kinds[:2] == ["/v1/bundle", "/v1/records"], \
+        f"a valid card must not hold up polling: {kinds}"
+    upload = next(s for s in sent if s.method == "PUT")
+    assert upload.isolation.purpose is Purpose.CARD_UPLOAD
+    assert upload.isolation not in {s.isolation for s in sent if s.method != "PUT"}
+    row = profile.store.get("mailbox", "card")
+    assert row is not None and row["renew_at"] > now + 6 * 86_400
