@@ -128,8 +128,13 @@ class CardRefresher:
         except NythError as exc:
             failures = self._failures[onion] = self._failures.get(onion, 0) + 1
             row = self.cache.get(onion, mailbox)
+            # Not the engine's quick retries: a contact without a card (or a mailbox that
+            # is down) would have its card asked for every few minutes. A send still
+            # fetches on a miss.
+            wait = max(self.retry.delay(failures, self._rng),
+                       self._rng.uniform(0.5, 1.5) * self.policy.stale_retry)
             self._due[onion] = (None if row is None else float(row["fetched_at"]),
-                                time.time() + self.retry.delay(failures, self._rng))
+                                time.time() + wait)
             log.info("could not refresh a contact's card: %s",
                      printable(f"{type(exc).__name__}: {exc}", 300))
             return

@@ -240,3 +240,17 @@ async def test_a_renewal_goes_between_polls_on_its_own_credential(profile: Profi
     assert upload.isolation not in {s.isolation for s in sent if s.method != "PUT"}
     row = profile.store.get("mailbox", "card")
     assert row is not None and row["renew_at"] > now + 6 * 86_400
+
+
+async def test_a_failed_refresh_is_not_retried_within_minutes(profile: Profile) -> None:
+    profile.store.put("contacts", CAROL.onion, {"onion": CAROL.onion, "status": ACCEPTED,
+                                                "created_at": 0.0, "mailbox": MAILBOX.onion})
+    sent: list[Sent] = []
+    async with mailbox(profile) as server:
+        del server.routes[("GET", f"/v1/cards/{CAROL.onion}")]    # 404: no card there
+        mb = service(profile, server, sent)
+        now = time.time()
+        pause = await mb.refresher.step(now)
+    assert [s.path for s in sent] == [f"/v1/cards/{CAROL.onion}"]
+    assert mb.refresher.due_at(CAROL.onion, MAILBOX.onion, now) >= now + 0.5 * QUICK.stale_retry
+    assert 0 < pause <= 30
