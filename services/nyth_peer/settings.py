@@ -53,7 +53,7 @@ class PeerSettings(NythSettings):
     mailbox_card_gap_seconds: float = Field(
         120.0, ge=0, le=86_400,
         description="A record is never posted sooner than this after fetching the "
-                    "recipient's card, so the mailbox cannot pair the two by time.")
+                    "recipient's card, so the two are harder to pair by time.")
     detection_bits: int | None = Field(
         None, ge=0, le=24,
         description="Delegate an FMD detection key with false-positive rate 2^-n to our "
