@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from nyth.config import parse_host_port
+from nyth.mailbox_traffic import TrafficPolicy
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import normalize_onion
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
@@ -27,6 +28,9 @@ from nyth_peer.profile import Profile
 from nyth_peer.settings import PeerSettings
 
 log = logging.getLogger(__name__)
+
+# A post waits at most this many times the mean delay (NYTH_MAILBOX_POST_DELAY_SECONDS).
+POST_DELAY_CAP_FACTOR = 4.0
 
 
 class Engine:
@@ -78,11 +82,13 @@ class Engine:
             self.groups.on_onion_failure = self.forget_onion_failures
             mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
-                profile, self.events, lambda: onion_http_client(socks, timeout=120.0),
+                profile, self.events,
+                lambda iso: onion_http_client(socks, timeout=120.0, username=iso.username,
+                                              password=iso.password),
                 mailbox_onion=mailbox_onion, poll_seconds=self.settings.mailbox_poll_seconds,
                 detection_bits=self.settings.detection_bits,
                 on_record=self.messenger.on_mailbox_record, retry=self.retry,
-                on_onion_failure=self.forget_onion_failures)
+                on_onion_failure=self.forget_onion_failures, traffic=self._traffic())
             self.messenger.mailbox = self.mailbox
             self.messenger.mailbox_after = self.settings.mailbox_after_seconds
             self.messenger.on_onion_failure = self.forget_onion_failures
@@ -92,6 +98,11 @@ class Engine:
             self._spawn(self._greet_contacts())
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    def _traffic(self) -> TrafficPolicy:
+        mean = self.settings.mailbox_post_delay_seconds
+        return TrafficPolicy(post_delay_mean=mean, post_delay_cap=POST_DELAY_CAP_FACTOR * mean,
+                             card_post_gap=self.settings.mailbox_card_gap_seconds)
 
     # -- pinned servers --------------------------------------------------------------------
     def servers(self) -> list[dict[str, Any]]:

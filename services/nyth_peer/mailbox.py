@@ -5,7 +5,9 @@ Our profile names one mailbox (NYTH_MAILBOX). On it we publish a signed contact 
 records whose FMD tags match our key — either downloading everything and testing
 locally (the mailbox learns nothing) or delegating a detection key with a false-positive
 rate of 2⁻ⁿ. To reach a contact who is offline, we fetch and verify their card from
-*their* mailbox, seal the message to them, tag it, pay the proof of work and post it.
+*their* mailbox (cached, and refreshed on a schedule of its own: mailbox_traffic.py), seal
+the message to them, tag it, pay the proof of work and post it, on a circuit of its own
+after a random delay (nyth.mailbox_traffic says what the mailbox can still link).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import contextlib
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from nyth.http_limits import (
     printable,
     server_label,
 )
+from nyth.mailbox_traffic import Isolation, Purpose, TrafficPolicy, new_isolation
 from nyth.proto import fmd
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
 from nyth.proto.contact_id import ContactId
@@ -53,6 +57,7 @@ from pydantic import Field, PlainValidator
 
 from nyth_peer.card_keys import CardKeys
 from nyth_peer.events import EventBus
+from nyth_peer.mailbox_traffic import CardCache, CardRefresher, Pacing
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
 
@@ -169,14 +174,22 @@ def recommend_bits(records_per_day: float, ours_per_day: float) -> int:
 
 
 class MailboxService:
-    def __init__(self, profile: Profile, events: EventBus, http_factory: Callable[[], httpx.AsyncClient],
+    """http_factory(isolation) makes a client whose connections carry that SOCKS
+    credential: each purpose gets its own client and credential, so the mailbox never
+    sees two purposes on one connection or circuit (nyth.mailbox_traffic)."""
+
+    def __init__(self, profile: Profile, events: EventBus,
+                 http_factory: Callable[[Isolation], httpx.AsyncClient],
                  *, mailbox_onion: str | None, poll_seconds: float, detection_bits: int | None,
                  on_record: Callable[[str, Envelope], bool], retry: RetryPolicy | None = None,
-                 on_onion_failure: Callable[[], None] | None = None) -> None:
+                 on_onion_failure: Callable[[], None] | None = None,
+                 traffic: TrafficPolicy | None = None, rng: random.Random | None = None) -> None:
         self.profile = profile
         self.store = profile.store
         self.events = events
         self._new_http = http_factory
+        self.traffic = traffic or TrafficPolicy()
+        self._rng = rng or random.SystemRandom()
         self.mailbox_onion = mailbox_onion
         self.poll_seconds = poll_seconds
         self.detection_bits = detection_bits
@@ -192,6 +205,13 @@ class MailboxService:
         self.card_keys = CardKeys(self.store)
         self.pins = Pins(self.store)
         self._wake = asyncio.Event()
+        self.cards = CardCache(self.store)
+        self.refresher = CardRefresher(self.store, self.cards, self.fetch_card, self.traffic,
+                                       self.retry, self._rng)
+        # Our polls share one credential (they are alike and the mailbox can link them by
+        # timing anyway); a new one after a failure, so a retry gets a new circuit.
+        self._poll_isolation = new_isolation(Purpose.POLL)
+        self.pacing = Pacing(self.store, self.traffic, self._rng)
 
     def _fmd_secret(self) -> fmd.FmdSecretKey:
         row = self.store.get("mailbox", "fmd")
@@ -212,6 +232,8 @@ class MailboxService:
         # Also when the mailbox is down or no longer configured: an expired card key must
         # not outlive its records because no poll came to delete it.
         self.card_keys.prune(time.time())
+        # Contacts' cards are refreshed whether or not we have a mailbox of our own.
+        self._tasks.append(asyncio.ensure_future(self.refresher.run()))
         if self.mailbox_onion is not None:
             self._tasks.append(asyncio.ensure_future(self._run()))
 
@@ -261,7 +283,7 @@ class MailboxService:
     async def fetch_bundle(self, onion: str) -> bytes:
         """The bundle a mailbox presents now, unchecked (a re-pin verifies it)."""
         try:
-            async with self._new_http() as http:
+            async with self._new_http(new_isolation(Purpose.REVIEW)) as http:
                 return await self._fetch_bundle(http, onion)
         except MailboxError:
             raise
@@ -282,13 +304,8 @@ class MailboxService:
 
     async def _publish_card(self, http: httpx.AsyncClient) -> None:
         assert self.mailbox_onion is not None
-        row = self.store.get("mailbox", "card")
         now = int(time.time())
-        # A card from before random card keys (no "x25519" in its row), or published on
-        # another mailbox than the configured one (cards name their mailbox), is replaced.
-        if (row is not None and row["expires_at"] - now > CARD_RENEW_BEFORE and row.get("published")
-                and row.get("mailbox") == self.mailbox_onion
-                and self.card_keys.has(base64.b64decode(row.get("x25519") or ""))):
+        if not self._card_due(now):
             return
         # _run pinned the mailbox's bundle before the first publish; it states the work,
         # and how long records sealed to this card's key may stay on the mailbox.
@@ -310,16 +327,51 @@ class MailboxService:
         if answer.status_code not in (200, 201, 204):
             raise MailboxError(f"mailbox refused our card ({_status(answer)})")
         self.card_keys.published(x25519_public)
-        self.store.put("mailbox", "card", {"expires_at": card.expires_at, "published": True,
-                                           "x25519": base64.b64encode(x25519_public).decode(),
-                                           "mailbox": self.mailbox_onion})
+        self.store.put("mailbox", "card", {
+            "expires_at": card.expires_at, "published": True,
+            "x25519": base64.b64encode(x25519_public).decode(), "mailbox": self.mailbox_onion,
+            "renew_at": self.traffic.renew_at(card.expires_at, self._rng)})
+
+    async def _upload_card(self) -> None:
+        async with self._new_http(new_isolation(Purpose.CARD_UPLOAD)) as upload:
+            await self._publish_card(upload)
+
+    async def _between_polls(self) -> None:
+        """The pause between polls. A renewal of our (still valid) card goes at a random
+        moment inside it, on its own circuit: not next to a poll's requests."""
+        if not self._card_due(time.time()):
+            await asyncio.sleep(self.poll_seconds)
+            return
+        offset = self._rng.uniform(0, self.poll_seconds)
+        await asyncio.sleep(offset)
+        await self._upload_card()
+        await asyncio.sleep(self.poll_seconds - offset)
+
+    def _card_valid(self, now: float) -> bool:
+        row = self.store.get("mailbox", "card")
+        return row is not None and bool(row.get("published")) and now < row["expires_at"]
+
+    def _card_due(self, now: float) -> bool:
+        """Whether our card must be uploaded: never published, its renewal time (drawn at
+        random when it was published) has come, or it is from before random card keys (no
+        "x25519" in its row) or names another mailbox than the configured one."""
+        row = self.store.get("mailbox", "card")
+        if (row is None or not row.get("published") or row.get("mailbox") != self.mailbox_onion
+                or not self.card_keys.has(base64.b64decode(row.get("x25519") or ""))):
+            return True
+        renew_at = row.get("renew_at")
+        if isinstance(renew_at, bool) or not isinstance(renew_at, int | float):
+            renew_at = row["expires_at"] - CARD_RENEW_BEFORE   # a row from before renew_at
+        return bool(now >= renew_at)
 
     async def _run(self) -> None:
         failures = 0
         polls_since_check = 0
         while True:
             try:
-                async with self._new_http() as http:
+                # Polls and the card upload never share a connection or a circuit: the
+                # card names us, our polls must not (nyth.mailbox_traffic).
+                async with self._new_http(self._poll_isolation) as http:
                     # The bundle is checked after any failure and every few polls, not on
                     # every poll: a mailbox restarted with new limits between two polls
                     # need not make a poll fail, and must still be noticed.
@@ -328,18 +380,21 @@ class MailboxService:
                         self._step("checking the mailbox's bundle")
                         await self._bundle(http, self.mailbox_onion)  # type: ignore[arg-type]
                         polls_since_check = 0
-                    await self._publish_card(http)
+                    if self._card_due(time.time()) and not self._card_valid(time.time()):
+                        # No card of ours out there: nobody can reach us until it is.
+                        await self._upload_card()
                     self._step("fetching records")
                     await self._poll(http)
                     polls_since_check += 1
                 self._set_state("live")
                 failures = 0
-                await asyncio.sleep(self.poll_seconds)
+                await self._between_polls()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
                 delay = self.retry.delay(failures)
+                self._poll_isolation = new_isolation(Purpose.POLL)
                 if isinstance(exc, MailboxBundleChangedError):
                     self._set_state("bundle_changed", str(exc), next_retry_at=time.time() + delay)
                 else:
@@ -448,40 +503,15 @@ class MailboxService:
 
     # -- sending to someone else's mailbox -------------------------------------------------
     async def send(self, onion: str, mailbox_onion: str, envelope: Envelope) -> None:
-        """Post envelope for onion to its mailbox; raises MailboxError with a reason."""
+        """Post envelope for onion to its mailbox; raises MailboxError with a reason.
+
+        The card comes from the cache (fetched on the refresher's schedule), or on a miss
+        from its own connection and circuit; the post waits a random delay, never goes
+        within card_post_gap of a fetch of this card, and has a circuit of its own."""
         try:
-            async with self._new_http() as http:
-                bundle = await self._bundle(http, mailbox_onion)
-                answer = await _request(http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
-                                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
-                if answer.status_code == 404:
-                    raise MailboxError("the contact has no card on its mailbox")
-                if answer.status_code != 200:
-                    raise MailboxError(f"{answer.server} {answer.failure()} for the card")
-                try:
-                    data = answer.parse(_CardAnswer).card
-                except UntrustedResponseError as exc:
-                    raise MailboxError(f"the contact's card was refused: {exc}") from exc
-                try:
-                    # The card must name the mailbox we ask: a contact id's mailbox key is
-                    # only checksummed, so a mailbox serving a copy of the real card is
-                    # refused here, before it gets (and can drop or time) the record.
-                    card = ContactCard.verify(data, onion, int(time.time()),
-                                              mailbox=mailbox_onion)
-                except (DecodeError, AuthenticationError) as exc:
-                    raise MailboxError(f"the contact's card was refused: {exc}") from exc
-                record = seal_record(self.profile.identity, card.onion_public_key,
-                                     card.x25519_public_key, envelope, bundle.record_size)
-                tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
-                nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
-                                                bundle.pow_bits)
-                answer = await _request(
-                    http, "POST", _url(mailbox_onion, "/v1/records"),
-                    json={"tag": base64.b64encode(tag).decode(),
-                          "ciphertext": base64.b64encode(record).decode(), "nonce": nonce},
-                    max_bytes=POST_ANSWER_BYTES, what="answer to our record")
-                if answer.status_code not in (201, 409):
-                    raise MailboxError(f"mailbox refused the record ({_status(answer)})")
+            card = await self._card_for(onion, mailbox_onion)
+            async with self.pacing.posting(onion):
+                await self._post(mailbox_onion, card, envelope)
         except MailboxError:
             raise
         except UntrustedResponseError as exc:
@@ -491,6 +521,75 @@ class MailboxService:
         except Exception as exc:
             raise MailboxError("cannot reach the contact's mailbox: "
                                + printable(f"{type(exc).__name__} {exc}", 300)) from exc
+
+    async def _post(self, mailbox_onion: str, card: ContactCard, envelope: Envelope) -> None:
+        """Seal, tag and post one record, on a connection and circuit of its own."""
+        async with self._new_http(new_isolation(Purpose.POST)) as http:
+            bundle = await self._bundle(http, mailbox_onion)
+            record = seal_record(self.profile.identity, card.onion_public_key,
+                                 card.x25519_public_key, envelope, bundle.record_size)
+            tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
+            nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
+                                            bundle.pow_bits)
+            answer = await _request(
+                http, "POST", _url(mailbox_onion, "/v1/records"),
+                json={"tag": base64.b64encode(tag).decode(),
+                      "ciphertext": base64.b64encode(record).decode(), "nonce": nonce},
+                max_bytes=POST_ANSWER_BYTES, what="answer to our record")
+            if answer.status_code not in (201, 409):
+                raise MailboxError(f"mailbox refused the record ({_status(answer)})")
+
+    async def _card_for(self, onion: str, mailbox_onion: str) -> ContactCard:
+        """onion's verified card: the cached one while it stays usable, else a fresh one."""
+        row = self.cards.get(onion, mailbox_onion)
+        if row is not None:
+            try:
+                card = _verified_card(row["card"], onion, mailbox_onion)
+            except MailboxError:
+                self.cards.drop(onion)   # expired, or a format we no longer read
+            else:
+                if self.traffic.card_usable(time.time(), card.expires_at):
+                    return card
+        return await self.fetch_card(onion, mailbox_onion)
+
+    async def fetch_card(self, onion: str, mailbox_onion: str) -> ContactCard:
+        """Fetch, verify and cache onion's card, on a connection and circuit of its own
+        (a fresh credential: two fetches are not linked to each other either)."""
+        try:
+            async with self.pacing.fetching(onion):
+                async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
+                    answer = await _request(
+                        http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
+                        max_bytes=CARD_ANSWER_BYTES, what="contact card")
+        except UntrustedResponseError as exc:
+            raise MailboxError(str(exc)) from exc
+        except TimeoutError as exc:
+            raise MailboxError("the contact's mailbox did not answer in time") from exc
+        except Exception as exc:
+            raise MailboxError("cannot reach the contact's mailbox: "
+                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
+        if answer.status_code == 404:
+            raise MailboxError("the contact has no card on its mailbox")
+        if answer.status_code != 200:
+            raise MailboxError(f"{answer.server} {answer.failure()} for the card")
+        try:
+            data = answer.parse(_CardAnswer).card
+        except UntrustedResponseError as exc:
+            raise MailboxError(f"the contact's card was refused: {exc}") from exc
+        card = _verified_card(data, onion, mailbox_onion)
+        self.cards.put(onion, mailbox_onion, data, card.expires_at, time.time())
+        return card
+
+
+def _verified_card(data: bytes, onion: str, mailbox_onion: str) -> ContactCard:
+    """A contact's card, checked as a sender must (the mailbox is untrusted). It must name
+    the mailbox we ask: a contact id's mailbox key is only checksummed, so a mailbox serving
+    a copy of the real card is refused here, before it gets (and can drop or time) a record."""
+    try:
+        card = ContactCard.verify(data, onion, int(time.time()), mailbox=mailbox_onion)
+    except (DecodeError, AuthenticationError) as exc:
+        raise MailboxError(f"the contact's card was refused: {exc}") from exc
+    return card
 
 
 async def _request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int, what: str,

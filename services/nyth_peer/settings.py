@@ -46,6 +46,14 @@ class PeerSettings(NythSettings):
         60.0, ge=0, le=86_400,
         description="How long a contact must be unreachable P2P before we use its mailbox.")
     mailbox_poll_seconds: float = Field(15.0, gt=0, le=86_400)
+    mailbox_post_delay_seconds: float = Field(
+        30.0, ge=0, le=3600,
+        description="Mean random delay before a record is posted to a contact's mailbox "
+                    "(exponential, at most 4 times this), so its time tells little.")
+    mailbox_card_gap_seconds: float = Field(
+        120.0, ge=0, le=86_400,
+        description="A record is never posted sooner than this after fetching the "
+                    "recipient's card, so the two are harder to pair by time.")
     detection_bits: int | None = Field(
         None, ge=0, le=24,
         description="Delegate an FMD detection key with false-positive rate 2^-n to our "

@@ -132,7 +132,10 @@ class Stack:
 def stack(nyth_image: str, docker_client: Any) -> Iterator[Stack]:
     project = f"nyth-e2e-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "NYTH_ALICE_PORT": str(free_port()), "NYTH_BOB_PORT": str(free_port()),
-           "NYTH_MAILBOX_AFTER_SECONDS": "3"}
+           "NYTH_MAILBOX_AFTER_SECONDS": "3",
+           # Short, so the test does not wait minutes; what they protect is tested in
+           # tests/integration/test_mailbox_unlinkable.py.
+           "NYTH_MAILBOX_POST_DELAY_SECONDS": "1", "NYTH_MAILBOX_CARD_GAP_SECONDS": "3"}
     up = _compose(project, "up", "-d", env=env, check=False, timeout=900)
     s = Stack(project, env, docker_client, {})
     try:

@@ -26,7 +26,10 @@ from tests.fixtures.stack import wait_delivered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FAST = {"NYTH_MAILBOX_AFTER_SECONDS": "0", "NYTH_MAILBOX_POLL_SECONDS": "1"}
+# Short post delay and card-to-post gap (defaults: 30 s mean, 120 s): these tests are about
+# delivery; test_mailbox_unlinkable.py is about what the delays protect.
+FAST = {"NYTH_MAILBOX_AFTER_SECONDS": "0", "NYTH_MAILBOX_POLL_SECONDS": "1",
+        "NYTH_MAILBOX_POST_DELAY_SECONDS": "0.5", "NYTH_MAILBOX_CARD_GAP_SECONDS": "2"}
 
 
 def _msg(client, onion, msg_id):

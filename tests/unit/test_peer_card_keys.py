@@ -47,7 +47,8 @@ async def test_expired_keys_are_deleted_at_start_without_a_mailbox(profile: Prof
     keys.published(keys.for_new_card(now - 7200, 3600))
     kept = keys.for_new_card(now - 600, 3600)
     keys.published(kept)
-    service = MailboxService(profile, EventBus(), httpx.AsyncClient, mailbox_onion=None,
+    service = MailboxService(profile, EventBus(), lambda _isolation: httpx.AsyncClient(),
+                             mailbox_onion=None,
                              poll_seconds=1, detection_bits=None, on_record=lambda *_: True)
     service.start()
     row = profile.store.get("mailbox", "card_keys")

@@ -297,7 +297,8 @@ def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int
     events = EventBus()
     messenger = Messenger(profile, events, FAST)
     GroupService(profile, events, messenger, server.client, FAST)  # handles invites
-    service = MailboxService(profile, events, server.client, mailbox_onion=MAILBOX.onion,
+    service = MailboxService(profile, events, lambda _isolation: server.client(),
+                             mailbox_onion=MAILBOX.onion,
                              poll_seconds=0.2, detection_bits=detection_bits,
                              on_record=messenger.on_mailbox_record)
     return service, messenger
@@ -521,7 +522,8 @@ async def test_each_card_gets_a_new_random_x25519_key(profile: Profile, tmp_path
         # Due for renewal: the next round publishes a new card.
         row = profile.store.get("mailbox", "card")
         assert row is not None
-        profile.store.put("mailbox", "card", {**row, "expires_at": int(time.time()) + 60})
+        profile.store.put("mailbox", "card", {**row, "expires_at": int(time.time()) + 60,
+                                              "renew_at": time.time()})
         await until(lambda: len(server.seen(*put)) >= 2, "the renewed card")
         await service.stop()
     cards = [ContactCard.decode_unverified(base64.b64decode(r.json()["card"]))[0]

@@ -163,8 +163,13 @@ async def open_onion_connection(
     return stream.reader, stream.writer
 
 
-def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60) -> httpx.AsyncClient:
+def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60, username: str | None = None,
+                      password: str | None = None) -> httpx.AsyncClient:
     """An httpx client whose requests to http://<onion>.onion/... go through tor.
+
+    username/password are sent as SOCKS5 credentials. tor does not check them: with
+    IsolateSOCKSAuth (on by default) it only never lets streams with different
+    credentials share a circuit, which is how callers keep unrelated requests apart.
 
     Connection failures surface as httpx.ProxyError / httpx.ConnectTimeout; pass them to
     `onion_connect_error` for a readable reason. The servers behind onions are untrusted:
@@ -174,6 +179,8 @@ def onion_http_client(socks: SocksEndpoint, *, timeout: float = 60) -> httpx.Asy
         proxy_type=ProxyType.SOCKS5,
         proxy_host=socks.host,
         proxy_port=socks.port,
+        username=username,
+        password=password,
         rdns=True,
     )
     # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute onion traffic.
