@@ -51,6 +51,7 @@ from nyth.proto.p2p import Envelope
 from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
+from nyth_peer import pow_pool
 from nyth_peer.events import EventBus
 from nyth_peer.pins import MAILBOX, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
@@ -277,8 +278,8 @@ class MailboxService:
         # _run pinned the mailbox's bundle before the first publish; it states the work.
         bundle = self._pinned(self.mailbox_onion)
         self._step(f"solving the card's proof of work ({bundle.pow_bits} bits)")
-        nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
-                                        bundle.pow_bits)
+        nonce = await pow_pool.solve(solve_card_pow, bundle.onion_public_key, data,
+                                     bundle.pow_bits, what="our card", error=MailboxError)
         self._step("uploading our contact card")
         answer = await _request(
             http, "PUT", _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
@@ -440,8 +441,9 @@ class MailboxService:
                 record = seal_record(self.profile.identity, card.onion_public_key,
                                      card.x25519_public_key, envelope, bundle.record_size)
                 tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
-                nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
-                                                bundle.pow_bits)
+                nonce = await pow_pool.solve(solve_pow, bundle.onion_public_key, tag, record,
+                                             bundle.pow_bits, what="the record",
+                                             error=MailboxError)
                 answer = await _request(
                     http, "POST", _url(mailbox_onion, "/v1/records"),
                     json={"tag": base64.b64encode(tag).decode(),
