@@ -301,8 +301,11 @@ def group_read(gid: str, limit: int = 100) -> None:
         show(result)
         return
     for m in result["messages"]:
-        console.print(f"{_when(m['timestamp_ms'] / 1000)} {t(m['author'][:8])}: {t(m['body'])}"
-                      f"  [dim]{t(m['state'])}[/dim]")
+        # The author's claimed time, flagged when the peer did not order by it.
+        adjusted = m.get("time_adjusted")
+        flag = f" [yellow](claimed time; ordered as {t(str(adjusted))})[/yellow]" if adjusted else ""
+        console.print(f"{_when(m['timestamp_ms'] / 1000)}{flag} {t(m['author'][:8])}: "
+                      f"{t(m['body'])}  [dim]{t(m['state'])}[/dim]")
     if result["missing"]:
         console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
 

@@ -98,6 +98,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _received_at_ms(row: dict[str, Any]) -> int | None:
+    """When we got a stored message, ms; None for rows stored before this was kept."""
+    value = row.get("received_at_ms")
+    return value if type(value) is int and 0 <= value < 1 << 63 else None
+
+
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task crashed", exc_info=task.exception())
@@ -128,6 +134,7 @@ class GroupService:
         self._groups_cache: list[dict[str, Any]] | None = None
         self.on_onion_failure: Any = None  # set by the engine: forget tor's failed lookups
         self.stream_idle_seconds = STREAM_IDLE_SECONDS
+        self._last_receipt_ms = 0
         messenger.on_invite = self._on_invite
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -148,9 +155,12 @@ class GroupService:
     def _load_dag(self, gid: str) -> GroupDag:
         dag = GroupDag()
         for row in self.store.list(f"group_messages:{gid}"):
+            received = _received_at_ms(row)
             dag.add(GroupMessage(bytes.fromhex(row["author"]), row["timestamp_ms"],
                                  tuple(bytes.fromhex(p) for p in row["parents"]), row["body"],
-                                 bytes.fromhex(row["hash"])))
+                                 bytes.fromhex(row["hash"])), received)
+            # Receipts stay in order across a restart, even with a clock set back.
+            self._last_receipt_ms = max(self._last_receipt_ms, received or 0)
         self.dags[gid] = dag
         return dag
 
@@ -316,6 +326,7 @@ class GroupService:
             self.profile.identity, base64.b64decode(row["key"]), bytes.fromhex(gid),
             timestamp_ms=int(time.time() * 1000), parents=dag.heads(), body=text)
         record = self._record(message, state="queued")
+        record["received_at_ms"] = self._receipt_ms()
         record["pending_servers"] = list(row["servers"])
         with self.store.transaction():
             self.store.put(f"group_messages:{gid}", record["hash"], record)
@@ -323,10 +334,16 @@ class GroupService:
                            {"gid": gid, "hash": record["hash"], "blob": _b64(blob),
                             "servers": list(row["servers"]), "attempts": 0,
                             "next_attempt_at": time.time()})
-        dag.add(message)
+        dag.add(message, record["received_at_ms"])
         self.events.publish("group_message", group=gid, message=record)
         self._post_wake.set()
         return record
+
+    def _receipt_ms(self) -> int:
+        """Now in ms, and strictly after the previous receipt: a page of backlog ingested
+        within one millisecond keeps its order, which history's order relies on."""
+        self._last_receipt_ms = max(int(time.time() * 1000), self._last_receipt_ms + 1)
+        return self._last_receipt_ms
 
     def _record(self, message: GroupMessage, *, state: str) -> dict[str, Any]:
         return {"hash": message.hash.hex(), "author": message.author.hex(),
@@ -538,8 +555,10 @@ class GroupService:
                 return  # ours coming back, or a copy from another server of the group
             record = self._record(message, state="received")
             record["server"] = onion
+            # History's order bounds each author's claimed time by when we got it.
+            record["received_at_ms"] = self._receipt_ms()
             self.store.put(key, record["hash"], record)
-            dag.add(message)
+            dag.add(message, record["received_at_ms"])
             self.events.publish("group_message", group=gid, message=record)
             return
 
@@ -547,10 +566,12 @@ class GroupService:
         self._group_row(gid)
         dag = self.dags.get(gid) or self._load_dag(gid)
         key = f"group_messages:{gid}"
-        ordered = dag.ordered()[-limit:]
         messages = []
-        for message in ordered:
+        for placed in dag.placed()[-limit:]:
+            message = placed.message
             row = self.store.get(key, message.hash.hex()) or self._record(message, state="received")
-            messages.append(row)
+            messages.append({**row, "received_at_ms": _received_at_ms(row),
+                             "order_time_ms": placed.order_time_ms,
+                             "time_adjusted": placed.time_adjusted})
         return {"group": gid, "messages": messages,
                 "missing": sorted(h.hex() for h in dag.missing())}

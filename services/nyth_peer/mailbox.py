@@ -55,6 +55,7 @@ from nyth.proto.p2p import Envelope
 from nyth.runtime.stream_store import CURSOR_PATTERN
 from pydantic import Field, PlainValidator
 
+from nyth_peer import pow_pool
 from nyth_peer.card_keys import CardKeys
 from nyth_peer.events import EventBus
 from nyth_peer.mailbox_traffic import CardCache, CardRefresher, Pacing
@@ -317,8 +318,8 @@ class MailboxService:
                            now + CARD_LIFETIME)
         data = card.sign(self.profile.identity)
         self._step(f"solving the card's proof of work ({bundle.pow_bits} bits)")
-        nonce = await asyncio.to_thread(solve_card_pow, bundle.onion_public_key, data,
-                                        bundle.pow_bits)
+        nonce = await pow_pool.solve(solve_card_pow, bundle.onion_public_key, data,
+                                     bundle.pow_bits, what="our card", error=MailboxError)
         self._step("uploading our contact card")
         answer = await _request(
             http, "PUT", _url(self.mailbox_onion, f"/v1/cards/{self.profile.identity.onion}"),
@@ -529,8 +530,8 @@ class MailboxService:
             record = seal_record(self.profile.identity, card.onion_public_key,
                                  card.x25519_public_key, envelope, bundle.record_size)
             tag = fmd.flag(fmd.FmdPublicKey.decode(card.fmd_public_key))
-            nonce = await asyncio.to_thread(solve_pow, bundle.onion_public_key, tag, record,
-                                            bundle.pow_bits)
+            nonce = await pow_pool.solve(solve_pow, bundle.onion_public_key, tag, record,
+                                         bundle.pow_bits, what="the record", error=MailboxError)
             answer = await _request(
                 http, "POST", _url(mailbox_onion, "/v1/records"),
                 json={"tag": base64.b64encode(tag).decode(),
@@ -558,9 +559,14 @@ class MailboxService:
         try:
             async with self.pacing.fetching(onion):
                 async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
+                    # A mailbox whose bundle we refuse (changed, or demanding more work
+                    # than we pay) is not asked for anything else.
+                    await self._bundle(http, mailbox_onion)
                     answer = await _request(
                         http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
                         max_bytes=CARD_ANSWER_BYTES, what="contact card")
+        except MailboxError:
+            raise
         except UntrustedResponseError as exc:
             raise MailboxError(str(exc)) from exc
         except TimeoutError as exc:

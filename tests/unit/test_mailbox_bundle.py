@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ from nyth.proto.identity import Identity
 from nyth.proto.mailbox_bundle import (
     MAGIC,
     MAILBOX_BUNDLE_SIZE,
+    MAX_POW_BITS,
+    POW_CHECK_EVERY,
     MailboxBundle,
+    PowStopped,
     card_pow_ok,
     leading_zero_bits,
     pow_digest,
@@ -45,7 +49,7 @@ def test_layout_is_pinned() -> None:
 
 
 @given(st.integers(1, 0xFFFF), st.integers(64, 1 << 16), st.integers(1, (1 << 63) - 1),
-       st.integers(1, (1 << 63) - 1), st.integers(0, 64))
+       st.integers(1, (1 << 63) - 1), st.integers(0, MAX_POW_BITS))
 @settings(max_examples=50)
 def test_round_trip(tag: int, size: int, records: int, age: int, bits: int) -> None:
     bundle = make(tag_size=tag, record_size=size, max_records=records, max_age_seconds=age,
@@ -66,7 +70,7 @@ def test_tampering_and_wrong_server_are_refused() -> None:
         MailboxBundle.verify(data[:-1])
 
 
-@pytest.mark.parametrize("overrides", [{"record_size": 63}, {"pow_bits": 65},
+@pytest.mark.parametrize("overrides", [{"record_size": 63}, {"pow_bits": MAX_POW_BITS + 1},
                                        {"max_records": 0}, {"tag_size": 0},
                                        {"onion_public_key": b"x"}])
 def test_bad_values(overrides: dict[str, object]) -> None:
@@ -114,3 +118,58 @@ def test_card_pow_is_bound_to_the_mailbox_the_card_and_its_own_domain() -> None:
     assert card_pow_ok(MAILBOX.public_key, card, 7, 0)
     with pytest.raises(DecodeError):
         card_pow_ok(MAILBOX.public_key, card, 1 << 64, 1)
+
+
+def signed_with_bits(bits: int) -> bytes:
+    """A bundle the mailbox really signed, whatever pow_bits it states (the constructor
+    would refuse to build one above the maximum)."""
+    body = MAGIC + MAILBOX.public_key + struct.pack(">HIQQBQ", 67, 1024, 100, 86400, bits,
+                                                    1_800_000_000)
+    return body + MAILBOX.sign(body)
+
+
+def test_the_pow_maximum_is_what_the_protocol_states() -> None:
+    # docs/protocol.md states 24 and what it costs; changing it is a protocol change.
+    assert MAX_POW_BITS == 24
+    assert MailboxBundle.verify(signed_with_bits(MAX_POW_BITS), MAILBOX.onion).pow_bits == 24
+
+
+@pytest.mark.parametrize("bits", [MAX_POW_BITS + 1, 40, 64, 255])
+def test_a_signed_bundle_demanding_more_work_than_the_maximum_is_refused(bits: int) -> None:
+    with pytest.raises(DecodeError, match=f"demands {bits}-bit proof of work; Nyth pays at "
+                                          f"most {MAX_POW_BITS} bits"):
+        MailboxBundle.verify(signed_with_bits(bits), MAILBOX.onion)
+
+
+def test_a_solve_stops_at_its_deadline() -> None:
+    started = time.monotonic()
+    with pytest.raises(PowStopped, match="ran out of time") as caught:
+        solve_pow(MAILBOX.public_key, b"tag", b"ct", 60, deadline=started + 0.2)
+    elapsed = time.monotonic() - started
+    assert elapsed < 3, f"took {elapsed:.2f} s to notice a 0.2 s deadline"  # 2^60 without
+    assert caught.value.tried > 0 and caught.value.tried % POW_CHECK_EVERY == 0
+
+
+def test_a_solve_looks_at_its_flag_and_clock_every_few_thousand_hashes() -> None:
+    """Pure: a fake clock and flag. Each look at the clock costs one tick; the flag is set
+    on the third look, so the solve stops after exactly two rounds of work."""
+    looks = []
+
+    def stop() -> bool:
+        looks.append(1)
+        return len(looks) >= 3
+
+    with pytest.raises(PowStopped, match="cancelled") as caught:
+        solve_card_pow(MAILBOX.public_key, b"card", 60, stop=stop)
+    assert caught.value.tried == 2 * POW_CHECK_EVERY
+    ticks = iter(range(100))
+    with pytest.raises(PowStopped, match="ran out of time") as caught:
+        solve_pow(MAILBOX.public_key, b"t", b"c", 60, deadline=3, clock=lambda: next(ticks))
+    assert caught.value.tried == 3 * POW_CHECK_EVERY
+
+
+def test_a_stop_flag_or_deadline_does_not_change_the_answer() -> None:
+    plain = solve_pow(MAILBOX.public_key, b"t", b"c", 12)
+    assert solve_pow(MAILBOX.public_key, b"t", b"c", 12, stop=lambda: False,
+                     deadline=time.monotonic() + 60) == plain
+    assert solve_card_pow(MAILBOX.public_key, b"card", 0, stop=lambda: True) == 0  # no work

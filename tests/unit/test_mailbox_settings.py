@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from nyth.config import ConfigError, load_settings
+from nyth.proto.mailbox_bundle import MAX_POW_BITS
 from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE, max_envelope_size
 from nyth.proto.p2p import MAX_BODY
 from nyth_mailbox.settings import MailboxSettings
@@ -40,7 +41,7 @@ def test_passphrase_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 @pytest.mark.parametrize("env", [
     {"NYTH_DATA_DIR": "/tmp/mb"},
-    {**BASE, "NYTH_POW_BITS": "65"},
+    {**BASE, "NYTH_POW_BITS": str(MAX_POW_BITS + 1)},
     {**BASE, "NYTH_RECORD_SIZE": "63"},
     {**BASE, "NYTH_REDIS_URL": "http://x"},
     {**BASE, "NYTH_STREAM_KEY": "a b"},

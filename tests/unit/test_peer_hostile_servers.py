@@ -18,6 +18,7 @@ from typing import Any
 
 import nacl.bindings
 import pytest
+from nyth.mailbox_traffic import TrafficPolicy
 from nyth.proto import fmd
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.contact_card import ContactCard
@@ -292,6 +293,12 @@ def card_of(owner: Identity, mailbox: Identity) -> bytes:
                        now + 3600).sign(owner)
 
 
+# What is paced for privacy (post delay, card-to-post gap) is tested in
+# test_peer_mailbox_traffic.py; here it would only make the tests wait.
+NO_WAITING = TrafficPolicy(post_delay_mean=0.0, post_delay_cap=0.0, card_post_gap=0.0,
+                           first_fetch_spread=0.0)
+
+
 def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int | None = None,
                     ) -> tuple[MailboxService, Messenger]:
     events = EventBus()
@@ -300,7 +307,7 @@ def mailbox_service(profile: Profile, server: HostileServer, detection_bits: int
     service = MailboxService(profile, events, lambda _isolation: server.client(),
                              mailbox_onion=MAILBOX.onion,
                              poll_seconds=0.2, detection_bits=detection_bits,
-                             on_record=messenger.on_mailbox_record)
+                             on_record=messenger.on_mailbox_record, traffic=NO_WAITING)
     return service, messenger
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nyth.proto.dag import GroupDag
+from nyth.proto.dag import BEFORE_PARENTS, FUTURE, LATE, MAX_CLOCK_SKEW_MS, GroupDag
 from nyth.proto.group import MAX_PARENTS, GroupMessage, seal_group_message
 from nyth.proto.identity import Identity
 
@@ -63,14 +63,140 @@ def test_ordered_is_a_topological_order_independent_of_insertion_order(
 @settings(max_examples=40)
 @given(dags())
 def test_ordered_takes_the_oldest_ready_message_first(messages: list[GroupMessage]) -> None:
+    """Oldest by timestamp, raised to the parents' times (no receipt times known)."""
     order = GroupDag(messages).ordered()
     held = {m.hash for m in messages}
-    done: set[bytes] = set()
+    done: dict[bytes, int] = {}
+
+    def clamped(m: GroupMessage) -> int:
+        return max([m.timestamp_ms, *(done[p] for p in m.parents if p in done)])
+
     for chosen in order:
         ready = [m for m in messages if m.hash not in done
                  and all(p in done or p not in held for p in m.parents)]
-        assert chosen == min(ready, key=lambda m: (m.timestamp_ms, m.hash))
+        assert chosen == min(ready, key=lambda m: (clamped(m), m.hash))
+        done[chosen.hash] = clamped(chosen)
+
+
+def old_order(messages: list[GroupMessage]) -> list[bytes]:
+    """The order before receipt times and clamping (commit dc165a0), as a reference."""
+    held = {m.hash: m for m in messages}
+    done: set[bytes] = set()
+    out: list[bytes] = []
+    while len(out) < len(held):
+        ready = [m for m in held.values() if m.hash not in done
+                 and all(p in done or p not in held for p in m.parents)]
+        chosen = min(ready, key=lambda m: (m.timestamp_ms, m.hash))
+        out.append(chosen.hash)
         done.add(chosen.hash)
+    return out
+
+
+SKEW = MAX_CLOCK_SKEW_MS
+
+
+@st.composite
+def honest(draw: st.DrawFn) -> list[tuple[GroupMessage, int]]:
+    """Honest histories: each message is written after the ones it names (clocks within
+    a second of each other) and arrives within half the skew, in any order (several
+    servers, delays); many equal timestamps. (message, received at)."""
+    n = draw(st.integers(0, 12))
+    out: list[tuple[GroupMessage, int]] = []
+    now = 1_700_000_000_000
+    for i in range(n):
+        now += draw(st.sampled_from([0, 1, 1000, 60_000]))
+        candidates = [m.hash for m, _ in out] + [h(("gap", j)) for j in range(2)]
+        parents = tuple(draw(st.lists(st.sampled_from(candidates), max_size=MAX_PARENTS)))
+        floor = max((m.timestamp_ms for m, _ in out if m.hash in parents), default=now)
+        ts = max(floor, now - draw(st.integers(0, 1000)))
+        received = ts + draw(st.integers(0, SKEW // 2))
+        out.append((msg(("m", i), parents, ts, draw(st.sampled_from(AUTHORS))), received))
+    return out
+
+
+@settings(max_examples=80)
+@given(honest(), st.booleans(), st.randoms(use_true_random=False))
+def test_honest_histories_order_exactly_as_before(history: list[tuple[GroupMessage, int]],
+                                                  receipts_known: bool, rnd: object) -> None:
+    arrival = list(history)
+    rnd.shuffle(arrival)  # type: ignore[attr-defined]
+    dag = GroupDag()
+    for message, received in arrival:
+        dag.add(message, received if receipts_known else None)
+    placed = dag.placed()
+    assert [p.message.hash for p in placed] == old_order([m for m, _ in history])
+    assert all(p.time_adjusted is None and p.order_time_ms == p.message.timestamp_ms
+               for p in placed)
+
+
+def group_so_far() -> tuple[GroupDag, list[GroupMessage]]:
+    """Three honest messages, an hour apart, each received a second after it was sent."""
+    t0 = 1_700_000_000_000
+    a = msg("a", ts=t0)
+    b = msg("b", (a.hash,), t0 + 3_600_000, AUTHORS[1])
+    c = msg("c", (b.hash,), t0 + 7_200_000, AUTHORS[2])
+    dag = GroupDag()
+    for m in (a, b, c):
+        dag.add(m, m.timestamp_ms + 1000)
+    return dag, [a, b, c]
+
+
+def test_a_message_at_time_zero_with_no_parents_cannot_jump_before_the_group() -> None:
+    dag, [_, _, c] = group_so_far()
+    forged = msg("forged", (), 0, AUTHORS[3])
+    dag.add(forged, c.timestamp_ms + 5000)
+    placed = dag.placed()
+    assert [p.message.body for p in placed] == ["a", "b", "c", "forged"]
+    assert placed[-1].time_adjusted == LATE
+    assert placed[-1].order_time_ms == c.timestamp_ms  # shown where it arrived
+    assert [p.time_adjusted for p in placed[:3]] == [None, None, None]
+
+
+def test_naming_only_the_first_message_does_not_jump_either() -> None:
+    """(Backdating by less than the skew is not caught: that is what the skew allows.)"""
+    dag, [a, _, c] = group_so_far()
+    forged = msg("forged", (a.hash,), a.timestamp_ms, AUTHORS[3])
+    dag.add(forged, c.timestamp_ms + 5000)
+    reply = msg("reply", (forged.hash,), c.timestamp_ms + 6000, AUTHORS[1])
+    dag.add(reply, c.timestamp_ms + 7000)
+    placed = dag.placed()
+    assert [p.message.body for p in placed] == ["a", "b", "c", "forged", "reply"]
+    assert [p.time_adjusted for p in placed] == [None, None, None, LATE, None]
+
+
+def test_a_far_future_timestamp_is_clamped_to_receipt_plus_skew() -> None:
+    dag, [_, _, c] = group_so_far()
+    received = c.timestamp_ms + 5000
+    future = msg("future", (c.hash,), received + 365 * 86_400_000, AUTHORS[3])
+    dag.add(future, received)
+    # Written after the future one arrived, within the skew: shown before it, as its
+    # clamped time is still ahead; one written after the skew is shown after it.
+    soon = msg("soon", (c.hash,), received + 60_000, AUTHORS[1])
+    dag.add(soon, received + 61_000)
+    later = msg("later", (c.hash,), received + SKEW + 60_000, AUTHORS[2])
+    dag.add(later, received + SKEW + 61_000)
+    placed = {p.message.body: p for p in dag.placed()}
+    assert [p.message.body for p in dag.placed()] == ["a", "b", "c", "soon", "future", "later"]
+    assert placed["future"].order_time_ms == received + SKEW
+    assert placed["future"].time_adjusted == FUTURE
+    assert placed["soon"].time_adjusted is None and placed["later"].time_adjusted is None
+
+
+def test_a_message_older_than_its_parent_is_ordered_at_the_parents_time() -> None:
+    dag, [_, _, c] = group_so_far()
+    skewed = msg("skewed", (c.hash,), c.timestamp_ms - 30_000, AUTHORS[3])
+    dag.add(skewed, c.timestamp_ms + 2000)
+    last = dag.placed()[-1]
+    assert last.message == skewed and last.order_time_ms == c.timestamp_ms
+    assert last.time_adjusted == BEFORE_PARENTS
+
+
+def test_a_delayed_honest_message_within_the_skew_keeps_its_place() -> None:
+    dag, [_, b, c] = group_so_far()
+    delayed = msg("delayed", (b.hash,), c.timestamp_ms - SKEW // 2, AUTHORS[3])
+    dag.add(delayed, c.timestamp_ms + 1000 + SKEW // 4)
+    assert [p.message.body for p in dag.placed()] == ["a", "b", "delayed", "c"]
+    assert all(p.time_adjusted is None for p in dag.placed())
 
 
 @settings(max_examples=60)
