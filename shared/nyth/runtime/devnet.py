@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from nyth.keystore import write_private_file
+from nyth.keystore import load_or_create_identity, write_private_file
 from nyth.peer_client import PeerClient
 from nyth.ports import free_port
 from nyth.runtime.process import ServiceProcess
@@ -153,6 +153,16 @@ class Devnet:
     def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
         """A mailbox service (offline first contact, FMD detection)."""
         return self._add_redis_service("nyth_mailbox", name, env)
+
+    def service_onion(self, name: str, key_file: str) -> str:
+        """The onion the Redis-backed service `name` will publish, before it first starts:
+        its key is made now where the service will load it (key_file: the service
+        settings' name for it). For a client configured with a service that is not on the
+        network yet."""
+        data_dir = self.base_dir / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        passphrase = _secret_file(self.base_dir, f"{name}.passphrase").read_text()
+        return load_or_create_identity(data_dir / key_file, passphrase).onion
 
     def _add_redis_service(self, module: str, name: str, env: dict[str, str]) -> ServiceHandle:
         """A Redis-backed onion service (group server, mailbox) as a real process."""
