@@ -22,6 +22,7 @@ from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
 from schemathesis.generation import GenerationMode
 
+from tests.fixtures.redis import flushed_db
 from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,8 @@ MAX_PAGE = 50
 def group_server(tmp_path_factory: pytest.TempPathFactory,
                  redis_server: RedisServer) -> Iterator[GroupServerProcess]:
     proc = GroupServerProcess(
-        tmp_path_factory.mktemp("schemathesis") / "gs", redis_url=redis_server.url,
+        tmp_path_factory.mktemp("schemathesis") / "gs",
+        redis_url=redis_server.url_for_db(flushed_db(redis_server)),
         stream_key=f"test:{uuid.uuid4().hex[:12]}",
         env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
              "NYTH_MAX_BLOBS": "1000", "NYTH_LOG_LEVEL": "warning"},

@@ -27,6 +27,7 @@ from nyth_mailbox.launch import MailboxProcess
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.fixtures.redis import flushed_db
 from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,8 @@ MAX_PAGE = 50
 def mailbox(tmp_path_factory: pytest.TempPathFactory,
             redis_server: RedisServer) -> Iterator[MailboxProcess]:
     proc = MailboxProcess(
-        tmp_path_factory.mktemp("schemathesis") / "mb", redis_url=redis_server.url,
+        tmp_path_factory.mktemp("schemathesis") / "mb",
+        redis_url=redis_server.url_for_db(flushed_db(redis_server)),
         stream_key=f"test:{uuid.uuid4().hex[:12]}",
         env={"NYTH_RECORD_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
              "NYTH_MAX_RECORDS": "1000", "NYTH_POW_BITS": "0", "NYTH_LOG_LEVEL": "warning"},

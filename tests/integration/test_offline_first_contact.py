@@ -98,10 +98,9 @@ def test_request_and_messages_wait_in_the_mailbox_until_bob_comes_online(devnet)
 
 def test_a_mailbox_published_after_the_peer_asked_is_used_within_seconds(devnet):
     """compose starts everything at once: a peer may ask for its mailbox before the
-    mailbox's descriptor is on the network. Tor then avoids the directories it asked for
-    about 15 minutes; the peer must clear that (NEWNYM) and retry on the engine's policy
-    (capped at 5 s here). Before, its mailbox loop did neither (pauses of 4, 8, 16, 32 s…,
-    no NEWNYM) and stayed unreachable for minutes."""
+    mailbox's descriptor is on the network. The peer retries on the engine's policy
+    (capped at 5 s here) and clears tor's memory of the failed lookups (NEWNYM), so the
+    mailbox is used seconds after it appears, not after the next of a doubling pause."""
     mailbox_onion = devnet.service_onion("mailbox", MailboxSettings.key_file)
     bob = devnet.add_peer("bob", NYTH_MAILBOX=mailbox_onion, **FAST)
     bob.wait_online()
@@ -115,7 +114,8 @@ def test_a_mailbox_published_after_the_peer_asked_is_used_within_seconds(devnet)
         assert mailbox.wait_online() == mailbox_onion
         back = time.monotonic()
         # The cap (5 s, with jitter) plus a NEWNYM, a descriptor fetch and a card upload
-        # over the private network: measured MEASURED s.
+        # over the private network: measured 5.7 s. The old schedule (4, 8, 16, 32 s…)
+        # took 10.2 s in the one run measured, and up to its current pause in general.
         wait_until(lambda: state()["state"] == "live", 30,
                    what="bob's mailbox to be live once published", state=state)
         print(f"live {time.monotonic() - back:.1f} s after the mailbox was published")

@@ -113,6 +113,7 @@ class Devnet:
     network: PrivateTorNetwork | None = None     # reuse a running one (tests)
     gateway: TorGateway | None = None            # reuse a running one (tests)
     redis: RedisServer | None = None             # reuse a running one (tests)
+    redis_db: int = 0                            # tests: a database of their own
     retry_cap_seconds: float = 30.0
     peers: dict[str, PeerHandle] = field(default_factory=dict)
     services: dict[str, ServiceHandle] = field(default_factory=dict)
@@ -173,7 +174,7 @@ class Devnet:
         process = ServiceProcess.python_module(
             name, module,
             {"NYTH_DATA_DIR": str(data_dir), "NYTH_LISTEN_PORT": str(port),
-             "NYTH_REDIS_URL": self.redis.url, "NYTH_STREAM_KEY": f"nyth:{name}",
+             "NYTH_REDIS_URL": self.redis.url_for_db(self.redis_db), "NYTH_STREAM_KEY": f"nyth:{name}",
              "NYTH_KEY_PASSPHRASE_FILE": str(_secret_file(self.base_dir, f"{name}.passphrase")),
              **self._tor_env(), **env},
             health_url=f"http://127.0.0.1:{port}/healthz", log_path=data_dir / "service.log")
