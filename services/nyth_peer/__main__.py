@@ -86,14 +86,22 @@ async def _main(settings: PeerSettings, api_token: str) -> None:
         await engine.close()
 
 
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL at INFO: which contacts' cards we fetched and when,
+    # which servers we poll. That is metadata the peer must not write to its log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main() -> None:
     try:
         settings = load_settings(PeerSettings)
     except ConfigError as exc:
         print(f"nyth-peer: {exc}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         api_token = prepare(settings)
     except ConfigError as exc:

@@ -11,12 +11,19 @@ Row: {"bundle": b64, "pinned_at": unix s (absent on pins made before it was reco
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nyth.errors import BundleChangedError, NythError, RepinMismatchError
+from nyth.errors import (
+    AuthenticationError,
+    BundleChangedError,
+    DecodeError,
+    NythError,
+    RepinMismatchError,
+)
 from nyth.proto import fmd
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.group import BLOB_SIZE
@@ -32,6 +39,8 @@ from nyth.proto.pinning import (
 )
 
 from nyth_peer.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class UnusableBundleError(NythError):
@@ -141,9 +150,20 @@ class Pins:
         return bundle
 
     def views(self) -> list[dict[str, Any]]:
-        """Every pin: kind, pinned bundle, and the differing bundle presented, if any."""
-        return [self._view(kind, row) for kind in KINDS.values()
-                for row in self.store.list(kind.table)]
+        """Every pin: kind, pinned bundle, and the differing bundle presented, if any.
+
+        A pin that no longer verifies (the rules tightened since it was pinned, e.g. the
+        proof-of-work maximum) is left out here rather than failing the whole list: the
+        service using it shows why it is refused."""
+        views = []
+        for kind in KINDS.values():
+            for row in self.store.list(kind.table):
+                try:
+                    views.append(self._view(kind, row))
+                except (DecodeError, AuthenticationError) as exc:
+                    log.warning("a pinned %s bundle no longer verifies and is not listed: %s",
+                                kind.name, exc)
+        return views
 
     def view(self, onion: str) -> dict[str, Any]:
         kind = self.kind_of(onion)

@@ -4,6 +4,7 @@ creation, background tasks, and the P2P onion's stream cap."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from pathlib import Path
@@ -178,3 +179,14 @@ def test_stream_cap_fits_the_inbound_budgets() -> None:
     # One rendezvous circuit cannot fill the handshake pool or the strangers' budget alone.
     assert P2P_MAX_STREAMS * 2 <= limits.max_handshakes
     assert P2P_MAX_STREAMS < limits.max_stranger_sessions
+
+
+def test_the_peer_log_does_not_record_which_urls_it_fetched(caplog: pytest.LogCaptureFixture) -> None:
+    """httpx logs each request's URL (a contact's card, a server polled) at INFO."""
+    from nyth_peer.__main__ import configure_logging
+
+    configure_logging("info")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("httpx").info("HTTP Request: GET http://x.onion/v1/cards/y")
+        logging.getLogger("nyth_peer.engine").info("profile unlocked")
+    assert [r.name for r in caplog.records] == ["nyth_peer.engine"]

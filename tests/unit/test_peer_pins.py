@@ -4,6 +4,7 @@ mailboxes alike."""
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,22 @@ def test_unknown_servers(pins: Pins) -> None:
         pins.kind_of(SERVER.onion)
     with pytest.raises(UnknownServerError):
         pins.repin(GROUP, SERVER.onion, group(), bundle_sha256(group()))
+
+
+def test_a_pin_that_no_longer_verifies_does_not_hide_the_others(pins: Pins) -> None:
+    """A mailbox pinned when 25-bit proof of work was still accepted: the list of servers
+    still answers, without it (its mailbox state says why it is refused)."""
+    import struct
+    import time
+
+    from nyth.proto.mailbox_bundle import MAGIC
+
+    body = MAGIC + MAILBOX_ID.public_key + struct.pack(
+        ">HIQQBQ", 67, 2304, 100_000, 604_800, 25, int(time.time()))
+    too_much = body + MAILBOX_ID.sign(body)
+    with pytest.raises(Exception, match="25-bit proof of work"):
+        MailboxBundle.verify(too_much, MAILBOX_ID.onion)
+    pins.check(GROUP, SERVER.onion, group())
+    pins.store.put(MAILBOX.table, MAILBOX_ID.onion, {"bundle": base64.b64encode(too_much).decode(),
+                                                     "pinned_at": 1.0})
+    assert [v["onion"] for v in pins.views()] == [SERVER.onion]
