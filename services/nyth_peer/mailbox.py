@@ -20,7 +20,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import httpx
@@ -509,19 +509,10 @@ class MailboxService:
         The card comes from the cache (fetched on the refresher's schedule), or on a miss
         from its own connection and circuit; the post waits a random delay, never goes
         within card_post_gap of a fetch of this card, and has a circuit of its own."""
-        try:
+        with _as_mailbox_error():
             card = await self._card_for(onion, mailbox_onion)
             async with self.pacing.posting(onion):
                 await self._post(mailbox_onion, card, envelope)
-        except MailboxError:
-            raise
-        except UntrustedResponseError as exc:
-            raise MailboxError(str(exc)) from exc
-        except TimeoutError as exc:
-            raise MailboxError("the contact's mailbox did not answer in time") from exc
-        except Exception as exc:
-            raise MailboxError("cannot reach the contact's mailbox: "
-                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
 
     async def _post(self, mailbox_onion: str, card: ContactCard, envelope: Envelope) -> None:
         """Seal, tag and post one record, on a connection and circuit of its own."""
@@ -556,7 +547,7 @@ class MailboxService:
     async def fetch_card(self, onion: str, mailbox_onion: str) -> ContactCard:
         """Fetch, verify and cache onion's card, on a connection and circuit of its own
         (a fresh credential: two fetches are not linked to each other either)."""
-        try:
+        with _as_mailbox_error():
             async with self.pacing.fetching(onion):
                 async with self._new_http(new_isolation(Purpose.CARD_FETCH)) as http:
                     # A mailbox whose bundle we refuse (changed, or demanding more work
@@ -565,15 +556,6 @@ class MailboxService:
                     answer = await _request(
                         http, "GET", _url(mailbox_onion, f"/v1/cards/{onion}"),
                         max_bytes=CARD_ANSWER_BYTES, what="contact card")
-        except MailboxError:
-            raise
-        except UntrustedResponseError as exc:
-            raise MailboxError(str(exc)) from exc
-        except TimeoutError as exc:
-            raise MailboxError("the contact's mailbox did not answer in time") from exc
-        except Exception as exc:
-            raise MailboxError("cannot reach the contact's mailbox: "
-                               + printable(f"{type(exc).__name__} {exc}", 300)) from exc
         if answer.status_code == 404:
             raise MailboxError("the contact has no card on its mailbox")
         if answer.status_code != 200:
@@ -585,6 +567,23 @@ class MailboxService:
         card = _verified_card(data, onion, mailbox_onion)
         self.cards.put(onion, mailbox_onion, data, card.expires_at, time.time())
         return card
+
+
+@contextlib.contextmanager
+def _as_mailbox_error() -> Iterator[None]:
+    """Any failure talking to a contact's mailbox, as a MailboxError whose text tells the
+    user why (a server's own words cleaned and cut short)."""
+    try:
+        yield
+    except MailboxError:
+        raise
+    except UntrustedResponseError as exc:
+        raise MailboxError(str(exc)) from exc
+    except TimeoutError as exc:
+        raise MailboxError("the contact's mailbox did not answer in time") from exc
+    except Exception as exc:
+        raise MailboxError("cannot reach the contact's mailbox: "
+                           + printable(f"{type(exc).__name__} {exc}", 300)) from exc
 
 
 def _verified_card(data: bytes, onion: str, mailbox_onion: str) -> ContactCard:

@@ -38,6 +38,7 @@ import nacl.exceptions
 import nacl.public
 
 from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.dh import dh, kdf
 from nyth.proto.identity import PUBLIC_KEY_SIZE, Identity, ed25519_public_to_x25519
 from nyth.proto.p2p import Envelope, decode_payload
 
@@ -59,15 +60,11 @@ def max_envelope_size(record_size: int) -> int:
 
 
 def _kdf(material: bytes, label: bytes) -> bytes:
-    return hashlib.blake2b(material, digest_size=32, person=label).digest()
+    return kdf(material, label)
 
 
 def _dh(private: bytes, public: bytes) -> bytes:
-    try:
-        return nacl.bindings.crypto_scalarmult(private, public)
-    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError) as exc:
-        # libsodium refuses low-order points (all-zero shared secret).
-        raise AuthenticationError("record key is a low-order point") from exc
+    return dh(private, public, "record key")
 
 
 def _th0(recipient_public_key: bytes, card_key: bytes, ephemeral: bytes) -> bytes:

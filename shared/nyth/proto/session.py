@@ -37,6 +37,7 @@ import nacl.exceptions
 import nacl.public
 
 from nyth.errors import AuthenticationError, DecodeError, ProtocolError
+from nyth.proto.dh import dh, kdf
 from nyth.proto.identity import Identity, ed25519_public_to_x25519
 from nyth.proto.p2p import Ack, Envelope, decode_payload
 
@@ -51,15 +52,11 @@ _HELLO, _REPLY, _CONFIRM = 1, 2, 3
 
 
 def _kdf(material: bytes, label: bytes) -> bytes:
-    return hashlib.blake2b(material, digest_size=32, person=label).digest()
+    return kdf(material, label)
 
 
 def _dh(private: bytes, public: bytes) -> bytes:
-    try:
-        return nacl.bindings.crypto_scalarmult(private, public)
-    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, ValueError) as exc:
-        # libsodium refuses low-order points (all-zero shared secret).
-        raise AuthenticationError("handshake key is a low-order point") from exc
+    return dh(private, public, "handshake key")
 
 
 def _handshake_frame(kind: int, *fields: bytes) -> bytes:
