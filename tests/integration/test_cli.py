@@ -30,10 +30,12 @@ def test_cli_contact_message_and_errors(devnet):
     assert "pending_outbound" in _nyth(alice, "contact", "add", bob.onion, "--text", "hi")
     wait_until(lambda: alice.onion in _nyth(bob, "contact", "list"), 60, what="the request")
     assert "accepted" in _nyth(bob, "contact", "accept", alice.onion)
-    wait_until(lambda: "accepted" in _nyth(alice, "contact", "list"), 60, what="acceptance")
+    wait_until(lambda: "accepted" in _nyth(alice, "contact", "list"), 60, what="acceptance",
+               state=lambda: _nyth(alice, "contact", "list"))
     msg_id = _nyth(alice, "send", bob.onion, "hello from the cli").split()[0]
     wait_until(lambda: json.loads(_nyth(alice, "--json", "messages", bob.onion))[0]["state"]
-               == "delivered", 60, what="delivery")
+               == "delivered", 60, what="delivery",
+               state=lambda: json.loads(_nyth(alice, "--json", "messages", bob.onion)))
     assert "hello from the cli" in _nyth(bob, "messages", alice.onion)
     assert len(msg_id) == 32
     # Errors are clear and exit non-zero: a wrong token, a malformed address.

@@ -39,7 +39,8 @@ def test_three_members_see_every_post_in_one_dag_order(devnet):
     def everyone_has_all():
         return all(len(_history(p, gid)["messages"]) == len(posts) for p in peers)
 
-    wait_until(everyone_has_all, 120, what="every member to see every post")
+    wait_until(everyone_has_all, 120, what="every member to see every post",
+               state=lambda: {p.name: len(_history(p, gid)["messages"]) for p in peers})
     histories = [_history(p, gid) for p in peers]
     orders = [[m["hash"] for m in h["messages"]] for h in histories]
     assert orders[0] == orders[1] == orders[2]
@@ -80,9 +81,11 @@ def test_group_server_kill9_loses_no_acknowledged_post(devnet):
     server.process.start()
     # Clients resume without user action: alice's queued posts go out, bob's sync reconnects.
     wait_until(lambda: all(m["state"] == "posted" for m in _history(alice, gid)["messages"]),
-               180, what="alice's queued posts to be accepted after the restart")
+               180, what="alice's queued posts to be accepted after the restart",
+               state=lambda: [m for m in _history(alice, gid)["messages"] if m["state"] != "posted"])
     wait_until(lambda: len(_history(bob, gid)["messages"]) == len(texts), 180,
-               what="bob to see every post after the restart")
+               what="bob to see every post after the restart",
+               state=lambda: sorted(set(texts) - {m["body"] for m in _history(bob, gid)["messages"]}))
     assert {m["body"] for m in _history(bob, gid)["messages"]} == set(texts)
     assert posted_before <= set(texts)
     # A post cut off mid-request may be stored and then retried: at least once, never lost.

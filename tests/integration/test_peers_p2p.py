@@ -62,7 +62,8 @@ def test_refused_request_fails_queued_messages(devnet):
         ca.add_contact(bob.onion, "let me in")
         queued = ca.send(bob.onion, "are you there?")
         wait_until(lambda: cb.get(f"/v1/contacts/{alice.onion}")["status"] == "pending_inbound",
-                   60, what="bob to see the request")
+                   60, what="bob to see the request",
+                   state=lambda: ca.get(f"/v1/contacts/{bob.onion}"))
         # Messages wait for acceptance, and say so.
         waiting = ca.get(f"/v1/contacts/{bob.onion}/messages/{queued['id']}")
         assert waiting["state"] == "queued"
@@ -71,7 +72,8 @@ def test_refused_request_fails_queued_messages(devnet):
         cb.post(f"/v1/contacts/{alice.onion}/refuse")
         failed = wait_until(
             lambda: (m := ca.get(f"/v1/contacts/{bob.onion}/messages/{queued['id']}"))["state"]
-            == "failed" and m, 60, what="alice's message to fail")
+            == "failed" and m, 60, what="alice's message to fail",
+            state=lambda: ca.get(f"/v1/contacts/{bob.onion}/messages/{queued['id']}"))
         assert "not accept" in failed["reason"]
         assert ca.get(f"/v1/contacts/{bob.onion}")["status"] == "refused"
         assert cb.messages(alice.onion) == []
@@ -87,7 +89,8 @@ def test_offline_contact_queued_then_delivered_exactly_once(devnet):
         sent = ca.send(bob.onion, "are you back?")
         queued = wait_until(
             lambda: (m := ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}"))["attempts"] >= 1
-            and m, 180, what="a failed delivery attempt")
+            and m, 180, what="a failed delivery attempt",
+            state=lambda: ca.get(f"/v1/contacts/{bob.onion}/messages/{sent['id']}"))
         assert queued["state"] in ("queued", "sending")
         if queued["state"] == "queued":
             assert queued["reason"], "a queued message says why"

@@ -77,7 +77,8 @@ def test_changed_group_server_limits_are_refused_until_the_user_re_pins(devnet):
                                             NYTH_MAX_AGE_SECONDS="604800")
     with alice.client() as c:
         c.post(f"/v1/groups/{gid}/messages", {"text": "before"})
-    wait_until(lambda: _message(bob, gid, "before"), 120, what="bob to see the first post")
+    wait_until(lambda: _message(bob, gid, "before"), 120, what="bob to see the first post",
+               state=lambda: _server(bob, server.onion))
     listed = _server(alice, server.onion)
     assert listed["kind"] == "group" and listed["used_for"] == ["group friends"]
     assert listed["pinned"]["limits"]["max_age_seconds"] == 604800
@@ -89,7 +90,8 @@ def test_changed_group_server_limits_are_refused_until_the_user_re_pins(devnet):
     # Both members refuse the new bundle and say what changed and what to run.
     for peer in (alice, bob):
         refused = wait_until(lambda p=peer: _refused(p, server.onion), 180,
-                             what=f"{peer.name} to refuse the changed bundle")
+                             what=f"{peer.name} to refuse the changed bundle",
+                             state=lambda p=peer: _server(p, server.onion))
         assert f"nyth server repin {server.onion}" in refused["reason"]
         assert refused["presented"]["limits"]["max_age_seconds"] == 86400
         assert refused["pinned"]["bundle_sha256"] == old_sha
@@ -101,7 +103,8 @@ def test_changed_group_server_limits_are_refused_until_the_user_re_pins(devnet):
     with alice.client() as c:
         c.post(f"/v1/groups/{gid}/messages", {"text": "while refused"})
     queued = wait_until(lambda: (m := _message(alice, gid, "while refused")) and m["reason"] and m,
-                        60, what="the post to be held with a reason")
+                        60, what="the post to be held with a reason",
+                        state=lambda: _message(alice, gid, "while refused"))
     assert queued["state"] == "queued" and "nyth server repin" in queued["reason"]
     assert _blob_count(server) == blobs
 
@@ -132,9 +135,10 @@ def test_changed_group_server_limits_are_refused_until_the_user_re_pins(devnet):
     assert repinned["pinned"]["bundle_sha256"] == new_sha and repinned["presented"] is None
     assert repinned["pinned"]["limits"]["max_age_seconds"] == 86400
     wait_until(lambda: _message(alice, gid, "while refused")["state"] == "posted", 120,
-               what="alice's held post to be accepted after the re-pin")
+               what="alice's held post to be accepted after the re-pin",
+               state=lambda: _message(alice, gid, "while refused"))
     wait_until(lambda: _server(alice, server.onion)["state"] == "live", 120,
-               what="alice's sync to be live again")
+               what="alice's sync to be live again", state=lambda: _server(alice, server.onion))
 
     # bob uses the command: `nyth servers` shows the change; declining keeps the refusal.
     table = _nyth(bob, "servers")
@@ -148,10 +152,12 @@ def test_changed_group_server_limits_are_refused_until_the_user_re_pins(devnet):
 
     # Sync resumed for bob (he gets the post held during the refusal) and both ways work.
     wait_until(lambda: _message(bob, gid, "while refused"), 120,
-               what="bob to receive the post sent while the bundle was refused")
+               what="bob to receive the post sent while the bundle was refused",
+               state=lambda: _server(bob, server.onion))
     with bob.client() as c:
         c.post(f"/v1/groups/{gid}/messages", {"text": "after"})
-    wait_until(lambda: _message(alice, gid, "after"), 120, what="alice to read bob's new post")
+    wait_until(lambda: _message(alice, gid, "after"), 120, what="alice to read bob's new post",
+               state=lambda: _server(alice, server.onion))
 
 
 def test_changed_mailbox_limits_are_refused_until_the_user_re_pins(devnet):
@@ -161,13 +167,14 @@ def test_changed_mailbox_limits_are_refused_until_the_user_re_pins(devnet):
     alice.wait_online()
     with alice.client() as c:
         wait_until(lambda: c.get("/v1/mailbox")["state"]["state"] == "live", 120,
-                   what="alice's mailbox to be live")
+                   what="alice's mailbox to be live", state=lambda: c.get("/v1/mailbox")["state"])
     assert _server(alice, mailbox.onion)["used_for"] == ["our mailbox"]
 
     _restart_with(mailbox, NYTH_MAX_AGE_SECONDS="86400")
 
     refused = wait_until(lambda: _refused(alice, mailbox.onion), 180,
-                         what="alice to refuse the mailbox's changed bundle")
+                         what="alice to refuse the mailbox's changed bundle",
+                         state=lambda: _server(alice, mailbox.onion))
     assert refused["kind"] == "mailbox" and f"nyth server repin {mailbox.onion}" in refused["reason"]
     with alice.client() as c:
         assert c.get("/v1/mailbox")["state"]["state"] == "bundle_changed"
@@ -179,4 +186,5 @@ def test_changed_mailbox_limits_are_refused_until_the_user_re_pins(devnet):
     assert repinned["pinned"]["limits"]["max_age_seconds"] == 86400
     with alice.client() as c:
         wait_until(lambda: c.get("/v1/mailbox")["state"]["state"] == "live", 60,
-                   what="alice's mailbox polling to resume after the re-pin")
+                   what="alice's mailbox polling to resume after the re-pin",
+                   state=lambda: c.get("/v1/mailbox")["state"])
