@@ -81,10 +81,17 @@ def timings(runs: list[Run], slowest: int = 12) -> list[str]:
     if not by_test:
         return []
     median = {t: sorted(v)[len(v) // 2] for t, v in by_test.items()}
-    tiers: dict[str, float] = defaultdict(float)
-    for test, seconds in median.items():
-        tiers[_tier(test)] += seconds
-    lines = ["", "seconds per tier (median run): " + ", ".join(
+    # Per run, then the median: a session fixture's start-up lands on whichever test of
+    # the tier ran first (the order is shuffled), so per-test medians would hide it.
+    per_run: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        totals: dict[str, float] = defaultdict(float)
+        for test, seconds in r.seconds_by_test.items():
+            totals[_tier(test)] += seconds
+        for tier, seconds in totals.items():
+            per_run[tier].append(seconds)
+    tiers = {tier: sorted(v)[len(v) // 2] for tier, v in per_run.items()}
+    lines = ["", "seconds per tier (median over runs): " + ", ".join(
         f"{tier} {seconds:.0f}" for tier, seconds in sorted(tiers.items(), key=lambda kv: -kv[1]))]
     lines.append(f"slowest {slowest} tests (median seconds):")
     for test, seconds in sorted(median.items(), key=lambda kv: -kv[1])[:slowest]:

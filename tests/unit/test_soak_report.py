@@ -31,7 +31,7 @@ def test_a_flaky_test_is_counted_per_run_with_its_first_failure_line(tmp_path: P
     assert "1/3  tests/integration/test_b.py::TestMailbox::test_live[kill]  (runs 2)" in text
     assert "TimeoutError: timed out after 60 s waiting for x" in text
     assert "(no test report: see the run's log)" in text
-    assert "integration 61, unit 0" in text   # the median of 40 and 61 is 61
+    assert "integration 61, unit 0" in text   # per-run totals 40 and 61: the upper median
 
 
 def test_all_green_says_so_and_lists_no_failures(tmp_path: Path) -> None:
