@@ -125,6 +125,7 @@ class OnionPublisher:
         self._changed = asyncio.Event()
         self._fatal: BaseException | None = None
         self._running = False
+        self._last_failure: str | None = None
 
     @property
     def onion(self) -> str:
@@ -147,6 +148,9 @@ class OnionPublisher:
         except TimeoutError:
             status = self._status
             detail = f"{status.state}" + (f": {status.reason}" if status.reason else "")
+            if status.reason is None and self._last_failure:
+                # Caught between retries: the failure that made it retry is the news.
+                detail += f"; last failure: {self._last_failure}"
             raise TimeoutError(
                 f"onion {self._onion[:8]}… not published within {timeout:g}s ({detail})"
             ) from None
@@ -355,6 +359,10 @@ class OnionPublisher:
         self, state: PublisherState, reason: str | None, *, next_retry_at: float | None = None
     ) -> None:
         self._status = PublisherStatus(state, reason, time.time(), next_retry_at)
+        if state == "unreachable" and reason:
+            self._last_failure = reason
+        elif state == "published":
+            self._last_failure = None
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if self._on_status is not None:
