@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from nyth_peer.groups import GroupService
 from nyth_peer.messenger import Messenger
 from nyth_peer.profile import Profile
 
-from tests.unit.hostile_http import Handler, HostileServer, Reply, Request
+from tests.unit.hostile_http import Handler, HostileServer, Reply, Request, until
 
 SERVER = Identity.from_seed(b"S" * 32)
 BOB = Identity.from_seed(b"B" * 32)
@@ -70,15 +70,6 @@ def server(blobs: list[bytes]) -> HostileServer:
         ("GET", "/v1/bundle"): bundle, ("GET", "/v1/blobs"): page,
         ("GET", "/v1/blobs/stream"): stream}
     return HostileServer(routes)
-
-
-async def until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def synced(profile: Profile, blobs: list[bytes], invite: Invite

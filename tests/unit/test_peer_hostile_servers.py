@@ -36,7 +36,7 @@ from nyth_peer.mailbox import MailboxError, MailboxService
 from nyth_peer.messenger import ACCEPTED, Messenger
 from nyth_peer.profile import Profile
 
-from tests.unit.hostile_http import Handler, HostileServer, Reply, Request, forever
+from tests.unit.hostile_http import Handler, HostileServer, Reply, Request, forever, until
 
 SERVER = Identity.from_seed(b"S" * 32)
 MAILBOX = Identity.from_seed(b"M" * 32)
@@ -47,15 +47,6 @@ EVENT_STREAM = {"content-type": "text/event-stream"}
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-async def until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
