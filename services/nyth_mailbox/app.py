@@ -26,8 +26,9 @@ from fastapi.responses import JSONResponse, Response
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.http_limits import b64_len
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
+from nyth.proto.hashcash import U64_MAX
 from nyth.proto.identity import Identity, public_key_from_onion
-from nyth.proto.mailbox_bundle import U64_MAX, MailboxBundle, card_pow_ok, pow_ok
+from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok
 from nyth.runtime.onion_service import Health as ServiceHealth
 from nyth.runtime.onion_service import (
     LastEventId,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nyth.proto.mailbox_bundle import PowStopped
+from nyth.proto.hashcash import PowStopped
 
 # Two, so one slow solve (a mailbox at the maximum, a slow CPU) does not hold up a
 # message to another mailbox; more would not finish sooner: the solver holds the GIL.

@@ -10,16 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto.hashcash import POW_CHECK_EVERY, PowStopped, leading_zero_bits
 from nyth.proto.identity import Identity
 from nyth.proto.mailbox_bundle import (
     MAGIC,
     MAILBOX_BUNDLE_SIZE,
     MAX_POW_BITS,
-    POW_CHECK_EVERY,
     MailboxBundle,
-    PowStopped,
     card_pow_ok,
-    leading_zero_bits,
     pow_digest,
     pow_ok,
     solve_card_pow,

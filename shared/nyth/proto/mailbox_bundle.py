@@ -22,11 +22,12 @@ contact card costs the same work, over
 
 so that filling the mailbox's card slots with throwaway keys is not free either (the
 separate person keeps a card's work from ever counting as a post's, or the reverse).
+The hashing, the check and the solver are ``nyth.proto.hashcash``'s.
 
 A bundle may demand at most MAX_POW_BITS: the mailbox is untrusted (anyone's contact id
 can name one), and the work is paid by the sender's CPU. The solvers take a stop flag
-and a deadline, checked every POW_CHECK_EVERY hashes, so a caller can always get its
-thread back.
+and a deadline, checked every ``hashcash.POW_CHECK_EVERY`` hashes, so a caller can always
+get its thread back.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nyth.errors import DecodeError, NythError
+from nyth.errors import DecodeError
+from nyth.proto import hashcash
 from nyth.proto.identity import (
     SIGNATURE_SIZE,
     Identity,
@@ -56,11 +58,8 @@ MAX_RECORD_SIZE = 1 << 16
 # (20) leaves an operator room to price out a flood; anything above would let a
 # hostile mailbox make every message to its users cost a phone many minutes to hours.
 MAX_POW_BITS = 24
-# Hashes between two looks at the stop flag and the clock: ≈ 10 ms of work here.
-POW_CHECK_EVERY = 4096
 _POW_PERSON = b"nyth-mailbox-pow"
 _CARD_POW_PERSON = b"nyth-card-pow"
-U64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -123,68 +122,21 @@ class MailboxBundle:
         return bundle
 
 
-def _pow_prefix(person: bytes, mailbox_public_key: bytes, *parts: bytes) -> hashlib.blake2b:
-    h = hashlib.blake2b(digest_size=32, person=person)
-    h.update(mailbox_public_key)
-    for part in parts:
-        h.update(part)
-    return h
+def _post_prefix(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes) -> hashlib.blake2b:
+    return hashcash.prefix(_POW_PERSON, mailbox_public_key, tag, ciphertext)
 
 
-def _digest(prefix: hashlib.blake2b, nonce: int) -> bytes:
-    if not 0 <= nonce <= U64_MAX:
-        raise DecodeError("PoW nonce must fit in 64 bits")
-    h = prefix.copy()
-    h.update(nonce.to_bytes(8, "big"))
-    return h.digest()
-
-
-class PowStopped(NythError):
-    """A solver gave up: its stop flag was set or its deadline passed (reason says which)."""
-
-    def __init__(self, reason: str, tried: int) -> None:
-        super().__init__(f"proof of work {reason} after {tried:,} hashes")
-        self.reason = reason
-        self.tried = tried
-
-
-def _solve(prefix: hashlib.blake2b, bits: int, start: int, stop: Callable[[], bool] | None,
-           deadline: float | None, clock: Callable[[], float]) -> int:
-    """The first nonce >= start meeting the difficulty (about 2^bits hashes); PowStopped
-    once stop() is true or clock() passes deadline (both looked at every few thousand
-    hashes, and before the first)."""
-    if bits <= 0:
-        return start
-    limit = 1 << (256 - bits)
-    nonce = start
-    while nonce <= U64_MAX:
-        if (nonce - start) % POW_CHECK_EVERY == 0:
-            if stop is not None and stop():
-                raise PowStopped("cancelled", nonce - start)
-            if deadline is not None and clock() >= deadline:
-                raise PowStopped("ran out of time", nonce - start)
-        h = prefix.copy()
-        h.update(nonce.to_bytes(8, "big"))
-        if int.from_bytes(h.digest(), "big") < limit:
-            return nonce
-        nonce += 1
-    raise ValueError("no nonce found")  # pragma: no cover (2^64 tries)
-
-
-def leading_zero_bits(digest: bytes) -> int:
-    value = int.from_bytes(digest, "big")
-    return len(digest) * 8 - value.bit_length()
+def _card_prefix(mailbox_public_key: bytes, card: bytes) -> hashlib.blake2b:
+    return hashcash.prefix(_CARD_POW_PERSON, mailbox_public_key, card)
 
 
 def pow_digest(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int) -> bytes:
-    return _digest(_pow_prefix(_POW_PERSON, mailbox_public_key, tag, ciphertext), nonce)
+    return hashcash.digest(_post_prefix(mailbox_public_key, tag, ciphertext), nonce)
 
 
 def pow_ok(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, nonce: int,
            bits: int) -> bool:
-    if bits <= 0:
-        return True
-    return leading_zero_bits(pow_digest(mailbox_public_key, tag, ciphertext, nonce)) >= bits
+    return hashcash.ok(_post_prefix(mailbox_public_key, tag, ciphertext), nonce, bits)
 
 
 def solve_pow(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, bits: int,
@@ -192,22 +144,19 @@ def solve_pow(mailbox_public_key: bytes, tag: bytes, ciphertext: bytes, bits: in
               deadline: float | None = None,
               clock: Callable[[], float] = time.monotonic) -> int:
     """The first nonce >= start that makes this post's work reach bits (PowStopped: see
-    _solve; deadline is in clock()'s time)."""
-    return _solve(_pow_prefix(_POW_PERSON, mailbox_public_key, tag, ciphertext), bits, start,
-                  stop, deadline, clock)
+    hashcash.solve; deadline is in clock()'s time)."""
+    return hashcash.solve(_post_prefix(mailbox_public_key, tag, ciphertext), bits, start,
+                          stop, deadline, clock)
 
 
 def card_pow_ok(mailbox_public_key: bytes, card: bytes, nonce: int, bits: int) -> bool:
-    if bits <= 0:
-        return True
-    digest = _digest(_pow_prefix(_CARD_POW_PERSON, mailbox_public_key, card), nonce)
-    return leading_zero_bits(digest) >= bits
+    return hashcash.ok(_card_prefix(mailbox_public_key, card), nonce, bits)
 
 
 def solve_card_pow(mailbox_public_key: bytes, card: bytes, bits: int, start: int = 0, *,
                    stop: Callable[[], bool] | None = None, deadline: float | None = None,
                    clock: Callable[[], float] = time.monotonic) -> int:
     """The first nonce >= start that makes publishing this card reach bits (PowStopped:
-    see _solve)."""
-    return _solve(_pow_prefix(_CARD_POW_PERSON, mailbox_public_key, card), bits, start,
-                  stop, deadline, clock)
+    see hashcash.solve)."""
+    return hashcash.solve(_card_prefix(mailbox_public_key, card), bits, start, stop, deadline,
+                          clock)
