@@ -1,4 +1,5 @@
-"""``python -m benchmarks {group-server,p2p,devnet,fmd,mailbox,all}``: run and print a results table."""
+"""``python -m benchmarks {group-server,p2p,devnet,fmd,mailbox,tokens,all}``: run, print a results
+table."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "all"])
+    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "all"])
     parser.add_argument("-n", type=int, default=200, help="round trips for p2p (default 200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("stem").setLevel(logging.WARNING)
-    names = ["group-server", "p2p", "devnet", "fmd", "mailbox"] if args.which == "all" else [args.which]
+    every = ["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens"]
+    names = every if args.which == "all" else [args.which]
     tables = []
     for name in names:
         started = time.monotonic()
@@ -32,6 +34,9 @@ def main() -> int:
         elif name == "mailbox":
             from benchmarks import mailbox
             results = mailbox.run()
+        elif name == "tokens":
+            from benchmarks import tokens
+            results = tokens.run()
         else:
             from benchmarks import devnet_startup
             results = devnet_startup.run()
