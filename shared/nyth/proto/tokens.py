@@ -28,10 +28,11 @@ identity; scalars 32-byte little-endian below ℓ; see ``nyth.proto.voprf``):
 The work covers the whole request: ``bits`` prices a batch, not a token, so clients
 always ask for MAX_BATCH. The server checks a redemption by recomputing output =
 Evaluate(sk, input) (one scalar multiplication) and the tag; it keeps the spend ids it
-has accepted and refuses a repeat (a double spend). Both that set and the set of request
-ids (``IssueRequest.replay_id``: a replayed request costs its sender nothing and the
-server 2n + 3 scalar multiplications) live as long as the token key; rotating the key
-empties them, because both bind it.
+has accepted and refuses a repeat (a double spend). It should also keep the ids of the
+requests it has answered (``IssueRequest.replay_id``): a replayed request costs its
+sender nothing and the server 2n + 3 scalar multiplications. Both sets live as long as
+the token key and can be emptied when it is rotated, since neither a request's work nor
+a token's output verifies under another key.
 """
 
 from __future__ import annotations
