@@ -92,7 +92,7 @@ def test_bundle_is_signed_and_states_the_enforced_limits(launch: Launch) -> None
     assert (body["blob_size"], body["max_blobs"], body["max_age_seconds"]) == (SIZE, 500, 7200)
     assert health == {"status": "ok", "onion": body["onion"], "redis": "ok",
                       "onion_published": None, "onion_state": None, "onion_reason": None,
-                      "reason": None}
+                      "reason": None, "dev_mode": False, "faults": None}
 
     # Clients pin the exact bytes: a restart with the same limits must not re-sign.
     proc.restart()
