@@ -158,8 +158,8 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
                  identity.onion, settings.listen_host, settings.listen_port,
                  settings.blob_size, settings.max_blobs, settings.max_age_seconds)
         if faults.dev_mode:
-            log.warning("DEV MODE: test hooks on; injected faults: %s",
-                        faults.view() if faults.active else "none")
+            log.warning("DEV MODE: test hooks on; injected faults: %s (details on /healthz)",
+                        ", ".join(faults.active) or "none")
         try:
             yield
         finally:

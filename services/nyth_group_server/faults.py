@@ -34,6 +34,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, ClassVar
 
 from fastapi import Header
@@ -126,8 +127,8 @@ class FaultPolicy:
 
     # -- what is on ------------------------------------------------------------------------
 
-    @property
-    def active(self) -> list[str]:
+    @cached_property
+    def active(self) -> tuple[str, ...]:
         on = {
             "drop": self.drop_fraction > 0,
             "withhold": bool(self.withhold_from) and self.withhold_fraction > 0,
@@ -135,9 +136,9 @@ class FaultPolicy:
             "delay": self.delay_ms > 0,
             "reorder": self.reorder,
         }
-        return [name for name, is_on in on.items() if is_on]
+        return tuple(name for name, is_on in on.items() if is_on)
 
-    @property
+    @cached_property
     def alters_reads(self) -> bool:
         return bool({"withhold", "forget", "reorder"} & set(self.active))
 
@@ -146,7 +147,7 @@ class FaultPolicy:
         if not self.dev_mode:
             return None
         return FaultsView(
-            active=self.active, seed=self.seed, drop_fraction=self.drop_fraction,
+            active=list(self.active), seed=self.seed, drop_fraction=self.drop_fraction,
             withhold_from=sorted(self.withhold_from), withhold_fraction=self.withhold_fraction,
             forget_after_seconds=self.forget_after_seconds, delay_ms=self.delay_ms,
             reorder=self.reorder,
@@ -158,7 +159,7 @@ class FaultPolicy:
         """A number in [0, 1) fixed by (seed, onion, purpose, data)."""
         key = b"nyth-fault-v1|%d|%s" % (self.seed, self.onion.encode())
         digest = hmac.new(key, purpose + b"|" + data, hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
+        return (int.from_bytes(digest[:8], "big") >> 11) / 2**53  # exact: never 1.0
 
     def drops(self, blob: bytes) -> bool:
         """Whether a post of these bytes is answered 201 and thrown away. Keyed by the
@@ -203,6 +204,8 @@ class FaultPolicy:
     def serve(self, blobs: list[StoredBlob], reader: str | None) -> list[StoredBlob]:
         """What a reader gets of these blobs (oldest first): forgotten and withheld ones
         left out, the rest shuffled if reordering."""
+        if not self.alters_reads:
+            return blobs
         kept, withheld = self._split(blobs, reader)
         WITHHELD.inc(len(withheld))
         return self._shuffle(kept)

@@ -27,7 +27,7 @@ def policy(**kwargs: Any) -> FaultPolicy:
 
 def test_honest_policy_changes_nothing() -> None:
     honest = FaultPolicy.HONEST
-    assert honest.active == [] and honest.view() is None and not honest.alters_reads
+    assert honest.active == () and honest.view() is None and not honest.alters_reads
     assert not any(honest.drops(blob(i)) for i in range(100))
     assert not honest.withholds("alice", Cursor(1, 0))
     assert honest.forgotten_below() is None
@@ -37,7 +37,7 @@ def test_honest_policy_changes_nothing() -> None:
 
 def test_dev_mode_without_faults_is_shown_but_inert() -> None:
     quiet = policy()
-    assert quiet.active == [] and not quiet.alters_reads
+    assert quiet.active == () and not quiet.alters_reads
     view = quiet.view()
     assert isinstance(view, FaultsView) and view.active == [] and view.drop_fraction == 0
 
@@ -46,11 +46,11 @@ def test_active_faults_are_named() -> None:
     everything = policy(drop_fraction=0.1, withhold_from=frozenset({"bob", "alice"}),
                         withhold_fraction=0.5, forget_after_seconds=30.0, delay_ms=5,
                         reorder=True, seed=9)
-    assert everything.active == ["drop", "withhold", "forget", "delay", "reorder"]
+    assert everything.active == ("drop", "withhold", "forget", "delay", "reorder")
     view = everything.view()
     assert view is not None and view.withhold_from == ["alice", "bob"] and view.seed == 9
     # Labels with nothing to withhold are no fault.
-    assert policy(withhold_from=frozenset({"a"}), withhold_fraction=0.0).active == []
+    assert policy(withhold_from=frozenset({"a"}), withhold_fraction=0.0).active == ()
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
