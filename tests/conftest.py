@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.tor_network",
     "tests.fixtures.stack",
+    "tests.fixtures.sse",
 ]
 
 TIERS = ("unit", "integration", "e2e")

@@ -2,6 +2,9 @@
 
 The server never parses a blob; it cannot tell groups apart. Clients fetch everything
 after a cursor (paged, or as a Server-Sent Events stream) and trial-decrypt.
+
+In dev mode (NYTH_DEV_MODE) it can misbehave on purpose; every route consults its
+`FaultPolicy` (nyth_group_server.faults), which changes nothing otherwise.
 """
 
 
@@ -14,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.identity import Identity
@@ -35,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from nyth_group_server.faults import FaultPolicy, FaultsView, reader_dependency
 from nyth_group_server.settings import GroupServerSettings
 from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
 
@@ -49,6 +53,11 @@ CURSOR_HELP = (
 FEED_POLL_SECONDS = 5.0
 # Tokens are not implemented yet; an all-zero key tells clients none are required.
 NO_TOKEN_KEY = bytes(32)
+DEV_MODE_NOTE = (
+    "\n\n**Dev mode (NYTH_DEV_MODE): this server may misbehave on purpose** (drop, "
+    "withhold, forget, delay or reorder blobs; /healthz lists what it does), and reads "
+    "the test hook header `Nyth-Test-Reader`. Never run it in production."
+)
 
 POSTED = Counter("nyth_group_blobs_posted_total", "Blobs stored (acknowledged by Redis).")
 TRIMMED = Counter("nyth_group_blobs_trimmed_total", "Blobs dropped for age retention.")
@@ -87,6 +96,13 @@ class BlobPage(BaseModel):
     more: bool = Field(description="True when more blobs are already waiting after `next`.")
 
 
+class GroupHealth(Health):
+    dev_mode: bool = Field(
+        False, description="Test hooks allowed (NYTH_DEV_MODE); never true in production.")
+    faults: FaultsView | None = Field(
+        None, description="The faults this server injects on purpose; null outside dev mode.")
+
+
 # -- state ------------------------------------------------------------------------------
 
 
@@ -99,6 +115,7 @@ class ServerState(OnionService[GroupServerSettings]):
 
     store: BlobStore
     feed: LiveFeed
+    faults: FaultPolicy
 
 
 def wanted_bundle(settings: GroupServerSettings, identity: Identity) -> ServerBundle:
@@ -130,13 +147,19 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         # hand out a blob that count retention already dropped long ago.
         feed = LiveFeed(store, poll_interval=FEED_POLL_SECONDS,
                         ring_size=min(1024, settings.max_blobs))
-        state = ServerState(settings, identity, bundle, redis, store, feed)
+        faults = FaultPolicy.from_settings(settings, identity.onion)
+        state = ServerState(settings, identity, bundle, redis, store, feed, faults)
         app.state.nyth = state
         state.spawn(feed.run(), "live-feed")
         state.start(store)
+        if faults.forget_after_seconds is not None:
+            state.spawn(faults.forget_loop(store, settings.trim_interval_seconds), "fault-forget")
         log.info("group server %s.onion listening on %s:%d (blob %d B, keep %d blobs / %d s)",
                  identity.onion, settings.listen_host, settings.listen_port,
                  settings.blob_size, settings.max_blobs, settings.max_age_seconds)
+        if faults.dev_mode:
+            log.warning("DEV MODE: test hooks on; injected faults: %s (details on /healthz)",
+                        ", ".join(faults.active) or "none")
         try:
             yield
         finally:
@@ -149,26 +172,39 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
             "Untrusted store of fixed-size encrypted group messages. Every blob is exactly "
             f"`blob_size` ({settings.blob_size}) bytes; the server cannot read them or tell "
             "which group one belongs to. Clients fetch everything after a cursor."
+            + (DEV_MODE_NOTE if settings.dev_mode else "")
         ),
         lifespan=lifespan,
     )
+    app.include_router(_group_routes(settings))
+    app.include_router(_operations_routes())
+    answer_redis_errors(app, log)
+    install_common(app, SERVICE, max_body_bytes=settings.blob_size)
+    return app
 
-    def server(request: Request) -> ServerState:
-        state: ServerState = request.app.state.nyth
-        return state
 
-    @app.get("/v1/bundle", response_model=BundleResponse, tags=["group"],
-             summary="The server's signed key bundle and the limits it enforces")
+def _server(request: Request) -> ServerState:
+    state: ServerState = request.app.state.nyth
+    return state
+
+
+def _group_routes(settings: GroupServerSettings) -> APIRouter:
+    router = APIRouter(tags=["group"])
+    # Who reads: always None outside dev mode (see nyth_group_server.faults).
+    Reader = Annotated[str | None, Depends(reader_dependency(settings.dev_mode))]
+
+    @router.get("/v1/bundle", response_model=BundleResponse,
+                summary="The server's signed key bundle and the limits it enforces")
     async def get_bundle(request: Request) -> BundleResponse:
-        state = server(request)
+        state = _server(request)
         return BundleResponse(
             bundle=_b64(state.bundle), onion=state.identity.onion,
             blob_size=settings.blob_size, max_blobs=settings.max_blobs,
             max_age_seconds=settings.max_age_seconds,
         )
 
-    @app.post(
-        "/v1/blobs", status_code=201, response_model=PostResponse, tags=["group"],
+    @router.post(
+        "/v1/blobs", status_code=201, response_model=PostResponse,
         summary="Store one opaque blob of exactly blob_size bytes",
         responses=error_responses(413, 415, 422, 503),
         openapi_extra={"requestBody": {"required": True, "content": {
@@ -179,6 +215,8 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         }}},
     )
     async def post_blob(request: Request) -> Response:
+        state = _server(request)
+        await state.faults.delay()
         content_type = request.headers.get("content-type")
         if content_type is not None and content_type.split(";")[0].strip().lower() not in (
             "application/octet-stream", ""
@@ -190,29 +228,35 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
             return error_json(
                 422, f"blob must be exactly {settings.blob_size} bytes, got {len(body)}"
             )
-        cursor = await server(request).store.append(body)
-        POSTED.inc()
+        if state.faults.drops(body):
+            cursor = await state.faults.drop(state.store)
+        else:
+            cursor = await state.store.append(body)
+            POSTED.inc()
         return JSONResponse({"id": str(cursor)}, status_code=201)
 
-    @app.get(
-        "/v1/blobs", response_model=BlobPage, tags=["group"],
+    @router.get(
+        "/v1/blobs", response_model=BlobPage,
         summary="Blobs after a cursor, oldest first, one page at a time",
         responses=error_responses(422, 503),
     )
     async def get_blobs(
         request: Request,
+        reader: Reader,
         after: CursorParam = "0",
         limit: Annotated[int, Query(ge=1, le=settings.max_page,
                                     description="Page size")] = settings.max_page,
     ) -> BlobPage:
-        page = await server(request).store.read_after(Cursor.parse(after), limit)
+        state = _server(request)
+        await state.faults.delay()
+        page = await state.faults.read_page(state.store, Cursor.parse(after), limit, reader)
         return BlobPage(
             blobs=[BlobItem(id=str(b.id), blob=_b64(b.blob)) for b in page.blobs],
             next=str(page.next), more=page.more,
         )
 
-    @app.get(
-        "/v1/blobs/stream", tags=["group"],
+    @router.get(
+        "/v1/blobs/stream",
         summary="Server-Sent Events: the backlog after the cursor, then live blobs",
         description=(
             "Each event has `id: <cursor>`, `event: blob`, `data: <base64 blob>`. A "
@@ -223,27 +267,36 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         responses=event_stream_responses(),
     )
     async def stream_blobs(
-        request: Request, after: CursorParam = "0", last_event_id: LastEventId = None,
+        request: Request, reader: Reader, after: CursorParam = "0",
+        last_event_id: LastEventId = None,
     ) -> Response:
         start = Cursor.parse(last_event_id if last_event_id is not None else after)
-        state = server(request)
-        return state.event_stream(_blob_events(state, start), close_feed=state.feed.close)
+        state = _server(request)
+        return state.event_stream(_blob_events(state, start, reader),
+                                  close_feed=state.feed.close)
 
-    @app.get(
-        "/healthz", response_model=Health, tags=["operations"], summary="Liveness and Redis",
-        responses={503: {"model": Health, "description": "Redis is unreachable"}},
+    return router
+
+
+def _operations_routes() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get(
+        "/healthz", response_model=GroupHealth, summary="Liveness, Redis, and dev mode",
+        responses={503: {"model": GroupHealth, "description": "Redis is unreachable"}},
     )
     async def healthz(request: Request) -> Response:
-        return await server(request).health()
+        state = _server(request)
+        return await state.health(GroupHealth, dev_mode=state.faults.dev_mode,
+                                  faults=state.faults.view())
 
-    answer_redis_errors(app, log)
-    install_common(app, SERVICE, max_body_bytes=settings.blob_size)
-    return app
+    return router
 
 
-async def _blob_events(state: ServerState, start: Cursor) -> AsyncIterator[ServerSentEvent]:
+async def _blob_events(state: ServerState, start: Cursor,
+                       reader: str | None) -> AsyncIterator[ServerSentEvent]:
     """Backlog after start, then live blobs, for one SSE client."""
-    store, feed = state.store, state.feed
+    store, feed, faults = state.store, state.feed, state.faults
     page_size = state.settings.max_page
     cursor = start
     while True:
@@ -262,9 +315,13 @@ async def _blob_events(state: ServerState, start: Cursor) -> AsyncIterator[Serve
             log.warning("stream read failed (%s); retrying", exc)
             await asyncio.sleep(1.0)
             continue
-        for blob in blobs:
-            yield ServerSentEvent(data=_b64(blob.blob), id=str(blob.id), event="blob")
-            cursor = blob.id
+        if blobs:
+            cursor = blobs[-1].id
+            served = faults.serve(blobs, reader)  # = blobs, unless faults are injected
+            if served:
+                await faults.delay()
+            for blob in served:
+                yield ServerSentEvent(data=_b64(blob.blob), id=str(blob.id), event="blob")
         if more:
             continue
         if feed.closing:

@@ -2,23 +2,33 @@
 
 NYTH_KEY_PASSPHRASE (or NYTH_KEY_PASSPHRASE_FILE) is required: the server's onion key is
 sealed at rest with it. It is held as a SecretStr and never logged or echoed.
+
+The ``NYTH_FAULT_*`` settings make the server misbehave on purpose (see
+`nyth_group_server.faults`); they are accepted only with NYTH_DEV_MODE=true.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar
 
-from nyth.config import MAX_U63, OnionServiceSettings
+from nyth.config import MAX_U63, DevModeSettings, OnionServiceSettings, TestReaderLabel
 from nyth.proto.bundle import MAX_BLOB_SIZE
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 # Bundle limits: the signed key bundle carries these values, so they must fit in it.
 MIN_BLOB_SIZE = 64
+MAX_WITHHOLD_LABELS = 32
+MAX_FAULT_DELAY_MS = 60_000
 
 
-class GroupServerSettings(OnionServiceSettings):
+class GroupServerSettings(OnionServiceSettings, DevModeSettings):
     key_file: ClassVar[str] = "group_server.key"
     bundle_file: ClassVar[str] = "bundle.bin"
+    dev_only_fields: ClassVar[tuple[str, ...]] = (
+        "fault_seed", "fault_drop_fraction", "fault_withhold_from", "fault_withhold_fraction",
+        "fault_forget_after_seconds", "fault_delay_ms", "fault_reorder",
+    )
 
     listen_port: int = Field(8080, ge=1, le=65535)
     stream_key: str = Field(
@@ -28,3 +38,45 @@ class GroupServerSettings(OnionServiceSettings):
     blob_size: int = Field(2048, ge=MIN_BLOB_SIZE, le=MAX_BLOB_SIZE)
     max_blobs: int = Field(100_000, ge=1, le=MAX_U63)
     max_age_seconds: int = Field(30 * 24 * 3600, ge=1, le=MAX_U63 // 1000)
+
+    # -- fault injection (dev mode only) ---------------------------------------------------
+    fault_seed: int = Field(
+        0, ge=0, le=MAX_U63,
+        description="Keys every fault decision (with the server's onion), so runs repeat.")
+    fault_drop_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Fraction of posts answered 201 but never stored.")
+    fault_withhold_from: Annotated[tuple[TestReaderLabel, ...], NoDecode] = Field(
+        (), max_length=MAX_WITHHOLD_LABELS,
+        description="Comma-separated reader labels (Nyth-Test-Reader) to withhold blobs from.")
+    fault_withhold_fraction: float = Field(
+        1.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Fraction of blobs withheld from those readers, fixed per blob id.")
+    fault_forget_after_seconds: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Delete blobs this long after they were stored, whatever the bundle's "
+                    "max age promises.")
+    fault_delay_ms: int = Field(
+        0, ge=0, le=MAX_FAULT_DELAY_MS, description="Added latency on posts and reads.")
+    fault_reorder: bool = Field(False, description="Shuffle the blobs of each answer.")
+
+    @field_validator("fault_withhold_from", mode="before")
+    @classmethod
+    def _split_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            labels = [part.strip() for part in value.split(",") if part.strip()]
+            return tuple(dict.fromkeys(labels))  # duplicates dropped, order kept
+        return value
+
+    @model_validator(mode="after")
+    def _faults_make_sense(self) -> GroupServerSettings:
+        if "fault_withhold_fraction" in self.model_fields_set and not self.fault_withhold_from:
+            raise ValueError("NYTH_FAULT_WITHHOLD_FRACTION needs NYTH_FAULT_WITHHOLD_FROM "
+                             "(the reader labels to withhold from)")
+        forget = self.fault_forget_after_seconds
+        if forget is not None and forget >= self.max_age_seconds:
+            raise ValueError(
+                f"NYTH_FAULT_FORGET_AFTER_SECONDS ({forget:g}) must be below "
+                f"NYTH_MAX_AGE_SECONDS ({self.max_age_seconds}): retention drops blobs by then"
+            )
+        return self

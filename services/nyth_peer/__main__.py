@@ -102,6 +102,10 @@ def main() -> None:
         print(f"nyth-peer: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log_level)
+    if settings.dev_mode:
+        log.warning(
+            "DEV MODE: test hooks on%s", f"; we name ourselves {settings.test_reader_label!r} "
+            "to group servers (NYTH_TEST_READER_LABEL)" if settings.test_reader_label else "")
     try:
         api_token = prepare(settings)
     except ConfigError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +19,7 @@ from nyth.tor.publisher import OnionPublisher, PublisherStatus
 from nyth.tor.socks import forget_onion_failures, onion_http_client
 
 from nyth_peer.events import EventBus
-from nyth_peer.groups import GroupService
+from nyth_peer.groups import GroupService, with_test_reader
 from nyth_peer.mailbox import MailboxService
 from nyth_peer.messenger import ACCEPTED, Messenger
 from nyth_peer.p2p import P2P_MAX_STREAMS, P2P_VIRTUAL_PORT, P2PLimits, P2PNode
@@ -78,7 +78,7 @@ class Engine:
             self._spawn(publisher.run())
             socks = self.socks
             self.groups = GroupService(profile, self.events, self.messenger,
-                                       lambda: onion_http_client(socks, timeout=120.0), self.retry)
+                                       self.group_http_factory(), self.retry)
             self.groups.on_onion_failure = self.forget_onion_failures
             mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
@@ -98,6 +98,13 @@ class Engine:
             self._spawn(self._greet_contacts())
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
+
+    def group_http_factory(self) -> Callable[[], httpx.AsyncClient]:
+        """Clients for group servers, through tor; in dev mode with NYTH_TEST_READER_LABEL
+        they name us in the Nyth-Test-Reader header (a test hook, see with_test_reader)."""
+        socks = self.socks
+        return with_test_reader(lambda: onion_http_client(socks, timeout=120.0),
+                                self.settings.test_reader_label)
 
     def _traffic(self) -> TrafficPolicy:
         mean = self.settings.mailbox_post_delay_seconds

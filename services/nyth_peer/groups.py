@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
-from nyth.config import OnionServiceSettings
+from nyth.config import TEST_READER_HEADER, OnionServiceSettings
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError, NythError
 from nyth.http_limits import (
     ITEM_SLACK,
@@ -111,6 +111,23 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def server_url(onion: str, path: str) -> str:
     return f"http://{onion}.onion{path}"
+
+
+def with_test_reader(http_factory: Callable[[], httpx.AsyncClient],
+                     label: str | None) -> Callable[[], httpx.AsyncClient]:
+    """TEST HOOK (NYTH_DEV_MODE + NYTH_TEST_READER_LABEL only): clients from http_factory
+    name us as reader `label` in every request to group servers, so a fault-injecting
+    server (NYTH_FAULT_WITHHOLD_FROM) can withhold blobs from us. Without a label,
+    http_factory itself: a real peer never tells a server who it is."""
+    if label is None:
+        return http_factory
+
+    def labelled() -> httpx.AsyncClient:
+        http = http_factory()
+        http.headers[TEST_READER_HEADER] = label
+        return http
+
+    return labelled
 
 
 class GroupService:

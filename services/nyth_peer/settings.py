@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from nyth.config import HostPort, NythSettings
+from nyth.config import DevModeSettings, HostPort, TestReaderLabel
 from pydantic import Field, SecretStr
 
 
-class PeerSettings(NythSettings):
+class PeerSettings(DevModeSettings):
     secret_fields: ClassVar[tuple[str, ...]] = ("passphrase", "api_token", "tor_control_password")
+    dev_only_fields: ClassVar[tuple[str, ...]] = ("test_reader_label",)
 
     data_dir: Path = Field(description="Profile directory (sealed key file and database).")
     passphrase: SecretStr | None = Field(
@@ -61,3 +62,9 @@ class PeerSettings(NythSettings):
     retry_initial_seconds: float = Field(2.0, gt=0, le=3600)
     retry_cap_seconds: float = Field(300.0, gt=0, le=86_400)
     log_level: str = "info"
+
+    # Test hook (NYTH_DEV_MODE only): name ourselves to group servers in the
+    # Nyth-Test-Reader header, so a fault-injecting server can withhold blobs from us.
+    test_reader_label: TestReaderLabel | None = Field(
+        None, description="Dev mode only: our label in the Nyth-Test-Reader header sent to "
+                          "group servers (a test hook for fault-injecting servers).")

@@ -139,6 +139,44 @@ class NythSettings(BaseSettings):
         return self
 
 
+# -- dev mode: test hooks a real deployment must never run with ----------------------------
+
+# What a dev-mode peer sends group servers to name itself, and what a dev-mode group
+# server reads to decide whom to withhold blobs from (NYTH_FAULT_WITHHOLD_FROM). A test
+# hook only: over Tor a server cannot tell readers apart, and a real client never says.
+TEST_READER_HEADER = "Nyth-Test-Reader"
+TEST_READER_LABEL_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+TestReaderLabel = Annotated[str, Field(pattern=TEST_READER_LABEL_PATTERN)]
+
+
+class DevModeSettings(NythSettings):
+    """Settings with test hooks (fault injection, reader labels) that only a dev/test
+    deployment may use.
+
+    Each field named in ``dev_only_fields`` is refused unless ``NYTH_DEV_MODE=true``:
+    setting one at all, even to a harmless value, is an error, so a hook cannot be left
+    in a production configuration by mistake.
+    """
+
+    dev_only_fields: ClassVar[tuple[str, ...]] = ()
+
+    dev_mode: bool = Field(
+        False, description="Dev/test mode: allows the test hooks (never set it in production)."
+    )
+
+    @model_validator(mode="after")
+    def _dev_only_settings(self) -> DevModeSettings:
+        if not self.dev_mode:
+            used = [ENV_PREFIX + name.upper() for name in self.dev_only_fields
+                    if name in self.model_fields_set]
+            if used:
+                raise ValueError(
+                    f"{', '.join(used)} {'is a test hook' if len(used) == 1 else 'are test hooks'}"
+                    f" accepted only with {ENV_PREFIX}DEV_MODE=true; refusing to start"
+                )
+        return self
+
+
 def format_settings_error(exc: ValidationError) -> str:
     """One line per problem, naming the env variable, never echoing the input value."""
     lines = []

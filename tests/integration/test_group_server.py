@@ -12,8 +12,7 @@ import base64
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ import redis
 from nyth.proto.bundle import ServerBundle
 from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
+
+from tests.fixtures.sse import SseClient
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def test_bundle_is_signed_and_states_the_enforced_limits(launch: Launch) -> None
     assert (body["blob_size"], body["max_blobs"], body["max_age_seconds"]) == (SIZE, 500, 7200)
     assert health == {"status": "ok", "onion": body["onion"], "redis": "ok",
                       "onion_published": None, "onion_state": None, "onion_reason": None,
-                      "reason": None}
+                      "reason": None, "dev_mode": False, "faults": None}
 
     # Clients pin the exact bytes: a restart with the same limits must not re-sign.
     proc.restart()
@@ -192,72 +193,6 @@ def test_retention_by_age_is_enforced(launch: Launch, redis_url: str,
 
 
 # -- Server-Sent Events ------------------------------------------------------------------
-
-
-@dataclass
-class SseClient:
-    """Reads one SSE stream in the background, parsing events as a browser would."""
-
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    comments: int = 0
-    status: int | None = None
-    _task: asyncio.Task[None] | None = None
-
-    async def open(self, url: str, params: dict[str, str] | None = None,
-                   headers: dict[str, str] | None = None) -> None:
-        opened = asyncio.get_running_loop().create_future()
-
-        async def run() -> None:
-            async with httpx.AsyncClient(trust_env=False, timeout=30) as client, \
-                    client.stream("GET", url, params=params, headers=headers) as response:
-                self.status = response.status_code
-                opened.set_result(None)
-                event_id = event = ""
-                data: list[str] = []
-                async for line in response.aiter_lines():
-                    if line.startswith(":"):
-                        self.comments += 1
-                    elif line.startswith("id: "):
-                        event_id = line[4:]
-                    elif line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        data.append(line[6:])
-                    elif line == "" and data:
-                        self.events.append((event_id, event, "\n".join(data)))
-                        data = []
-
-        self._task = asyncio.create_task(run())
-        await asyncio.wait_for(asyncio.shield(opened), 10)
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[str, str, str]]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
-            if self._task is not None and self._task.done():
-                self._task.result()
-                raise AssertionError(f"stream ended after {len(self.events)} events")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(self.events)} of {count} events arrived")
-            await asyncio.sleep(0.02)
-        return self.events
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-@pytest.fixture
-async def sse() -> AsyncIterator[Callable[[], SseClient]]:
-    clients: list[SseClient] = []
-
-    def make() -> SseClient:
-        clients.append(SseClient())
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 async def _apost(client: httpx.AsyncClient, blob: bytes) -> str:

@@ -31,15 +31,24 @@ SIZE = 128
 MAX_PAGE = 50
 
 
-@pytest.fixture(scope="module")
-def group_server(tmp_path_factory: pytest.TempPathFactory,
+# The same checks against a dev-mode server injecting every fault: its OpenAPI (the
+# Nyth-Test-Reader header, the faults on /healthz) must describe what it answers too.
+FAULTY = {"NYTH_DEV_MODE": "true", "NYTH_FAULT_DROP_FRACTION": "0.5",
+          "NYTH_FAULT_WITHHOLD_FROM": "alice,bob", "NYTH_FAULT_WITHHOLD_FRACTION": "0.5",
+          "NYTH_FAULT_FORGET_AFTER_SECONDS": "3600", "NYTH_FAULT_DELAY_MS": "1",
+          "NYTH_FAULT_REORDER": "true"}
+
+
+@pytest.fixture(scope="module", params=["honest", "faulty"])
+def group_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  redis_server: RedisServer) -> Iterator[GroupServerProcess]:
     proc = GroupServerProcess(
         tmp_path_factory.mktemp("schemathesis") / "gs",
         redis_url=redis_server.url_for_db(flushed_db(redis_server)),
         stream_key=f"test:{uuid.uuid4().hex[:12]}",
         env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
-             "NYTH_MAX_BLOBS": "1000", "NYTH_LOG_LEVEL": "warning"},
+             "NYTH_MAX_BLOBS": "1000", "NYTH_LOG_LEVEL": "warning",
+             **(FAULTY if request.param == "faulty" else {})},
     )
     proc.start()
     yield proc

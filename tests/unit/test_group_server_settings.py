@@ -105,3 +105,92 @@ def test_tor_settings(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.effective_onion_target == "127.0.0.1:8000"
     env.setenv("NYTH_ONION_TARGET", "group-server:8000")
     assert load_settings(GroupServerSettings).effective_onion_target == "group-server:8000"
+
+
+# -- fault injection: dev mode only ----------------------------------------------------------
+
+FAULTS = {
+    "NYTH_FAULT_SEED": "7", "NYTH_FAULT_DROP_FRACTION": "0.5",
+    "NYTH_FAULT_WITHHOLD_FROM": "alice", "NYTH_FAULT_WITHHOLD_FRACTION": "0.5",
+    "NYTH_FAULT_FORGET_AFTER_SECONDS": "60", "NYTH_FAULT_DELAY_MS": "10",
+    "NYTH_FAULT_REORDER": "true",
+}
+
+
+def test_every_fault_setting_is_dev_only() -> None:
+    faults = {name for name in GroupServerSettings.model_fields if name.startswith("fault_")}
+    assert set(GroupServerSettings.dev_only_fields) == faults
+    assert {f"NYTH_{name.upper()}" for name in faults} == set(FAULTS)
+
+
+def test_faults_are_off_by_default(env: pytest.MonkeyPatch) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    settings = load_settings(GroupServerSettings)
+    assert settings.dev_mode is False
+    assert (settings.fault_drop_fraction, settings.fault_withhold_from, settings.fault_delay_ms,
+            settings.fault_forget_after_seconds, settings.fault_reorder) == (0.0, (), 0, None, False)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    *FAULTS.items(), ("NYTH_FAULT_DROP_FRACTION", "0"), ("NYTH_FAULT_REORDER", "false")])
+def test_a_fault_setting_without_dev_mode_is_refused(env: pytest.MonkeyPatch, name: str,
+                                                     value: str) -> None:
+    # Even a harmless value: a test hook must not sit in a production configuration.
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv(name, value)
+    if name == "NYTH_FAULT_WITHHOLD_FRACTION":
+        env.setenv("NYTH_FAULT_WITHHOLD_FROM", "alice")
+    with pytest.raises(ConfigError, match=f"{name}.* accepted only with NYTH_DEV_MODE=true"):
+        load_settings(GroupServerSettings)
+    env.setenv("NYTH_DEV_MODE", "false")
+    with pytest.raises(ConfigError, match="NYTH_DEV_MODE=true"):
+        load_settings(GroupServerSettings)
+
+
+def test_dev_mode_accepts_every_fault(env: pytest.MonkeyPatch) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_DEV_MODE", "true")
+    for name, value in FAULTS.items():
+        env.setenv(name, value)
+    env.setenv("NYTH_FAULT_WITHHOLD_FROM", " alice, bob.2 ,alice,")
+    settings = load_settings(GroupServerSettings)
+    assert settings.dev_mode is True
+    assert settings.fault_seed == 7 and settings.fault_drop_fraction == 0.5
+    assert settings.fault_withhold_from == ("alice", "bob.2")
+    assert settings.fault_withhold_fraction == 0.5
+    assert settings.fault_forget_after_seconds == 60.0
+    assert settings.fault_delay_ms == 10 and settings.fault_reorder is True
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("NYTH_FAULT_DROP_FRACTION", "-0.1"), ("NYTH_FAULT_DROP_FRACTION", "1.01"),
+    ("NYTH_FAULT_DROP_FRACTION", "nan"), ("NYTH_FAULT_WITHHOLD_FRACTION", "2"),
+    ("NYTH_FAULT_WITHHOLD_FROM", "al ice"), ("NYTH_FAULT_WITHHOLD_FROM", "a:b"),
+    ("NYTH_FAULT_WITHHOLD_FROM", "x" * 65),
+    ("NYTH_FAULT_WITHHOLD_FROM", ",".join(f"r{i}" for i in range(33))),
+    ("NYTH_FAULT_FORGET_AFTER_SECONDS", "0"), ("NYTH_FAULT_FORGET_AFTER_SECONDS", "inf"),
+    ("NYTH_FAULT_DELAY_MS", "-1"), ("NYTH_FAULT_DELAY_MS", "60001"),
+    ("NYTH_FAULT_SEED", "-1"), ("NYTH_FAULT_REORDER", "maybe"), ("NYTH_DEV_MODE", "perhaps"),
+])
+def test_fault_ranges_are_checked_in_dev_mode(env: pytest.MonkeyPatch, name: str,
+                                              value: str) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_DEV_MODE", "true")
+    env.setenv("NYTH_FAULT_WITHHOLD_FROM", "alice")
+    env.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings(GroupServerSettings)
+
+
+def test_inconsistent_faults_are_refused(env: pytest.MonkeyPatch) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_DEV_MODE", "true")
+    env.setenv("NYTH_FAULT_WITHHOLD_FRACTION", "0.5")
+    with pytest.raises(ConfigError, match="NYTH_FAULT_WITHHOLD_FRACTION needs "
+                                          "NYTH_FAULT_WITHHOLD_FROM"):
+        load_settings(GroupServerSettings)
+    env.delenv("NYTH_FAULT_WITHHOLD_FRACTION")
+    env.setenv("NYTH_MAX_AGE_SECONDS", "60")
+    env.setenv("NYTH_FAULT_FORGET_AFTER_SECONDS", "60")
+    with pytest.raises(ConfigError, match="must be below NYTH_MAX_AGE_SECONDS"):
+        load_settings(GroupServerSettings)

@@ -190,3 +190,39 @@ def test_the_peer_log_does_not_record_which_urls_it_fetched(caplog: pytest.LogCa
         logging.getLogger("httpx").info("HTTP Request: GET http://x.onion/v1/cards/y")
         logging.getLogger("nyth_peer.engine").info("profile unlocked")
     assert [r.name for r in caplog.records] == ["nyth_peer.engine"]
+
+
+# -- the test-reader hook (dev mode only) ----------------------------------------------------
+
+
+def test_test_reader_label_needs_dev_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NYTH_TEST_READER_LABEL is a test hook accepted only "
+                                         "with NYTH_DEV_MODE=true"):
+        _settings(tmp_path, test_reader_label="alice")
+    with pytest.raises(ValueError, match="pattern"):
+        _settings(tmp_path, dev_mode=True, test_reader_label="alice smith")
+    assert _settings(tmp_path, dev_mode=True, test_reader_label="alice").test_reader_label == "alice"
+
+
+def test_test_reader_label_refused_from_the_environment(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from nyth.config import load_settings
+
+    for name, value in {"NYTH_DATA_DIR": str(tmp_path), "NYTH_TOR_SOCKS": "127.0.0.1:9050",
+                        "NYTH_TOR_CONTROL": "127.0.0.1:9051",
+                        "NYTH_TEST_READER_LABEL": "alice"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"NYTH_TEST_READER_LABEL .*NYTH_DEV_MODE=true"):
+        load_settings(PeerSettings)
+    monkeypatch.setenv("NYTH_DEV_MODE", "1")
+    assert load_settings(PeerSettings).test_reader_label == "alice"
+
+
+@pytest.mark.parametrize("label", ["alice", None])
+async def test_group_clients_carry_the_label_only_when_set(tmp_path: Path,
+                                                          label: str | None) -> None:
+    settings = _settings(tmp_path, dev_mode=True, test_reader_label=label)
+    async with Engine(settings).group_http_factory()() as http:
+        assert http.headers.get("Nyth-Test-Reader") == label
+    async with Engine(_settings(tmp_path)).group_http_factory()() as http:
+        assert "Nyth-Test-Reader" not in http.headers

@@ -589,3 +589,21 @@ async def test_a_card_is_republished_when_the_mailbox_changes(profile: Profile) 
                     "the card to be published on the new mailbox")
         await service.stop()
     assert (profile.store.get("mailbox", "card") or {})["mailbox"] == MAILBOX.onion
+
+
+@pytest.mark.parametrize("label", ["alice", None])
+async def test_the_test_reader_label_is_sent_only_when_set(profile: Profile,
+                                                         label: str | None) -> None:
+    # The test hook for fault-injecting servers (NYTH_TEST_READER_LABEL, dev mode only):
+    # every request to a group server names the reader; without a label none does.
+    async with group_server() as server:
+        events = EventBus()
+        service = GroupService(profile, events, Messenger(profile, events, FAST),
+                               groups_module.with_test_reader(server.client, label), FAST)
+        service._join(Invite("friends", new_group_key(), (GROUP_BUNDLE,)))
+        await until(lambda: state(service).get("state") == "live", "the stream to be open")
+        await service.stop()
+    paths = {r.path for r in server.requests}
+    assert {"/v1/bundle", "/v1/blobs", "/v1/blobs/stream"} <= paths
+    assert [r.headers.get("nyth-test-reader") for r in server.requests] == \
+        [label] * len(server.requests)
