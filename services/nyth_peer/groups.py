@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -235,7 +236,7 @@ class GroupService:
             invite = Invite.decode(base64.b64decode(row["invite"]))
             bundles = tuple(bundle if b.onion == onion else raw
                             for raw, b in zip(invite.bundles, invite.servers, strict=True))
-            row["invite"] = _b64(Invite(invite.name, invite.key, bundles).encode())
+            row["invite"] = _b64(dataclasses.replace(invite, bundles=bundles).encode())
             self.store.put("groups", row["id"], row)
         self._groups_cache = None
 
