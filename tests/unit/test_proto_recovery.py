@@ -8,6 +8,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.group import BLOB_SIZE, GroupMessage, Invite, Move, seal_group_message, seal_group_move
@@ -596,3 +598,90 @@ def test_policy_validation() -> None:
                 {"backoff_ms": (0,)}, {"jitter": 1.0}, {"max_gaps": 0}):
         with pytest.raises(ValueError):
             RecoveryPolicy(**bad)
+
+
+# -- any sequence of events keeps the bounds ---------------------------------------------------
+
+def _pool() -> tuple[Group, list[GroupMessage]]:
+    g = Group()
+    messages: list[GroupMessage] = []
+    rnd = random.Random(5)
+    for i in range(24):
+        parents = tuple(rnd.sample([m.hash for m in messages], min(len(messages), rnd.randint(0, 3))))
+        messages.append(g.text((ALICE, BOB, CAROL)[i % 3], parents, body=f"m{i}"))
+    return g, messages
+
+
+POOL_GROUP, POOL = _pool()
+MEMBERS = [ALICE, BOB, CAROL, DAVE, STRANGER]
+
+KINDS = ["server"] * 4 + ["tick"] * 4 + ["online"] * 3 + ["part"] * 3 + [
+    "offline", "done", "done", "wrong", "stray", "not_served", "heads"]
+events = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 1000), st.integers(1, 90_000)),
+                  min_size=10, max_size=80)
+
+
+@settings(max_examples=100, deadline=None)
+@given(events, st.sampled_from([
+    EXACT,
+    RecoveryPolicy(strategies=(Strategy.MEMBER, Strategy.SERVER), first_delay_ms=1, pull_timeout_ms=50_000),
+    RecoveryPolicy(max_gaps=3, members_per_round=1, max_leads=2, first_delay_ms=1,
+                   strategies=(Strategy.MEMBER, Strategy.REFETCH)),
+]))
+def test_any_sequence_of_events_keeps_the_bounds(steps: list[tuple[str, int, int]],
+                                                 policy: RecoveryPolicy) -> None:
+    g = Group(policy, introduced=(DAVE.onion,))
+    rec, now = g.rec, T0
+    for kind, pick, dt in steps:
+        now += dt
+        member = MEMBERS[pick % len(MEMBERS)]
+        message = POOL[pick % len(POOL)]
+        reads_before = {s: r.token for s, r in rec._reads.items()}
+        if kind == "server":
+            out = g.ingest(message, FromServer((S0, S1)[pick % 2], f"{pick}-0"), now)
+        elif kind == "online":
+            out = rec.on_member_online(member.onion, now)
+        elif kind == "offline":
+            out = rec.on_member_offline(member.onion, now)
+        elif kind == "tick":
+            out = rec.tick(now)
+            wake = rec.next_wakeup()
+            assert wake is None or wake > now  # nothing left due: no hot loop
+        elif kind == "done":
+            server = (S0, S1)[pick % 2]
+            out = rec.on_refetch_done(server, reads_before.get(server, 0), now)
+        elif kind in ("part", "wrong", "stray"):
+            request = rec._pulls.get(member.onion)
+            asked = next(iter(request.pending), None) if request else None
+            wanted = next((m for m in POOL if m.hash == asked), None)
+            sent = message if kind != "part" or wanted is None else wanted
+            out = []
+            for part in split_wire(GID, asked if asked and kind != "stray" else sent.hash, sent.wire):
+                out += rec.on_part(member.onion, part, now)
+        elif kind == "not_served":
+            request = rec._pulls.get(member.onion)
+            hashes = tuple(request.pending)[:MAX_PULL] if request and request.pending else (message.hash,)
+            out = rec.on_not_served(member.onion, GroupNotServed(GID, hashes), now)
+        else:
+            out = rec.on_heads(member.onion, GroupHeads(GID, 0, None, (message.hash,)), now)
+        for action in out:
+            if isinstance(action, Ingest):
+                assert action.message.hash == message.hash or action.message in POOL
+                out += g.ingest(action.message, FromMember(action.member), now)
+        # bounds
+        refetched = [a.server for a in out if isinstance(a, Refetch)]
+        pulled = [a.member for a in out if isinstance(a, Pull)]
+        assert len(refetched) == len(set(refetched)) and len(pulled) == len(set(pulled))
+        for action in out:
+            if isinstance(action, Refetch):
+                assert rec._reads[action.server].token == action.token
+                assert action.server not in reads_before or kind in ("done", "tick")
+            if isinstance(action, Pull | SendHeads):
+                assert rec.is_member(action.member) and action.member in rec._online
+            if isinstance(action, Pull):
+                assert 1 <= len(action.request.hashes) <= MAX_PULL
+        assert len(rec._gaps) <= policy.max_gaps and len(rec._leads) <= policy.max_leads
+        assert all(len(r.pending) <= MAX_PULL for r in rec._pulls.values())
+        status = rec.status()
+        assert all(v.hash not in g.dag for v in status.open)
+        assert status.found == len(status.open) + sum(status.recovered.values())
