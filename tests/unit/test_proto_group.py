@@ -656,6 +656,8 @@ def test_invite_v2_specific_rejections() -> None:
     Invite("x", KEY, (SIGNED[0],), OWNER.public_key, MAX_EPOCH + 1),
     Invite("x", KEY, (SIGNED[0],), None, 1),               # a v1 invite has no epoch
     Invite("x", KEY, (), OWNER.public_key),
+    Invite("x" * (MAX_NAME_BYTES + 1), KEY, (SIGNED[0],), OWNER.public_key),
+    Invite("x", KEY, tuple(SIGNED[:MAX_SERVERS + 1]), OWNER.public_key),
 ])
 def test_invite_v2_encoder_refuses_what_it_could_not_decode(invite: Invite) -> None:
     with pytest.raises(REJECT):

@@ -403,6 +403,16 @@ def test_tracked_gaps_are_capped_and_picked_up_when_room_frees() -> None:
     assert [v.found_via for v in status.open].count("history") == 1
 
 
+def test_a_gap_filled_behind_the_machines_back_counts_as_local() -> None:
+    g = Group()
+    root, child = gap_pair(g)
+    g.ingest(child, FromServer(S0, "1-0"), T0)
+    g.dag.add(root)  # the adapter loaded it from its own storage and did not say so
+    assert g.rec.tick(T0 + 1) == []
+    status = g.rec.status()
+    assert status.open == () and status.recent[0].recovered_by == RecoveredBy(Method.LOCAL, "")
+
+
 def test_gaps_already_in_the_dag_are_found_at_start() -> None:
     dag = GroupDag()
     g = Group()

@@ -500,7 +500,9 @@ class GroupRecovery:
                 lead.asked = True
                 self._queue.setdefault(lead.member, {})[h] = None
         for gap in self._open_gaps():
-            if not gap.busy and gap.next_attempt_ms is not None and gap.next_attempt_ms <= now_ms:
+            if gap.hash in self.dag:  # added to the DAG without on_message (loaded from storage)
+                self._recover(gap, RecoveredBy(Method.LOCAL, ""), now_ms)
+            elif not gap.busy and gap.next_attempt_ms is not None and gap.next_attempt_ms <= now_ms:
                 gap.round_reasons.clear()
                 gap.tried.clear()
                 self._run(gap, now_ms)
