@@ -37,6 +37,7 @@ from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
     BLOB_SIZE,
+    GroupKind,
     GroupMessage,
     Invite,
     new_group_key,
@@ -548,6 +549,11 @@ class GroupService:
                 continue
             except NythError as exc:
                 log.info("malformed message in group %s: %s", gid[:8], exc)
+                continue
+            if message.kind != GroupKind.TEXT:
+                # Moves and later kinds are not handled here yet (nyth.proto.group_control,
+                # recovery): dropped, as every v2 message was before they decoded.
+                log.info("group %s: %s message not handled; dropped", gid[:8], message.kind)
                 continue
             dag = self.dags.setdefault(gid, GroupDag())
             key = f"group_messages:{gid}"
