@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -36,6 +37,7 @@ from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
     BLOB_SIZE,
+    GroupKind,
     GroupMessage,
     Invite,
     new_group_key,
@@ -252,7 +254,7 @@ class GroupService:
             invite = Invite.decode(base64.b64decode(row["invite"]))
             bundles = tuple(bundle if b.onion == onion else raw
                             for raw, b in zip(invite.bundles, invite.servers, strict=True))
-            row["invite"] = _b64(Invite(invite.name, invite.key, bundles).encode())
+            row["invite"] = _b64(dataclasses.replace(invite, bundles=bundles).encode())
             self.store.put("groups", row["id"], row)
         self._groups_cache = None
 
@@ -564,6 +566,11 @@ class GroupService:
                 continue
             except NythError as exc:
                 log.info("malformed message in group %s: %s", gid[:8], exc)
+                continue
+            if message.kind != GroupKind.TEXT:
+                # Moves and later kinds are not handled here yet (nyth.proto.group_control,
+                # recovery): dropped, as every v2 message was before they decoded.
+                log.info("group %s: %s message not handled; dropped", gid[:8], message.kind)
                 continue
             dag = self.dags.setdefault(gid, GroupDag())
             key = f"group_messages:{gid}"

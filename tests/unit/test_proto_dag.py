@@ -271,3 +271,36 @@ def test_works_with_real_sealed_messages() -> None:
     assert dag.heads() == [second.hash]
     assert dag.acknowledged_by(first.hash) == {author.public_key}
     assert [m.body for m in dag.ordered()] == ["a", "b"]
+
+
+@settings(max_examples=60)
+@given(dags())
+def test_get_messages_named_by_and_ancestors(messages: list[GroupMessage]) -> None:
+    dag = GroupDag(messages)
+    held = {m.hash: m for m in messages}
+    assert [m.hash for m in dag.messages()] == list(held)
+    for message in messages:
+        assert dag.get(message.hash) is message
+        assert [m.hash for m in dag.named_by(message.hash)] == sorted(
+            m.hash for m in messages if message.hash in m.parents)
+        # ancestors: the closure of held parents, by a slow independent computation
+        expected: set[bytes] = set()
+        frontier = {p for p in message.parents if p in held}
+        while frontier:
+            expected |= frontier
+            frontier = {p for f in frontier for p in held[f].parents if p in held} - expected
+        assert dag.ancestors(message.hash) == expected
+    assert dag.get(h("unknown")) is None and dag.ancestors(h("unknown")) == set()
+    for gap in dag.missing():
+        assert {m.hash for m in dag.named_by(gap)} == {m.hash for m in messages if gap in m.parents}
+
+
+def test_acks_count_only_direct_children() -> None:
+    """A member naming a descendant of my post may lack my post (a gap of its own right
+    there), so it is not counted as having seen it."""
+    mine = msg("mine", author=AUTHORS[0])
+    reply = msg("reply", (mine.hash,), ts=1, author=AUTHORS[1])
+    later = msg("later", (reply.hash,), ts=2, author=AUTHORS[2])
+    dag = GroupDag([mine, reply, later])
+    assert dag.acknowledged_by(mine.hash) == {AUTHORS[1]}
+    assert dag.ancestors(later.hash) == {mine.hash, reply.hash}

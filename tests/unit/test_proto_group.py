@@ -19,18 +19,32 @@ from nyth.proto.group import (
     HASH_SIZE,
     INNER_SIZE,
     INVITE_MAGIC,
+    INVITE_MAGIC_V2,
     KEY_SIZE,
     MAX_BODY_BYTES,
+    MAX_BODY_BYTES_V2,
+    MAX_EPOCH,
+    MAX_INVITE_V2_BYTES,
+    MAX_MOVE_BYTES,
     MAX_NAME_BYTES,
     MAX_PARENTS,
     MAX_SERVERS,
+    MAX_WIRE_SIZE,
+    GroupKind,
+    GroupMessage,
     Invite,
+    Move,
+    decode_wire,
+    genesis_group_id,
     group_id,
     new_group_key,
     open_group_message,
     seal_group_message,
+    seal_group_move,
+    seal_wire,
 )
 from nyth.proto.identity import Identity
+from nyth.proto.p2p import MAX_BODY, Envelope, MessageKind
 
 AUTHOR = Identity.from_seed(b"a" * 32)
 SERVERS = [Identity.from_seed(bytes([i]) * 32) for i in range(MAX_SERVERS + 1)]
@@ -206,7 +220,8 @@ def _signed_inner(*, version: int = 1, n_parents: int | None = None,
 
 
 @pytest.mark.parametrize(("inner", "error"), [
-    (_signed_inner(version=2), DecodeError),
+    (_signed_inner(version=3), DecodeError),
+    (_signed_inner(version=2), REJECT),                           # v1 layout read as v2
     (_signed_inner(version=0), DecodeError),
     (_signed_inner(n_parents=MAX_PARENTS + 1, parents=(b"p" * 32,) * 9), DecodeError),
     (_signed_inner(n_parents=255), DecodeError),
@@ -354,4 +369,296 @@ def test_invite_specific_rejections() -> None:
 ])
 def test_invite_encoder_refuses_what_it_could_not_decode(invite: Invite) -> None:
     with pytest.raises(DecodeError):
+        invite.encode()
+
+
+# -- wire forms, v2 messages and moves -------------------------------------------------------
+
+OWNER = Identity.from_seed(b"o" * 32)
+
+
+def _v2_inner(kind: int, body: bytes, *, parents: tuple[bytes, ...] = (), body_len: int | None = None,
+              signer: Identity = AUTHOR, gid: bytes = GID) -> bytes:
+    signed = (struct.pack(">BB32sQB", 2, kind, signer.public_key, 9, len(parents))
+              + b"".join(parents) + struct.pack(">H", len(body) if body_len is None else body_len)
+              + body)
+    return signed + signer.sign(b"nyth-group-msg-v1" + gid + signed)
+
+
+def padded(wire: bytes) -> bytes:
+    return wire + bytes(INNER_SIZE - len(wire))
+
+
+def test_v2_sizes_and_what_fits_where() -> None:
+    assert MAX_BODY_BYTES_V2 == MAX_BODY_BYTES - 1 == 1643
+    assert MAX_WIRE_SIZE == INNER_SIZE == 2008
+    assert MAX_MOVE_BYTES == 4 + 1 + 8 * 164 == 1317 <= MAX_BODY_BYTES_V2
+    assert MAX_INVITE_V2_BYTES == 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 * 164 == 1454 <= MAX_BODY
+    # 11 bundles would still fit in one P2P body; a group has at most MAX_SERVERS = 8.
+    assert MAX_INVITE_V2_BYTES + 3 * BUNDLE_SIZE <= MAX_BODY < MAX_INVITE_V2_BYTES + 4 * BUNDLE_SIZE
+    largest = Invite("x" * MAX_NAME_BYTES, KEY, tuple(SIGNED[:MAX_SERVERS]), OWNER.public_key,
+                     MAX_EPOCH).encode()
+    assert len(largest) == MAX_INVITE_V2_BYTES
+    assert Envelope(bytes(16), MessageKind.GROUP_INVITE, 0, largest).encode()
+
+
+@settings(max_examples=40)
+@given(timestamps, parent_lists, bodies)
+def test_wire_form_round_trips_and_reseals_to_the_same_message(timestamp_ms: int,
+                                                               parents: list[bytes],
+                                                               body: str) -> None:
+    blob, sent = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=timestamp_ms,
+                                    parents=parents, body=body)
+    assert padded(sent.wire) == open_inner(blob)
+    assert decode_wire(GID, sent.wire) == sent
+    again = seal_wire(KEY, sent.wire)
+    assert again != blob and len(again) == BLOB_SIZE
+    assert open_group_message(KEY, GID, again) == sent
+    assert open_group_message(KEY, GID, again).wire == sent.wire
+
+
+def test_message_equality_ignores_the_wire_form() -> None:
+    _, sent = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=1, parents=[], body="hi")
+    rebuilt = GroupMessage(sent.author, sent.timestamp_ms, sent.parents, sent.body, sent.hash)
+    assert rebuilt == sent and rebuilt.wire == b"" and rebuilt.kind == GroupKind.TEXT
+
+
+def test_wire_form_rejections() -> None:
+    _, sent = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=1, parents=[b"p" * 32], body="hi")
+    for cut in range(len(sent.wire)):
+        with pytest.raises(DecodeError):
+            decode_wire(GID, sent.wire[:cut])
+    for extra in (b"\x00", b"\x01", bytes(64)):
+        with pytest.raises(DecodeError):
+            decode_wire(GID, sent.wire + extra)
+    with pytest.raises(AuthenticationError):
+        decode_wire(group_id(KEY, BUNDLES[1:2]), sent.wire)
+    with pytest.raises(DecodeError):
+        decode_wire(GID, bytes(MAX_WIRE_SIZE + 1))
+    for bad in (b"", bytes(MAX_WIRE_SIZE + 1)):
+        with pytest.raises(DecodeError):
+            seal_wire(KEY, bad)
+
+
+@settings(max_examples=60)
+@given(st.binary(max_size=MAX_WIRE_SIZE + 2))
+def test_arbitrary_wire_never_crashes(data: bytes) -> None:
+    with pytest.raises(REJECT):
+        decode_wire(GID, data)
+
+
+def test_largest_messages_fill_the_wire_exactly() -> None:
+    parents = [bytes([i]) * 32 for i in range(MAX_PARENTS)]
+    _, text = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0, parents=parents,
+                                 body="x" * MAX_BODY_BYTES)
+    assert len(text.wire) == MAX_WIRE_SIZE
+    wire = _v2_inner(99, bytes(MAX_BODY_BYTES_V2), parents=tuple(parents))
+    assert len(wire) == MAX_WIRE_SIZE
+    assert decode_wire(GID, wire).kind == 99
+
+
+def test_v2_text_decodes_and_is_another_message_than_v1() -> None:
+    wire = _v2_inner(GroupKind.TEXT, "héllo".encode())
+    message = open_group_message(KEY, GID, seal_inner(padded(wire)))
+    assert (message.kind, message.body, message.move) == (GroupKind.TEXT, "héllo", None)
+    assert message.hash == hashlib.blake2b(GID + wire, digest_size=32,
+                                           person=b"nyth-gmsg-hash").digest()
+    _, v1 = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=9, parents=[], body="héllo")
+    assert v1.hash != message.hash
+
+
+def test_text_is_sealed_as_v1_so_older_clients_read_it() -> None:
+    blob, _ = seal_group_message(AUTHOR, KEY, GID, timestamp_ms=0, parents=[], body="x")
+    assert open_inner(blob)[0] == 1
+
+
+def test_unknown_kinds_are_opaque_dag_nodes() -> None:
+    wire = _v2_inner(200, b"\xff" * 10, parents=(b"p" * 32,))
+    message = decode_wire(GID, wire)
+    assert (message.kind, message.body, message.move, message.parents) == (200, "", None, (b"p" * 32,))
+    assert not isinstance(message.kind, GroupKind)
+    assert decode_wire(GID, _v2_inner(200, b"")).kind == 200
+
+
+def move_of(n: int, epoch: int = 1) -> Move:
+    return Move(epoch, tuple(SIGNED[:n]))
+
+
+@settings(max_examples=40)
+@given(st.integers(1, MAX_EPOCH), st.lists(st.sampled_from(range(MAX_SERVERS + 1)), min_size=1,
+                                           max_size=MAX_SERVERS, unique=True))
+def test_move_round_trip(epoch: int, chosen: list[int]) -> None:
+    move = Move(epoch, tuple(SIGNED[i] for i in chosen))
+    data = move.encode()
+    assert data == struct.pack(">IB", epoch, len(chosen)) + b"".join(move.bundles)
+    assert Move.decode(data) == move
+    assert [b.onion for b in move.servers] == [BUNDLES[i].onion for i in chosen]
+
+
+def test_move_message_layout_and_round_trip() -> None:
+    move = move_of(3, epoch=7)
+    blob, sent = seal_group_move(OWNER, KEY, GID, timestamp_ms=0x0102030405060708,
+                                 parents=[b"p" * 32], move=move)
+    body = move.encode()
+    signed = (b"\x02\x02" + OWNER.public_key + bytes.fromhex("0102030405060708") + b"\x01"
+              + b"p" * 32 + struct.pack(">H", len(body)) + body)
+    signature = OWNER.sign(b"nyth-group-msg-v1" + GID + signed)
+    assert open_inner(blob) == padded(signed + signature)
+    received = open_group_message(KEY, GID, blob)
+    assert received == sent
+    assert (received.kind, received.move, received.body) == (GroupKind.MOVE, move, "")
+    assert received.hash == hashlib.blake2b(GID + signed + signature, digest_size=32,
+                                            person=b"nyth-gmsg-hash").digest()
+
+
+@pytest.mark.parametrize("body", [
+    b"",                                                              # truncated
+    struct.pack(">IB", 0, 1) + SIGNED[0],                             # epoch 0
+    struct.pack(">IB", 1, 0),                                         # no servers
+    struct.pack(">IB", 1, 9) + b"".join(SIGNED[:9]),                  # too many
+    struct.pack(">IB", 1, 2) + SIGNED[0] + SIGNED[0],                 # a server twice
+    struct.pack(">IB", 1, 2) + SIGNED[0],                             # count > present
+    struct.pack(">IB", 1, 1) + SIGNED[0] + b"\x00",                   # trailing byte
+    struct.pack(">IB", 1, 1) + SIGNED[0][:-1] + b"\x00",              # bad bundle signature
+])
+def test_malformed_move_from_a_key_holder_is_rejected(body: bytes) -> None:
+    with pytest.raises(REJECT):
+        open_group_message(KEY, GID, seal_inner(padded(_v2_inner(GroupKind.MOVE, body))))
+
+
+@pytest.mark.parametrize(("kind", "body", "body_len"), [
+    (0, b"hi", None),                                 # kind 0 reserved
+    (GroupKind.TEXT, b"", None),                      # empty text
+    (GroupKind.TEXT, b"\xff\xfe", None),              # not UTF-8
+    (9, b"", MAX_BODY_BYTES_V2 + 1),                  # body length over the v2 limit
+])
+def test_malformed_v2_messages_are_rejected(kind: int, body: bytes, body_len: int | None) -> None:
+    wire = _v2_inner(kind, body, body_len=body_len)[:INNER_SIZE]
+    with pytest.raises(REJECT):
+        open_group_message(KEY, GID, seal_inner(padded(wire)))
+
+
+@pytest.mark.parametrize("move", [
+    Move(0, (SIGNED[0],)), Move(MAX_EPOCH + 1, (SIGNED[0],)), Move(1, ()),
+    Move(1, tuple(SIGNED[:MAX_SERVERS + 1])), Move(1, (SIGNED[0], SIGNED[0])),
+    Move(1, (SIGNED[0][:-1],)),
+])
+def test_move_encoder_refuses_what_it_could_not_decode(move: Move) -> None:
+    with pytest.raises(REJECT):
+        move.encode()
+
+
+# -- invites v2 -------------------------------------------------------------------------------
+
+invites_v2 = st.builds(
+    Invite,
+    name=st.text(max_size=MAX_NAME_BYTES).filter(lambda n: len(n.encode()) <= MAX_NAME_BYTES),
+    key=st.binary(min_size=KEY_SIZE, max_size=KEY_SIZE),
+    bundles=st.lists(st.sampled_from(SIGNED), min_size=1, max_size=MAX_SERVERS,
+                     unique=True).map(tuple),
+    owner=st.sampled_from([OWNER.public_key, AUTHOR.public_key]),
+    epoch=st.integers(0, MAX_EPOCH),
+)
+
+
+def test_invite_v2_layout_and_group_id() -> None:
+    invite = Invite("club", KEY, (SIGNED[0], SIGNED[1]), OWNER.public_key, 0x01020304)
+    assert invite.encode() == (INVITE_MAGIC_V2 + KEY + OWNER.public_key + b"\x01\x02\x03\x04"
+                               + b"\x04club\x02" + SIGNED[0] + SIGNED[1])
+    assert invite.version == 2
+    expected = hashlib.blake2b(KEY + OWNER.public_key, digest_size=16,
+                               person=b"nyth-group-id2").digest()
+    assert invite.group_id == genesis_group_id(KEY, OWNER.public_key) == expected
+
+
+def test_v2_group_id_survives_other_servers_but_binds_key_and_owner() -> None:
+    before = Invite("club", KEY, (SIGNED[0],), OWNER.public_key)
+    after = Invite("club", KEY, (SIGNED[2], SIGNED[3]), OWNER.public_key, epoch=5)
+    assert before.group_id == after.group_id
+    assert Invite("club", KEY, (SIGNED[0],), AUTHOR.public_key).group_id != before.group_id
+    assert Invite("club", bytes(32), (SIGNED[0],), OWNER.public_key).group_id != before.group_id
+    # ... and is never a v1 id of the same key
+    assert before.group_id != Invite("club", KEY, (SIGNED[0],)).group_id
+
+
+def test_v1_invites_still_decode_with_the_old_id_and_no_owner() -> None:
+    data = INVITE_MAGIC + KEY + b"\x04club\x01" + SIGNED[0]
+    invite = Invite.decode(data)
+    assert (invite.version, invite.owner, invite.epoch) == (1, None, 0)
+    assert invite.group_id == group_id(KEY, BUNDLES[:1])
+    assert invite.encode() == data
+
+
+def test_invite_create_makes_a_v2_group_with_a_fresh_key() -> None:
+    one = Invite.create("club", OWNER.public_key, SIGNED[:2])
+    two = Invite.create("club", OWNER.public_key, SIGNED[:2])
+    assert one.version == 2 and one.owner == OWNER.public_key and one.epoch == 0
+    assert one.key != two.key and one.group_id != two.group_id
+    assert Invite.decode(one.encode()) == one
+    with pytest.raises(DecodeError):
+        Invite.create("club", OWNER.public_key, [])
+
+
+@settings(max_examples=60)
+@given(invites_v2)
+def test_invite_v2_round_trip(invite: Invite) -> None:
+    assert Invite.decode(invite.encode()) == invite
+
+
+@settings(max_examples=100)
+@given(invites_v2, st.data())
+def test_invite_v2_flipped_bit_decodes_canonically_or_is_rejected(invite: Invite,
+                                                                   data: st.DataObject) -> None:
+    encoded = invite.encode()
+    decodes_canonically_or_rejects(flip(encoded, data.draw(st.integers(0, 8 * len(encoded) - 1))))
+
+
+@settings(max_examples=60)
+@given(invites_v2, st.data())
+def test_invite_v2_truncation_and_extension_are_rejected(invite: Invite,
+                                                         data: st.DataObject) -> None:
+    encoded = invite.encode()
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    extra = data.draw(st.binary(min_size=1, max_size=BUNDLE_SIZE + 1))
+    for bad in (encoded[:cut], encoded + extra):
+        with pytest.raises(REJECT):
+            Invite.decode(bad)
+
+
+@settings(max_examples=80)
+@given(st.binary(max_size=400).map(lambda b: INVITE_MAGIC_V2 + b))
+def test_invite_v2_arbitrary_bytes_never_crash(data: bytes) -> None:
+    decodes_canonically_or_rejects(data)
+
+
+def test_invite_v2_specific_rejections() -> None:
+    head = INVITE_MAGIC_V2 + KEY + OWNER.public_key + bytes(4)
+    not_a_point = bytes([1]) + bytes(30) + bytes([0x80])  # y = 1 with the sign bit: not canonical
+    bad = [
+        INVITE_MAGIC_V2, head, head + b"\x00",                            # truncated
+        head + b"\x00\x00",                                               # no servers
+        head + b"\x00\x02" + SIGNED[0] + SIGNED[0],                       # a server twice
+        head + b"\x00\x09" + b"".join(SIGNED[:9]),                        # too many servers
+        INVITE_MAGIC_V2 + KEY + bytes(32) + bytes(4) + b"\x00\x01" + SIGNED[0],   # owner not a key
+        INVITE_MAGIC_V2 + KEY + not_a_point + bytes(4) + b"\x00\x01" + SIGNED[0],
+        head + b"\x02\xff\xfe\x01" + SIGNED[0],                           # name not UTF-8
+    ]
+    for data in bad:
+        with pytest.raises(REJECT):
+            Invite.decode(data)
+
+
+@pytest.mark.parametrize("invite", [
+    Invite("x", KEY, (SIGNED[0],), bytes(32)),
+    Invite("x", KEY, (SIGNED[0],), OWNER.public_key[:31]),
+    Invite("x", KEY, (SIGNED[0], SIGNED[0]), OWNER.public_key),
+    Invite("x", KEY, (SIGNED[0],), OWNER.public_key, -1),
+    Invite("x", KEY, (SIGNED[0],), OWNER.public_key, MAX_EPOCH + 1),
+    Invite("x", KEY, (SIGNED[0],), None, 1),               # a v1 invite has no epoch
+    Invite("x", KEY, (), OWNER.public_key),
+    Invite("x" * (MAX_NAME_BYTES + 1), KEY, (SIGNED[0],), OWNER.public_key),
+    Invite("x", KEY, tuple(SIGNED[:MAX_SERVERS + 1]), OWNER.public_key),
+])
+def test_invite_v2_encoder_refuses_what_it_could_not_decode(invite: Invite) -> None:
+    with pytest.raises(REJECT):
         invite.encode()

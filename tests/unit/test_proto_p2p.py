@@ -70,7 +70,7 @@ def test_layout() -> None:
     assert env.encode() == b"\x10" + bytes(range(16)) + b"\x05" \
         + bytes.fromhex("0102030405060708") + b"body"
     assert Ack(bytes(range(16))).encode() == b"\x11" + bytes(range(16))
-    assert [k.value for k in MessageKind] == [1, 2, 3, 4, 5]
+    assert [k.value for k in MessageKind] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert len(new_msg_id()) == MSG_ID_SIZE and new_msg_id() != new_msg_id()
 
 
@@ -126,7 +126,7 @@ def test_specific_rejections() -> None:
         b"\x12" + bytes(16),                                        # unknown type
         b"\x11" + bytes(15), b"\x11" + bytes(17),                   # ack wrong size
         header.pack(0x10, bytes(16), 0, 0),                         # kind 0
-        header.pack(0x10, bytes(16), 6, 0),                         # kind 6
+        header.pack(0x10, bytes(16), 10, 0),                        # kind 10
         header.pack(0x10, bytes(16), 1, 1 << 63),                   # timestamp ≥ 2^63
         header.pack(0x10, bytes(16), 1, 0) + bytes(MAX_BODY + 1),   # body too big
     ]

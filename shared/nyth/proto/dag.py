@@ -16,7 +16,7 @@ show the same history; §5.4 of docs/protocol.md.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from nyth.proto.group import MAX_PARENTS, GroupMessage
@@ -55,6 +55,13 @@ class GroupDag:
     def __contains__(self, message_hash: object) -> bool:
         return message_hash in self._messages
 
+    def get(self, message_hash: bytes) -> GroupMessage | None:
+        return self._messages.get(message_hash)
+
+    def messages(self) -> Iterator[GroupMessage]:
+        """Every message held, in the order added."""
+        return iter(list(self._messages.values()))
+
     def add(self, message: GroupMessage, received_at_ms: int | None = None) -> bool:
         """Add a message received at received_at_ms (our clock; None: unknown, treated
         as received before every message with a known time); False if already known."""
@@ -78,9 +85,32 @@ class GroupDag:
         return {p for p in self._children if p not in self._messages}
 
     def acknowledged_by(self, message_hash: bytes) -> set[bytes]:
-        """Authors whose later messages name this one as a parent (implicit acks)."""
+        """Authors whose later messages name this one as a parent (implicit acks).
+
+        Only direct children count. A member whose message names a *descendant* of this
+        one may still lack it (a gap of their own exactly here: they held the child, not
+        necessarily its ancestors), so that is no evidence they saw it."""
         return {self._messages[c].author for c in self._children.get(message_hash, ())
                 if c in self._messages}
+
+    def named_by(self, message_hash: bytes) -> list[GroupMessage]:
+        """The messages held that name this hash as a parent (a gap's witnesses)."""
+        return [self._messages[c] for c in sorted(self._children.get(message_hash, ()))
+                if c in self._messages]
+
+    def ancestors(self, message_hash: bytes) -> set[bytes]:
+        """Hashes of the held messages this one descends from (not itself), following
+        parents through held messages only."""
+        seen: set[bytes] = set()
+        start = self._messages.get(message_hash)
+        stack = list(start.parents) if start is not None else []
+        while stack:
+            h = stack.pop()
+            if h in seen or h not in self._messages:
+                continue
+            seen.add(h)
+            stack.extend(self._messages[h].parents)
+        return seen
 
     def ordered(self) -> list[GroupMessage]:
         return [placed.message for placed in self.placed()]

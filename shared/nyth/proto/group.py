@@ -7,27 +7,64 @@ Blob (BLOB_SIZE = 2048 bytes):
 
     nonce (24) | XSalsa20-Poly1305( inner (2008) ) incl. 16-byte tag
 
-inner:
+inner = wire | zero padding to 2008 bytes, where *wire* = signed part | signature (64):
 
-    version 0x01 (1) | author ed25519 pk (32) | timestamp ms (u64) | n parents (u8, ≤ 8)
-    | parents (n × 32) | body length (u16) | body (UTF-8) | signature (64) | zero padding
+    v1 (TEXT only):  0x01 | author ed25519 pk (32) | timestamp ms (u64) | n parents (u8, ≤ 8)
+                     | parents (n × 32) | body length (u16, 1..1644) | body (UTF-8)
+    v2 (any kind):   0x02 | kind (u8) | author (32) | timestamp ms (u64) | n parents (u8, ≤ 8)
+                     | parents (n × 32) | body length (u16, ≤ 1643) | body
 
-signature = ed25519 by author over  "nyth-group-msg-v1" | group id (16) | everything
-before the signature. Message hash (what `parents` name) =
-BLAKE2b-256(group id | signed part | signature, person "nyth-gmsg-hash").
+v2 kinds (GroupKind): TEXT = 1 (body UTF-8, 1..1643 bytes), MOVE = 2 (body a Move, below).
+Kind 0 is refused; kinds 3..255 are kept as opaque DAG nodes (a later version's control
+messages must not look like gaps to this one): body "", `kind` the number. Text is sealed
+as v1, so clients that know only v1 keep reading it; only control messages use v2.
 
-Invite (sent P2P):
+signature = ed25519 by author over  "nyth-group-msg-v1" | group id (16) | signed part. Message
+hash (what `parents` name) = BLAKE2b-256(group id | signed part | signature, person
+"nyth-gmsg-hash"). The version (and kind) byte is inside the signed part, so a v1 and a
+v2 encoding are different messages with different hashes. The wire form is what members
+hand each other P2P (nyth.proto.group_sync): `decode_wire` verifies it, `seal_wire`
+re-seals it into a blob.
+
+Move (body of a MOVE message; the group's owner names its new servers):
+
+    epoch (u32, ≥ 1) | n servers (u8, 1..8) | n × signed server bundle (164 each)
+
+at most 4 + 1 + 8 × 164 = 1317 bytes ≤ 1643. Server onions must be distinct. Who may move
+and which move wins is nyth.proto.group_control's business.
+
+Invite v1 (sent P2P, still accepted):
 
     magic "NYTHINV1" | group key (32) | name length (u8) | name (UTF-8, ≤ 64 bytes)
     | n servers (u8, 1..8) | n × signed server bundle (164 each)
 
-group id = BLAKE2b with a 16-byte digest (digest_size=16, not a truncation) of
-(key | sorted server onion public keys), person "nyth-group-id"; it names the group
-locally and binds signatures to it, and is never sent to a server.
+Invite v2:
+
+    magic "NYTHINV2" | group key (32) | owner ed25519 pk (32) | epoch (u32)
+    | name length (u8) | name (UTF-8, ≤ 64 bytes) | n servers (u8, 1..8)
+    | n × signed server bundle (164 each, distinct onions)
+
+at most 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 × 164 = 1454 bytes, inside one P2P message body
+(p2p.MAX_BODY = 2000; 11 bundles would still fit, 8 is the group limit). `epoch` and the
+servers are the inviter's current ones (0 and the creation servers until a move).
+
+Group id (16 bytes, BLAKE2b with digest_size=16, not a truncation). It names the group
+locally and in P2P sync messages, binds signatures and hashes to the group, and is never
+sent to a server:
+
+    v1: BLAKE2b-128(key | sorted server onion public keys, person "nyth-group-id")
+    v2: BLAKE2b-128(key | owner ed25519 pk,                person "nyth-group-id2")
+
+A v2 id is fixed at creation and survives moves (the DAG continues across them). It binds
+the owner: an invite naming another owner is another group, whose id no member's
+signature covers, so an inviter cannot hand someone the real group with itself as owner.
+A v1 group's id binds its creation servers and its owner is unknown: it can never move.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import hashlib
 import os
 import struct
@@ -39,7 +76,7 @@ import nacl.exceptions
 
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
-from nyth.proto.identity import SIGNATURE_SIZE, Identity, verify_signature
+from nyth.proto.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify_signature
 
 BLOB_SIZE = 2048
 KEY_SIZE = 32
@@ -49,13 +86,29 @@ MAX_PARENTS = 8
 _NONCE = nacl.bindings.crypto_secretbox_NONCEBYTES
 _TAG = nacl.bindings.crypto_secretbox_MACBYTES
 INNER_SIZE = BLOB_SIZE - _NONCE - _TAG
+# The longest wire form (signed part + signature): the inner plaintext without padding.
+MAX_WIRE_SIZE = INNER_SIZE
 _HEAD = struct.Struct(">B32sQB")
+_V2_HEAD = struct.Struct(">BB32sQB")
 _VERSION = 1
+_VERSION_2 = 2
 MAX_BODY_BYTES = INNER_SIZE - _HEAD.size - MAX_PARENTS * HASH_SIZE - 2 - SIGNATURE_SIZE
+MAX_BODY_BYTES_V2 = MAX_BODY_BYTES - 1  # the kind byte
 _SIG_DOMAIN = b"nyth-group-msg-v1"
 INVITE_MAGIC = b"NYTHINV1"
+INVITE_MAGIC_V2 = b"NYTHINV2"
 MAX_NAME_BYTES = 64
 MAX_SERVERS = 8
+MAX_EPOCH = (1 << 32) - 1
+_MOVE_HEAD = struct.Struct(">IB")
+MAX_MOVE_BYTES = _MOVE_HEAD.size + MAX_SERVERS * BUNDLE_SIZE
+_INVITE_V2_FIXED = len(INVITE_MAGIC_V2) + KEY_SIZE + PUBLIC_KEY_SIZE + 4 + 1 + 1
+MAX_INVITE_V2_BYTES = _INVITE_V2_FIXED + MAX_NAME_BYTES + MAX_SERVERS * BUNDLE_SIZE
+
+
+class GroupKind(enum.IntEnum):
+    TEXT = 1
+    MOVE = 2
 
 
 def _utf8(text: str) -> bytes:
@@ -70,10 +123,64 @@ def new_group_key() -> bytes:
 
 
 def group_id(key: bytes, bundles: Sequence[ServerBundle]) -> bytes:
+    """A v1 group's id: bound to its creation servers."""
     if len(key) != KEY_SIZE:
         raise DecodeError("group key must be 32 bytes")
     servers = b"".join(sorted(b.onion_public_key for b in bundles))
     return hashlib.blake2b(key + servers, digest_size=GROUP_ID_SIZE, person=b"nyth-group-id").digest()
+
+
+def genesis_group_id(key: bytes, owner: bytes) -> bytes:
+    """A v2 group's id: fixed at creation, bound to its owner, independent of servers."""
+    if len(key) != KEY_SIZE or len(owner) != PUBLIC_KEY_SIZE:
+        raise DecodeError("group key and owner key must be 32 bytes")
+    return hashlib.blake2b(key + owner, digest_size=GROUP_ID_SIZE,
+                           person=b"nyth-group-id2").digest()
+
+
+def verify_server_set(raw: Sequence[bytes], what: str = "a group") -> list[ServerBundle]:
+    """Verify a v2 group's (or a move's) signed bundles: 1..MAX_SERVERS, each valid, no
+    onion twice."""
+    if not 1 <= len(raw) <= MAX_SERVERS:
+        raise DecodeError(f"{what} needs 1..{MAX_SERVERS} servers")
+    bundles = [ServerBundle.verify(b) for b in raw]
+    if len({b.onion_public_key for b in bundles}) != len(bundles):
+        raise DecodeError(f"{what} names a server twice")
+    return bundles
+
+
+@dataclass(frozen=True)
+class Move:
+    """The owner's order to use other servers from this epoch on (see group_control)."""
+
+    epoch: int
+    bundles: tuple[bytes, ...]  # signed server bundles, verified on decode
+
+    @property
+    def servers(self) -> list[ServerBundle]:
+        return [ServerBundle.verify(b) for b in self.bundles]
+
+    def encode(self) -> bytes:
+        if not 1 <= self.epoch <= MAX_EPOCH:
+            raise DecodeError(f"move epoch must be 1..{MAX_EPOCH}")
+        if any(len(b) != BUNDLE_SIZE for b in self.bundles):
+            raise DecodeError("a server bundle in the move has the wrong size")
+        verify_server_set(self.bundles, "a move")
+        return _MOVE_HEAD.pack(self.epoch, len(self.bundles)) + b"".join(self.bundles)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Move:
+        if len(data) < _MOVE_HEAD.size:
+            raise DecodeError("move is truncated")
+        epoch, count = _MOVE_HEAD.unpack_from(data)
+        if epoch == 0:
+            raise DecodeError("move epoch must be at least 1")
+        if not 1 <= count <= MAX_SERVERS or len(data) != _MOVE_HEAD.size + count * BUNDLE_SIZE:
+            raise DecodeError("move server list is malformed")
+        bundles = tuple(data[_MOVE_HEAD.size + i * BUNDLE_SIZE: _MOVE_HEAD.size + (i + 1) * BUNDLE_SIZE]
+                        for i in range(count))
+        verify_server_set(bundles, "a move")
+        return cls(epoch, bundles)
 
 
 @dataclass(frozen=True)
@@ -81,13 +188,20 @@ class GroupMessage:
     author: bytes
     timestamp_ms: int
     parents: tuple[bytes, ...]
-    body: str
+    body: str  # the text of a TEXT message; "" for other kinds
     hash: bytes
+    kind: int = GroupKind.TEXT  # a GroupKind, or the number of a kind this version does not know
+    move: Move | None = None  # set for MOVE messages
+    # signed part | signature, as served to members P2P; b"" for a message rebuilt from
+    # storage that did not keep it. The hash covers it, so it takes no part in equality.
+    wire: bytes = field(default=b"", repr=False, compare=False)
 
 
-def _signed_part(author: bytes, timestamp_ms: int, parents: Sequence[bytes], body: bytes) -> bytes:
-    return (_HEAD.pack(_VERSION, author, timestamp_ms, len(parents)) + b"".join(parents)
-            + struct.pack(">H", len(body)) + body)
+def _signed_part(version: int, kind: int, author: bytes, timestamp_ms: int,
+                 parents: Sequence[bytes], body: bytes) -> bytes:
+    head = (_HEAD.pack(version, author, timestamp_ms, len(parents)) if version == _VERSION
+            else _V2_HEAD.pack(version, kind, author, timestamp_ms, len(parents)))
+    return head + b"".join(parents) + struct.pack(">H", len(body)) + body
 
 
 def _message_hash(gid: bytes, signed: bytes, signature: bytes) -> bytes:
@@ -95,25 +209,57 @@ def _message_hash(gid: bytes, signed: bytes, signature: bytes) -> bytes:
                            person=b"nyth-gmsg-hash").digest()
 
 
-def seal_group_message(identity: Identity, key: bytes, gid: bytes, *, timestamp_ms: int,
-                       parents: Sequence[bytes], body: str) -> tuple[bytes, GroupMessage]:
-    """Build, sign and encrypt one group message; returns (blob, message)."""
-    data = _utf8(body)
-    if not data or len(data) > MAX_BODY_BYTES:
-        raise DecodeError(f"group message body must be 1..{MAX_BODY_BYTES} bytes of UTF-8")
+def _encrypt(key: bytes, inner: bytes) -> bytes:
+    nonce = os.urandom(_NONCE)
+    return nonce + nacl.bindings.crypto_secretbox(inner, nonce, key)
+
+
+def _seal(identity: Identity, key: bytes, gid: bytes, *, version: int, kind: int,
+          timestamp_ms: int, parents: Sequence[bytes], data: bytes) -> tuple[bytes, GroupMessage]:
     if len(parents) > MAX_PARENTS or any(len(p) != HASH_SIZE for p in parents):
         raise DecodeError(f"at most {MAX_PARENTS} parents of {HASH_SIZE} bytes each")
     if not 0 <= timestamp_ms < 1 << 63:
         raise DecodeError("timestamp out of range")
-    signed = _signed_part(identity.public_key, timestamp_ms, parents, data)
+    signed = _signed_part(version, kind, identity.public_key, timestamp_ms, parents, data)
     signature = identity.sign(_SIG_DOMAIN + gid + signed)
-    inner = signed + signature
-    inner += bytes(INNER_SIZE - len(inner))
-    nonce = os.urandom(_NONCE)
-    blob = nonce + nacl.bindings.crypto_secretbox(inner, nonce, key)
-    message = GroupMessage(identity.public_key, timestamp_ms, tuple(parents), body,
-                           _message_hash(gid, signed, signature))
-    return blob, message
+    wire = signed + signature
+    blob = seal_wire(key, wire)
+    return blob, _parse(gid, wire, padded=False)
+
+
+def seal_group_message(identity: Identity, key: bytes, gid: bytes, *, timestamp_ms: int,
+                       parents: Sequence[bytes], body: str) -> tuple[bytes, GroupMessage]:
+    """Build, sign and encrypt one text message (v1, readable by every version);
+    returns (blob, message)."""
+    data = _utf8(body)
+    if not data or len(data) > MAX_BODY_BYTES:
+        raise DecodeError(f"group message body must be 1..{MAX_BODY_BYTES} bytes of UTF-8")
+    return _seal(identity, key, gid, version=_VERSION, kind=GroupKind.TEXT,
+                 timestamp_ms=timestamp_ms, parents=parents, data=data)
+
+
+def seal_group_move(identity: Identity, key: bytes, gid: bytes, *, timestamp_ms: int,
+                    parents: Sequence[bytes], move: Move) -> tuple[bytes, GroupMessage]:
+    """Build, sign and encrypt a MOVE (v2). Only the owner's is followed (group_control);
+    the mover posts it to the old and the new servers."""
+    return _seal(identity, key, gid, version=_VERSION_2, kind=GroupKind.MOVE,
+                 timestamp_ms=timestamp_ms, parents=parents, data=move.encode())
+
+
+def seal_wire(key: bytes, wire: bytes) -> bytes:
+    """Seal a message's wire form (GroupMessage.wire) into a fresh blob: the same message
+    (same hash) under a new nonce, for reposting it or keeping it as a server would."""
+    if not 0 < len(wire) <= MAX_WIRE_SIZE:
+        raise DecodeError(f"a message's wire form is 1..{MAX_WIRE_SIZE} bytes")
+    return _encrypt(key, wire + bytes(INNER_SIZE - len(wire)))
+
+
+def decode_wire(gid: bytes, wire: bytes) -> GroupMessage:
+    """Check a message's wire form (from a member, P2P): exact length, fields, signature
+    under this group id. DecodeError / AuthenticationError as for open_group_message."""
+    if len(wire) > MAX_WIRE_SIZE:
+        raise DecodeError(f"a message's wire form is at most {MAX_WIRE_SIZE} bytes")
+    return _parse(gid, wire, padded=False)
 
 
 def open_group_message(key: bytes, gid: bytes, blob: bytes) -> GroupMessage:
@@ -125,31 +271,63 @@ def open_group_message(key: bytes, gid: bytes, blob: bytes) -> GroupMessage:
         inner = nacl.bindings.crypto_secretbox_open(blob[_NONCE:], blob[:_NONCE], key)
     except nacl.exceptions.CryptoError as exc:
         raise AuthenticationError("blob is not sealed with this group's key") from exc
-    version, author, timestamp_ms, n_parents = _HEAD.unpack_from(inner)
-    if version != _VERSION:
+    return _parse(gid, inner, padded=True)
+
+
+def _parse(gid: bytes, data: bytes, *, padded: bool) -> GroupMessage:
+    """Parse signed part | signature | (zero padding if padded, else nothing)."""
+    if not data:
+        raise DecodeError("empty group message")
+    version = data[0]
+    if version == _VERSION:
+        if len(data) < _HEAD.size:
+            raise DecodeError("group message header truncated")
+        _v, author, timestamp_ms, n_parents = _HEAD.unpack_from(data)
+        kind, offset, max_body = int(GroupKind.TEXT), _HEAD.size, MAX_BODY_BYTES
+    elif version == _VERSION_2:
+        if len(data) < _V2_HEAD.size:
+            raise DecodeError("group message header truncated")
+        _v, kind, author, timestamp_ms, n_parents = _V2_HEAD.unpack_from(data)
+        if kind == 0:
+            raise DecodeError("group message kind 0 is reserved")
+        offset, max_body = _V2_HEAD.size, MAX_BODY_BYTES_V2
+    else:
         raise DecodeError(f"unknown group message version {version}")
     if n_parents > MAX_PARENTS:
         raise DecodeError("too many parents")
-    offset = _HEAD.size
-    parents = tuple(inner[offset + i * HASH_SIZE: offset + (i + 1) * HASH_SIZE]
+    if len(data) < offset + n_parents * HASH_SIZE + 2:
+        raise DecodeError("group message truncated")
+    parents = tuple(data[offset + i * HASH_SIZE: offset + (i + 1) * HASH_SIZE]
                     for i in range(n_parents))
     offset += n_parents * HASH_SIZE
-    (body_len,) = struct.unpack_from(">H", inner, offset)
+    (body_len,) = struct.unpack_from(">H", data, offset)
     offset += 2
-    if body_len == 0 or body_len > MAX_BODY_BYTES:
+    if body_len > max_body or (kind == GroupKind.TEXT and body_len == 0):
         raise DecodeError("group message body length out of range")
-    data = inner[offset: offset + body_len]
+    if len(data) < offset + body_len + SIGNATURE_SIZE:
+        raise DecodeError("group message truncated")
+    body = data[offset: offset + body_len]
     offset += body_len
-    signed = inner[:offset]
-    signature = inner[offset: offset + SIGNATURE_SIZE]
-    if any(inner[offset + SIGNATURE_SIZE:]):
+    signed = data[:offset]
+    signature = data[offset: offset + SIGNATURE_SIZE]
+    rest = data[offset + SIGNATURE_SIZE:]
+    if padded and any(rest):
         raise DecodeError("group message padding is not zero")
+    if not padded and rest:
+        raise DecodeError("bytes after the group message's signature")
     verify_signature(author, _SIG_DOMAIN + gid + signed, signature)
-    try:
-        body = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DecodeError("group message body is not UTF-8") from exc
-    return GroupMessage(author, timestamp_ms, parents, body, _message_hash(gid, signed, signature))
+    text, move = "", None
+    if kind == GroupKind.TEXT:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("group message body is not UTF-8") from exc
+    elif kind == GroupKind.MOVE:
+        move = Move.decode(body)
+    with contextlib.suppress(ValueError):
+        kind = GroupKind(kind)
+    return GroupMessage(author, timestamp_ms, parents, text, _message_hash(gid, signed, signature),
+                        kind, move, signed + signature)
 
 
 @dataclass(frozen=True)
@@ -157,6 +335,19 @@ class Invite:
     name: str
     key: bytes = field(repr=False)  # the group key: never in a log line or a traceback
     bundles: tuple[bytes, ...]  # signed server bundles, verified on decode
+    owner: bytes | None = None  # v2: the owner's (creator's) ed25519 key; None: a v1 invite
+    epoch: int = 0  # v2: the epoch of these servers (0 until the group first moves)
+
+    @classmethod
+    def create(cls, name: str, owner: bytes, bundles: Sequence[bytes]) -> Invite:
+        """A new v2 group owned by `owner` (the creator's key), with a fresh key."""
+        invite = cls(name, new_group_key(), tuple(bundles), owner, 0)
+        invite.encode()  # validates the name, the servers and the owner key
+        return invite
+
+    @property
+    def version(self) -> int:
+        return 1 if self.owner is None else 2
 
     @property
     def servers(self) -> list[ServerBundle]:
@@ -164,7 +355,9 @@ class Invite:
 
     @property
     def group_id(self) -> bytes:
-        return group_id(self.key, self.servers)
+        if self.owner is None:
+            return group_id(self.key, self.servers)
+        return genesis_group_id(self.key, self.owner)
 
     def encode(self) -> bytes:
         name = _utf8(self.name)
@@ -174,31 +367,58 @@ class Invite:
             raise DecodeError("invite key or a server bundle has the wrong size")
         if not 1 <= len(self.bundles) <= MAX_SERVERS:
             raise DecodeError(f"a group needs 1..{MAX_SERVERS} servers")
-        return (INVITE_MAGIC + self.key + bytes([len(name)]) + name + bytes([len(self.bundles)])
-                + b"".join(self.bundles))
+        tail = bytes([len(name)]) + name + bytes([len(self.bundles)]) + b"".join(self.bundles)
+        if self.owner is None:
+            if self.epoch != 0:
+                raise DecodeError("a v1 invite (no owner) has no epoch")
+            return INVITE_MAGIC + self.key + tail
+        _check_owner(self.owner)
+        if not 0 <= self.epoch <= MAX_EPOCH:
+            raise DecodeError(f"invite epoch must be 0..{MAX_EPOCH}")
+        verify_server_set(self.bundles, "a group")
+        return INVITE_MAGIC_V2 + self.key + self.owner + struct.pack(">I", self.epoch) + tail
 
     @classmethod
     def decode(cls, data: bytes) -> Invite:
+        if data.startswith(INVITE_MAGIC_V2):
+            fixed = len(INVITE_MAGIC_V2) + KEY_SIZE + PUBLIC_KEY_SIZE + 4
+            if len(data) < fixed + 2:
+                raise DecodeError("not a Nyth group invite")
+            key = data[len(INVITE_MAGIC_V2): len(INVITE_MAGIC_V2) + KEY_SIZE]
+            owner = data[len(INVITE_MAGIC_V2) + KEY_SIZE: fixed - 4]
+            (epoch,) = struct.unpack_from(">I", data, fixed - 4)
+            _check_owner(owner)
+            name, bundles = _decode_invite_tail(data, fixed)
+            verify_server_set(bundles, "a group")
+            return cls(name, key, bundles, owner, epoch)
         if not data.startswith(INVITE_MAGIC) or len(data) < len(INVITE_MAGIC) + KEY_SIZE + 2:
             raise DecodeError("not a Nyth group invite")
-        offset = len(INVITE_MAGIC)
-        key = data[offset: offset + KEY_SIZE]
-        offset += KEY_SIZE
-        name_len = data[offset]
-        offset += 1
-        if name_len > MAX_NAME_BYTES or len(data) < offset + name_len + 1:
-            raise DecodeError("invite name length out of range")
-        try:
-            name = data[offset: offset + name_len].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DecodeError("invite name is not UTF-8") from exc
-        offset += name_len
-        count = data[offset]
-        offset += 1
-        if not 1 <= count <= MAX_SERVERS or len(data) != offset + count * BUNDLE_SIZE:
-            raise DecodeError("invite server list is malformed")
-        bundles = tuple(data[offset + i * BUNDLE_SIZE: offset + (i + 1) * BUNDLE_SIZE]
-                        for i in range(count))
+        key = data[len(INVITE_MAGIC): len(INVITE_MAGIC) + KEY_SIZE]
+        name, bundles = _decode_invite_tail(data, len(INVITE_MAGIC) + KEY_SIZE)
         for bundle in bundles:
             ServerBundle.verify(bundle)
         return cls(name, key, bundles)
+
+
+def _check_owner(owner: bytes) -> None:
+    if len(owner) != PUBLIC_KEY_SIZE or not nacl.bindings.crypto_core_ed25519_is_valid_point(owner):
+        raise DecodeError("invite owner is not a valid ed25519 public key")
+
+
+def _decode_invite_tail(data: bytes, offset: int) -> tuple[str, tuple[bytes, ...]]:
+    """name length | name | n servers | bundles, from offset to the very end."""
+    name_len = data[offset]
+    offset += 1
+    if name_len > MAX_NAME_BYTES or len(data) < offset + name_len + 1:
+        raise DecodeError("invite name length out of range")
+    try:
+        name = data[offset: offset + name_len].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invite name is not UTF-8") from exc
+    offset += name_len
+    count = data[offset]
+    offset += 1
+    if not 1 <= count <= MAX_SERVERS or len(data) != offset + count * BUNDLE_SIZE:
+        raise DecodeError("invite server list is malformed")
+    return name, tuple(data[offset + i * BUNDLE_SIZE: offset + (i + 1) * BUNDLE_SIZE]
+                       for i in range(count))

@@ -6,7 +6,8 @@ Byte layouts (big-endian):
     ACK      0x11 | msg id (16)
 
 The receiver acks every message id, including duplicates (the ack may have been lost),
-and delivers each id to the user once.
+and delivers each id to the user once. Kinds GROUP_HEADS..GROUP_NOT_SERVED carry group
+sync bodies (nyth.proto.group_sync), exchanged only between members of a group.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class MessageKind(enum.IntEnum):
     CONTACT_ACCEPT = 3
     CONTACT_REFUSE = 4
     GROUP_INVITE = 5
+    GROUP_HEADS = 6  # a member's heads in a group (group_sync.GroupHeads)
+    GROUP_PULL = 7  # a request for group messages by hash (group_sync.GroupPull)
+    GROUP_PART = 8  # (a part of) one requested group message (group_sync.GroupPart)
+    GROUP_NOT_SERVED = 9  # requested hashes that will not be sent (group_sync.GroupNotServed)
 
 
 def new_msg_id() -> bytes:
