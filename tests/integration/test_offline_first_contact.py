@@ -23,7 +23,8 @@ from nyth.runtime.devnet import wait_until
 from nyth.tor.publisher import OnionPublisher
 from nyth_mailbox.settings import MailboxSettings
 
-from tests.fixtures.stack import wait_delivered
+from tests.fixtures.redis import flushed_db
+from tests.fixtures.stack import running_devnet, wait_delivered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,16 +124,16 @@ def test_a_mailbox_published_after_the_peer_asked_is_used_within_seconds(devnet)
 
 class HostileMailbox:
     """A mailbox that lies: its own onion and correctly signed bundle, but it serves
-    whatever card it is given (`card`, set before use). Real HTTP behind a real onion on
-    the private network."""
+    whatever card it was given for an onion (`cards`, set before use). Real HTTP behind a
+    real onion on the private network."""
 
     def __init__(self, gateway) -> None:
         self.identity = Identity.generate()
-        self.card = b""
+        self.cards: dict[str, bytes] = {}
+        self.card_requests: dict[str, int] = {}
         bundle = MailboxBundle(self.identity.public_key, TAG_SIZE, RECOMMENDED_RECORD_SIZE,
                                1000, 3600, 0, int(time.time())).sign(self.identity)
         app = FastAPI()
-        self.card_requests = 0
 
         @app.get("/v1/bundle")
         def get_bundle() -> dict:
@@ -140,8 +141,9 @@ class HostileMailbox:
 
         @app.get("/v1/cards/{onion}")
         def get_card(onion: str) -> dict:
-            self.card_requests += 1
-            return {"card": base64.b64encode(self.card).decode(), "issued_at": 0, "expires_at": 0}
+            self.card_requests[onion] = self.card_requests.get(onion, 0) + 1
+            card = self.cards.get(onion, b"")
+            return {"card": base64.b64encode(card).decode(), "issued_at": 0, "expires_at": 0}
 
         port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -162,12 +164,30 @@ class HostileMailbox:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+@pytest.fixture(scope="module")
+def hostile_mailbox_and_alice(tmp_path_factory, tor_network, tor_gateway, redis_server):
+    """One lying mailbox and one sender for every bad-card case: each case asks for a
+    contact of its own (a new onion), so the cases do not disturb each other, and the
+    module pays for one peer and two onions instead of one of each per case."""
+    base = tmp_path_factory.mktemp("hostile-cards")
+    with running_devnet(base, tor_network, tor_gateway, redis_server,
+                        flushed_db(redis_server)) as net:
+        hostile = HostileMailbox(net.gateway)
+        try:
+            alice = net.add_peer("alice", **FAST)
+            alice.wait_online()
+            yield hostile, alice
+        finally:
+            hostile.close()
+
+
 @pytest.mark.parametrize("defect", ["forged", "expired", "wrong onion", "another mailbox"])
-def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(devnet, defect):
+def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(hostile_mailbox_and_alice,
+                                                                     defect):
+    hostile, alice = hostile_mailbox_and_alice
     carol, mallory = Identity.generate(), Identity.generate()
     now = int(time.time())
     fmd_key = FmdSecretKey.generate().public_key().encode()
-    hostile = HostileMailbox(devnet.gateway)
     here, x_key = hostile.identity.public_key, os.urandom(32)
     if defect == "forged":   # carol's onion, mallory's keys and signature
         card = ContactCard(carol.public_key, here, fmd_key, x_key, now, now + 3600)
@@ -181,22 +201,17 @@ def test_a_bad_card_from_a_hostile_mailbox_is_refused_by_the_sender(devnet, defe
     else:  # carol's genuine card, naming her real mailbox: a copy served by another one
         data = ContactCard(carol.public_key, Identity.generate().public_key, fmd_key, x_key,
                            now, now + 3600).sign(carol)
-    hostile.card = data
-    try:
-        alice = devnet.add_peer("alice", **FAST)
-        alice.wait_online()
-        carol_id = ContactId(carol.public_key, hostile.identity.public_key).encode()
-        with alice.client() as ca:
-            ca.post("/v1/contacts", {"contact_id": carol_id, "text": "hello?"})
-            request = wait_until(
-                lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
-                    "attempts", 0) >= 2 and "card was refused" in (r.get("reason") or "") and r,
-                120, what="alice's peer to refuse the card, saying why",
-                state=lambda: ca.get(f"/v1/contacts/{carol.onion}"))
-            assert request["state"] == "queued" and request["via"] is None
-        assert hostile.card_requests >= 1
-    finally:
-        hostile.close()
+    hostile.cards[carol.onion] = data
+    carol_id = ContactId(carol.public_key, hostile.identity.public_key).encode()
+    with alice.client() as ca:
+        ca.post("/v1/contacts", {"contact_id": carol_id, "text": "hello?"})
+        request = wait_until(
+            lambda: (r := ca.get(f"/v1/contacts/{carol.onion}").get("request") or {}).get(
+                "attempts", 0) >= 2 and "card was refused" in (r.get("reason") or "") and r,
+            120, what="alice's peer to refuse the card, saying why",
+            state=lambda: ca.get(f"/v1/contacts/{carol.onion}"))
+        assert request["state"] == "queued" and request["via"] is None
+    assert hostile.card_requests.get(carol.onion, 0) >= 1
 
 
 def test_forged_card_is_refused_by_the_mailbox_and_the_sender_says_why(devnet):
