@@ -32,7 +32,7 @@ from nyth.http_limits import (
     printable,
     strict_b64,
 )
-from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
+from nyth.proto.bundle import MAX_BUNDLE_SIZE, ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
@@ -63,7 +63,7 @@ REQUEST_DEADLINE = 30.0
 
 # The most a valid answer can take, from the protocol's fixed sizes: anything longer is
 # a hostile or broken server, and is dropped before it can cost us memory.
-BUNDLE_ANSWER_BYTES = b64_len(BUNDLE_SIZE) + JSON_SLACK
+BUNDLE_ANSWER_BYTES = b64_len(MAX_BUNDLE_SIZE) + JSON_SLACK
 POST_ANSWER_BYTES = JSON_SLACK  # {"id": "<cursor>"}
 PAGE_ANSWER_BYTES = PAGE * (b64_len(BLOB_SIZE) + ITEM_SLACK) + JSON_SLACK
 # The live stream: "data: <base64 blob>" is the longest line a blob event has; with its
@@ -78,7 +78,7 @@ _CURSOR = re.compile(CURSOR_PATTERN)
 
 
 class _BundleAnswer(StrictModel):
-    bundle: Annotated[bytes, PlainValidator(b64_validator(size=BUNDLE_SIZE))]
+    bundle: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_BUNDLE_SIZE))]
 
 
 class _BlobItem(StrictModel):
