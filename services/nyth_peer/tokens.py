@@ -128,7 +128,8 @@ class TokenWallets:
 
     # -- what the post path asks -----------------------------------------------------------
     def required(self, onion: str) -> ServerBundle | None:
-        """The pinned bundle, if it wants tokens."""
+        """The pinned bundle, if it wants tokens (whether or not the server presents
+        another one now: the post path refuses those servers on its own)."""
         pinned = self.pins.pinned(GROUP, onion)
         if pinned is None:
             return None
@@ -219,9 +220,11 @@ class TokenWallets:
 
     async def _fill_loop(self, onion: str) -> None:
         """Get one batch, retrying with backoff until it comes or tokens are no longer
-        wanted (a re-pin may have changed that)."""
+        wanted (a re-pin may have changed that). A server whose changed bundle waits for
+        the user's review is not asked: the next post after a re-pin starts again."""
         failures = 0
-        while (bundle := self.required(onion)) is not None:
+        while ((bundle := self.required(onion)) is not None
+               and self.pins.refusal(GROUP, onion) is None):
             try:
                 count = self._add(onion, bundle.token_public_key.hex(),
                                   await self._get_batch(onion, bundle))

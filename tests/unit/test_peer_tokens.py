@@ -275,3 +275,17 @@ async def test_a_re_pinned_token_key_makes_old_tokens_worthless(profile: Profile
     token, left = wallets._take(SERVER.onion, KEY.public_key.hex())
     assert token is not None and left == 1
     assert repr(token).startswith("Token(input=") and token.output.hex() not in repr(token)
+
+
+async def test_a_group_created_on_a_server_with_a_v2_bundle_gets_a_v2_invite(
+        profile: Profile) -> None:
+    """A v1 invite cannot carry a v2 bundle: the creator makes a v2 group (its owner)."""
+    async with TokenServer().routes() as server:
+        service = group_service(profile, server)
+        group = await service.create("club", [SERVER.onion])
+        await service.stop()
+    row = profile.store.get("groups", group["id"])
+    assert row is not None
+    invite = Invite.decode(base64.b64decode(row["invite"]))
+    assert invite.version == 2 and invite.owner == profile.identity.public_key
+    assert invite.bundles == (TOKEN_BUNDLE,)
