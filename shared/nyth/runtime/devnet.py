@@ -23,7 +23,6 @@ from nyth.runtime.redis_server import RedisServer
 from nyth.tor.gateway import TorGateway
 from nyth.tor.privnet import PrivateTorNetwork
 
-
 # What the devnet's group servers run with unless told otherwise.
 GROUP_SERVER_DEFAULTS = {"NYTH_TOKENS_REQUIRED": "true", "NYTH_TOKEN_POW_BITS": "12"}
 
