@@ -10,6 +10,12 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
 (b)+(c) reads: for 10^3, 10^4, 10^5 stored blobs (filled by pipelined XADD straight into
     the server's stream key), a full read by raw XRANGE pages vs a full read through
     GET /v1/blobs pages (JSON + base64 decoded by the client).
+(d) tokens: POST /v1/blobs on a second server process on the same Redis that requires a
+    token per post (NYTH_TOKENS_REQUIRED; the server checks each redemption, one
+    ristretto255 scalar multiplication, and spends it in the append script) vs posts to
+    the first server without tokens, at the same concurrency, same run. The tokens are
+    issued and their redemptions computed before the clock starts: issuance and
+    redemption against raw scalar multiplications are benchmarks/tokens.py's.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import base64
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import httpx
 import redis
 import redis.asyncio as aioredis
 from nyth.ports import free_port
+from nyth.proto import tokens
 from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 
@@ -85,16 +94,19 @@ async def _raw_concurrent(url: str, n: int, concurrency: int) -> float:
     return rate
 
 
-async def _http_posts(base: str, n: int, concurrency: int) -> float:
+async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = None,
+                      paid: Iterator[str] | None = None) -> float:
+    """Posts per second; with paid, each post carries the next redemption (of blob)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False,
                                  timeout=30) as client:
-        blob = _blob()
-        headers = {"content-type": "application/octet-stream"}
+        blob = blob or _blob()
+        plain = {"content-type": "application/octet-stream"}
         per = n // concurrency
 
         async def worker() -> None:
             for _ in range(per):
+                headers = plain if paid is None else {**plain, "Nyth-Token": next(paid)}
                 response = await client.post("/v1/blobs", content=blob, headers=headers)
                 if response.status_code != 201:
                     raise RuntimeError(f"POST /v1/blobs -> {response.status_code}")
@@ -134,25 +146,83 @@ def _api_full_read(client: httpx.Client) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
+def _start_server(base_dir: Path, name: str, redis_url: str, prefix: str,
+                  **env: str) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    secret = base_dir / "passphrase"
+    if not secret.exists():
+        secret.write_text("bench-passphrase")
+        secret.chmod(0o600)
+    process = ServiceProcess.python_module(
+        name, "nyth_group_server",
+        {"NYTH_DATA_DIR": str(base_dir / name), "NYTH_LISTEN_PORT": str(port),
+         "NYTH_REDIS_URL": redis_url, "NYTH_STREAM_KEY": prefix,
+         "NYTH_KEY_PASSPHRASE_FILE": str(secret), "NYTH_LOG_LEVEL": "warning", **env},
+        health_url=f"http://127.0.0.1:{port}/healthz", log_path=base_dir / f"{name}.log")
+    process.start()
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _redemptions(base: str, blob: bytes, n: int) -> list[str]:
+    """n tokens from the server at base, each redeemed for blob (as base64 headers)."""
+    from nyth.proto.bundle import ServerBundle
+
+    with httpx.Client(base_url=base, trust_env=False, timeout=60) as client:
+        bundle = ServerBundle.verify(base64.b64decode(client.get("/v1/bundle").json()["bundle"]))
+        out: list[str] = []
+        while len(out) < n:
+            pending = tokens.prepare_issue(min(tokens.MAX_BATCH, n - len(out)))
+            nonce = tokens.solve_issue_pow(bundle.token_public_key, pending.blinded,
+                                           bundle.token_pow_bits)
+            answer = client.post("/v1/tokens", json={
+                "issue_request": base64.b64encode(pending.request(nonce).encode()).decode()})
+            answer.raise_for_status()
+            batch = tokens.finalize_batch(bundle.token_public_key, pending,
+                                          base64.b64decode(answer.json()["issue_response"]))
+            out += [base64.b64encode(tokens.redeem(t, blob)).decode() for t in batch]
+    return out
+
+
+def _token_posts(res: Results, plain_base: str, paid_base: str) -> None:
+    """(d): posts with a token vs without, per concurrency level, in the same run: each
+    measured twice, in the order plain, paid, paid, plain (so drift hits both alike),
+    and the better of the two taken."""
+    print("(d) posts with tokens", flush=True)
+    for level in CONCURRENCY_LEVELS:
+        blob = _blob()
+        per = HTTP_WRITES // level
+        paid = iter(_redemptions(paid_base, blob, 2 * (per * level + per)))  # + warm-ups
+        plain_rates, paid_rates = [], []
+        for with_token in (False, True, True, False):
+            if with_token:
+                paid_rates.append(asyncio.run(
+                    _http_posts(paid_base, HTTP_WRITES, level, blob, paid)))
+            else:
+                plain_rates.append(asyncio.run(_http_posts(plain_base, HTTP_WRITES, level, blob)))
+        plain, with_tokens = max(plain_rates), max(paid_rates)
+        res.add(f"API POST /v1/blobs with a token, {level:>2} clients", f"{with_tokens:,.0f}/s",
+                f"n={HTTP_WRITES} x2 (" + ", ".join(f"{r:,.0f}" for r in paid_rates) + ")")
+        res.add(f"API POST /v1/blobs without,      {level:>2} clients", f"{plain:,.0f}/s",
+                f"n={HTTP_WRITES} x2 (" + ", ".join(f"{r:,.0f}" for r in plain_rates) + ")")
+        res.add(f"ratio with tokens / without at {level:>2} clients",
+                f"{with_tokens / plain:.3f}", "goal >= 0.8")
+    res.note("(d) tokens are issued and redeemed before timing; the server's check is one "
+             "VOPRF evaluation (hash to group + scalar multiplication) per post")
+
+
 def run() -> Results:
     res = Results("group-server (local HTTP, no Tor; redis AOF appendfsync always)")
     base_dir = workdir("gs")
     redis_server = RedisServer(base_dir / "redis")
     process: ServiceProcess | None = None
+    paid_process: ServiceProcess | None = None
     try:
         redis_server.start()
-        port = free_port()
-        secret = base_dir / "passphrase"
-        secret.write_text("bench-passphrase")
-        secret.chmod(0o600)
-        process = ServiceProcess.python_module(
-            "group-server", "nyth_group_server",
-            {"NYTH_DATA_DIR": str(base_dir / "gs"), "NYTH_LISTEN_PORT": str(port),
-             "NYTH_REDIS_URL": redis_server.url, "NYTH_STREAM_KEY": STREAM_PREFIX,
-             "NYTH_KEY_PASSPHRASE_FILE": str(secret), "NYTH_LOG_LEVEL": "warning"},
-            health_url=f"http://127.0.0.1:{port}/healthz", log_path=base_dir / "gs.log")
-        process.start()
-        base = f"http://127.0.0.1:{port}"
+        process, base = _start_server(base_dir, "gs", redis_server.url, STREAM_PREFIX)
+        paid_process, paid_base = _start_server(
+            base_dir, "gs-tokens", redis_server.url, "bench:gs-tokens",
+            NYTH_TOKENS_REQUIRED="true", NYTH_TOKEN_POW_BITS="0",
+            NYTH_MAX_BLOBS=str(10 * HTTP_WRITES))
         r = redis.Redis.from_url(redis_server.url)
 
         # -- (a) writes -------------------------------------------------------------------
@@ -175,6 +245,8 @@ def run() -> Results:
                 res.add("ratio API (1 client) / raw sequential XADD", f"{posts / seq:.3f}")
         res.add("ratio API (16 clients) / raw pipelined XADD", f"{posts / pipe:.3f}")
         res.note("client and server share the 2 cores: the httpx client's CPU counts against the API")
+        _token_posts(res, base, paid_base)
+        r.delete(STREAM_KEY, "bench:gs-tokens:blobs")
 
         # -- (b)+(c) reads ----------------------------------------------------------------
         print("(b)+(c) reads", flush=True)
@@ -196,8 +268,9 @@ def run() -> Results:
                         f"{(api_n / api_t) / (raw_n / raw_t):.2f}")
         r.close()
     finally:
-        if process is not None:
-            process.stop()
+        for proc in (process, paid_process):
+            if proc is not None:
+                proc.stop()
         redis_server.stop()
         shutil.rmtree(base_dir, ignore_errors=True)
     return res

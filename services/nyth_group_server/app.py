@@ -3,6 +3,10 @@
 The server never parses a blob; it cannot tell groups apart. Clients fetch everything
 after a cursor (paged, or as a Server-Sent Events stream) and trial-decrypt.
 
+With NYTH_TOKENS_REQUIRED every post pays with a Privacy Pass token, issued for proof of
+work at POST /v1/tokens (nyth_group_server.tokens): a flood without tokens stores, and
+so evicts, nothing.
+
 In dev mode (NYTH_DEV_MODE) it can misbehave on purpose; every route consults its
 `FaultPolicy` (nyth_group_server.faults), which changes nothing otherwise.
 """
@@ -15,12 +19,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.identity import Identity
+from nyth.proto.tokens import NO_TOKENS, TokenSecretKey
 from nyth.runtime.onion_service import (
     Health,
     LastEventId,
@@ -32,7 +37,7 @@ from nyth.runtime.onion_service import (
     unseal,
 )
 from nyth.runtime.stream_store import CURSOR_PATTERN
-from nyth.web import error_json, error_responses, install_common
+from nyth.web import ErrorResponse, error_json, error_responses, install_common
 from prometheus_client import Counter, Gauge
 from pydantic import AfterValidator, BaseModel, Field
 from redis.exceptions import RedisError
@@ -40,7 +45,20 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from nyth_group_server.faults import FaultPolicy, FaultsView, reader_dependency
 from nyth_group_server.settings import GroupServerSettings
-from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
+from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed
+from nyth_group_server.tokens import (
+    MAX_ISSUE_BODY,
+    POST_REFUSALS,
+    REDEEMED,
+    REDEMPTION_B64_CHARS,
+    REDEMPTION_PATTERN,
+    TOKEN_HEADER,
+    TokenGate,
+    TokenRefused,
+    load_or_create_token_key,
+    token_routes,
+    wrong_key,
+)
 
 log = logging.getLogger("nyth_group_server")
 
@@ -51,8 +69,6 @@ CURSOR_HELP = (
 )
 # Pub-sub wakes the live feed at once; this periodic read only covers lost wake-ups.
 FEED_POLL_SECONDS = 5.0
-# Tokens are not implemented yet; an all-zero key tells clients none are required.
-NO_TOKEN_KEY = bytes(32)
 DEV_MODE_NOTE = (
     "\n\n**Dev mode (NYTH_DEV_MODE): this server may misbehave on purpose** (drop, "
     "withhold, forget, delay or reorder blobs; /healthz lists what it does), and reads "
@@ -79,6 +95,9 @@ class BundleResponse(BaseModel):
     blob_size: int = Field(description="Every blob is exactly this many bytes.")
     max_blobs: int = Field(description="The server keeps at most this many blobs.")
     max_age_seconds: int = Field(description="Blobs older than this are dropped.")
+    tokens_required: bool = Field(description="Whether every post needs a token.")
+    token_pow_bits: int = Field(
+        description="Proof of work (leading zero bits) one issue request costs.")
 
 
 class PostResponse(BaseModel):
@@ -101,6 +120,8 @@ class GroupHealth(Health):
         False, description="Test hooks allowed (NYTH_DEV_MODE); never true in production.")
     faults: FaultsView | None = Field(
         None, description="The faults this server injects on purpose; null outside dev mode.")
+    tokens_required: bool = Field(
+        False, description="Whether every post needs a token (NYTH_TOKENS_REQUIRED).")
 
 
 # -- state ------------------------------------------------------------------------------
@@ -116,18 +137,29 @@ class ServerState(OnionService[GroupServerSettings]):
     store: BlobStore
     feed: LiveFeed
     faults: FaultPolicy
+    tokens: TokenGate | None  # None: no tokens required
 
 
-def wanted_bundle(settings: GroupServerSettings, identity: Identity) -> ServerBundle:
+def wanted_bundle(settings: GroupServerSettings, identity: Identity,
+                  token_key: TokenSecretKey | None = None) -> ServerBundle:
     """The bundle these settings promise; the one on disk is re-used while it says the same."""
     return ServerBundle(
         onion_public_key=identity.public_key,
-        token_public_key=NO_TOKEN_KEY,
+        token_public_key=NO_TOKENS if token_key is None else token_key.public_key,
         blob_size=settings.blob_size,
         max_blobs=settings.max_blobs,
         max_age_seconds=settings.max_age_seconds,
         issued_at=int(time.time()),
+        token_pow_bits=settings.token_pow_bits if token_key is not None else 0,
     )
+
+
+async def _token_key(settings: GroupServerSettings) -> TokenSecretKey | None:
+    if not settings.tokens_required:
+        return None
+    # Off the event loop: unsealing is an Argon2id derivation.
+    return await asyncio.to_thread(load_or_create_token_key, settings.token_key_path,
+                                   settings.passphrase())
 
 
 def _b64(data: bytes) -> str:
@@ -137,26 +169,35 @@ def _b64(data: bytes) -> str:
 def create_app(settings: GroupServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        identity, bundle = await unseal(settings, wanted_bundle, log)
+        token_key = await _token_key(settings)
+        identity, bundle = await unseal(
+            settings, lambda s, i: wanted_bundle(s, i, token_key), log)
         redis = redis_client(settings.redis_url)
+        faults = FaultPolicy.from_settings(settings, identity.onion)
+        gate = None if token_key is None else TokenGate(
+            token_key, settings.token_pow_bits, redis, settings.stream_key,
+            settings.token_replay_seconds,
+            wrong_key(token_key) if faults.token_wrong_key else token_key)
         store = BlobStore(
             redis, key_prefix=settings.stream_key, blob_size=settings.blob_size,
             max_blobs=settings.max_blobs, max_age_seconds=settings.max_age_seconds,
+            spent_key=None if gate is None else gate.spent_key,
         )
         # The ring never holds more than the retention allows, so the live feed cannot
         # hand out a blob that count retention already dropped long ago.
         feed = LiveFeed(store, poll_interval=FEED_POLL_SECONDS,
                         ring_size=min(1024, settings.max_blobs))
-        faults = FaultPolicy.from_settings(settings, identity.onion)
-        state = ServerState(settings, identity, bundle, redis, store, feed, faults)
+        state = ServerState(settings, identity, bundle, redis, store, feed, faults, gate)
         app.state.nyth = state
         state.spawn(feed.run(), "live-feed")
         state.start(store)
         if faults.forget_after_seconds is not None:
             state.spawn(faults.forget_loop(store, settings.trim_interval_seconds), "fault-forget")
-        log.info("group server %s.onion listening on %s:%d (blob %d B, keep %d blobs / %d s)",
-                 identity.onion, settings.listen_host, settings.listen_port,
-                 settings.blob_size, settings.max_blobs, settings.max_age_seconds)
+        log.info("group server %s.onion listening on %s:%d (blob %d B, keep %d blobs / %d s; "
+                 "%s)", identity.onion, settings.listen_host, settings.listen_port,
+                 settings.blob_size, settings.max_blobs, settings.max_age_seconds,
+                 f"a token per post, {settings.token_pow_bits}-bit work per 32"
+                 if gate else "no tokens")
         if faults.dev_mode:
             log.warning("DEV MODE: test hooks on; injected faults: %s (details on /healthz)",
                         ", ".join(faults.active) or "none")
@@ -177,9 +218,13 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(_group_routes(settings))
+    if settings.tokens_required:
+        app.include_router(token_routes())
     app.include_router(_operations_routes())
     answer_redis_errors(app, log)
-    install_common(app, SERVICE, max_body_bytes=settings.blob_size)
+    install_common(app, SERVICE, max_body_bytes=settings.blob_size,
+                   path_body_bytes={"/v1/tokens": MAX_ISSUE_BODY}
+                   if settings.tokens_required else None)
     return app
 
 
@@ -201,18 +246,18 @@ def _group_routes(settings: GroupServerSettings) -> APIRouter:
             bundle=_b64(state.bundle), onion=state.identity.onion,
             blob_size=settings.blob_size, max_blobs=settings.max_blobs,
             max_age_seconds=settings.max_age_seconds,
+            tokens_required=state.tokens is not None,
+            token_pow_bits=settings.token_pow_bits if state.tokens is not None else 0,
         )
 
     @router.post(
         "/v1/blobs", status_code=201, response_model=PostResponse,
         summary="Store one opaque blob of exactly blob_size bytes",
-        responses=error_responses(413, 415, 422, 503),
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/octet-stream": {"schema": {
-                "type": "string", "format": "binary",
-                "minLength": settings.blob_size, "maxLength": settings.blob_size,
-            }},
-        }}},
+        description=("Every post pays with one token (docs/protocol.md §9), bound to the "
+                     f"blob, in the `{TOKEN_HEADER}` header." if settings.tokens_required
+                     else "This server wants no tokens."),
+        responses=_post_responses(settings.tokens_required),
+        openapi_extra=_post_openapi(settings),
     )
     async def post_blob(request: Request) -> Response:
         state = _server(request)
@@ -228,11 +273,10 @@ def _group_routes(settings: GroupServerSettings) -> APIRouter:
             return error_json(
                 422, f"blob must be exactly {settings.blob_size} bytes, got {len(body)}"
             )
-        if state.faults.drops(body):
-            cursor = await state.faults.drop(state.store)
-        else:
-            cursor = await state.store.append(body)
-            POSTED.inc()
+        try:
+            cursor = await _store(state, body, request.headers.get(TOKEN_HEADER))
+        except TokenRefused as exc:
+            return exc.response()
         return JSONResponse({"id": str(cursor)}, status_code=201)
 
     @router.get(
@@ -278,6 +322,55 @@ def _group_routes(settings: GroupServerSettings) -> APIRouter:
     return router
 
 
+def _post_responses(tokens_required: bool) -> dict[int | str, dict[str, Any]]:
+    responses = error_responses(413, 415, 422, 503)
+    if tokens_required:
+        responses.update({code: {"model": ErrorResponse, "description": text}
+                          for code, text in POST_REFUSALS.items()})
+    return responses
+
+
+def _post_openapi(settings: GroupServerSettings) -> dict[str, Any]:
+    """The raw body (read by hand, so it is never parsed) and, when tokens are required,
+    the token header: documented as optional, since its absence has its own answer (402)."""
+    extra: dict[str, Any] = {"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {
+            "type": "string", "format": "binary",
+            "minLength": settings.blob_size, "maxLength": settings.blob_size,
+        }},
+    }}}
+    if settings.tokens_required:
+        extra["parameters"] = [{
+            "name": TOKEN_HEADER, "in": "header", "required": False,
+            "description": "Base64 of the 64-byte redemption of one token, bound to this blob",
+            "schema": {"type": "string", "pattern": REDEMPTION_PATTERN,
+                       "minLength": REDEMPTION_B64_CHARS, "maxLength": REDEMPTION_B64_CHARS},
+        }]
+    return extra
+
+
+async def _store(state: ServerState, body: bytes, token: str | None) -> Cursor:
+    """Store a post (paid for, when tokens are required); TokenRefused if its token is
+    not good for it. The drop fault answers as if it had stored it."""
+    gate = state.tokens
+    spend_id = None if gate is None else gate.check_post(token, body)
+    if state.faults.drops(body):
+        dropped = await state.faults.drop(state.store, spend_id)
+        if dropped is None:
+            assert gate is not None
+            raise gate.spent()
+        return dropped
+    try:
+        cursor = await state.store.append(body, spend_id)
+    except AlreadySpent:
+        assert gate is not None
+        raise gate.spent() from None
+    POSTED.inc()
+    if spend_id is not None:
+        REDEEMED.inc()
+    return cursor
+
+
 def _operations_routes() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
@@ -288,7 +381,8 @@ def _operations_routes() -> APIRouter:
     async def healthz(request: Request) -> Response:
         state = _server(request)
         return await state.health(GroupHealth, dev_mode=state.faults.dev_mode,
-                                  faults=state.faults.view())
+                                  faults=state.faults.view(),
+                                  tokens_required=state.tokens is not None)
 
     return router
 

@@ -10,7 +10,10 @@ else:
 - forget (NYTH_FAULT_FORGET_AFTER_SECONDS): delete blobs that long after they were
   stored, although the bundle promises max_age_seconds;
 - delay (NYTH_FAULT_DELAY_MS): sleep before answering a post or a read;
-- reorder (NYTH_FAULT_REORDER): shuffle the blobs of each answer.
+- reorder (NYTH_FAULT_REORDER): shuffle the blobs of each answer;
+- token wrong key (NYTH_FAULT_TOKEN_WRONG_KEY, with NYTH_TOKENS_REQUIRED): issue tokens
+  under a key of its own, not the bundle's, as a server would to recognise the clients
+  it gave them to; every honest client refuses the proof (`nyth_group_server.tokens`).
 
 Every decision is a keyed hash of (NYTH_FAULT_SEED, the server's onion, the blob or its
 id): a test can predict it exactly (`FaultPolicy.drops`, `withholds`), a re-fetch or a
@@ -68,7 +71,8 @@ return id
 
 class FaultsView(BaseModel):
     active: list[str] = Field(
-        description="The faults in effect: drop, withhold, forget, delay, reorder.")
+        description="The faults in effect: drop, withhold, forget, delay, reorder, "
+                    "token_wrong_key.")
     seed: int
     drop_fraction: float
     withhold_from: list[str]
@@ -76,6 +80,7 @@ class FaultsView(BaseModel):
     forget_after_seconds: float | None
     delay_ms: int
     reorder: bool
+    token_wrong_key: bool
 
 
 def reader_dependency(dev_mode: bool) -> Callable[..., str | None]:
@@ -109,6 +114,7 @@ class FaultPolicy:
     forget_after_seconds: float | None = None
     delay_ms: int = 0
     reorder: bool = False
+    token_wrong_key: bool = False
     onion: str = ""
     clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)
 
@@ -122,7 +128,8 @@ class FaultPolicy:
             withhold_from=frozenset(settings.fault_withhold_from),
             withhold_fraction=settings.fault_withhold_fraction,
             forget_after_seconds=settings.fault_forget_after_seconds,
-            delay_ms=settings.fault_delay_ms, reorder=settings.fault_reorder, onion=onion,
+            delay_ms=settings.fault_delay_ms, reorder=settings.fault_reorder,
+            token_wrong_key=settings.fault_token_wrong_key, onion=onion,
         )
 
     # -- what is on ------------------------------------------------------------------------
@@ -135,6 +142,7 @@ class FaultPolicy:
             "forget": self.forget_after_seconds is not None,
             "delay": self.delay_ms > 0,
             "reorder": self.reorder,
+            "token_wrong_key": self.token_wrong_key,
         }
         return tuple(name for name, is_on in on.items() if is_on)
 
@@ -150,7 +158,7 @@ class FaultPolicy:
             active=list(self.active), seed=self.seed, drop_fraction=self.drop_fraction,
             withhold_from=sorted(self.withhold_from), withhold_fraction=self.withhold_fraction,
             forget_after_seconds=self.forget_after_seconds, delay_ms=self.delay_ms,
-            reorder=self.reorder,
+            reorder=self.reorder, token_wrong_key=self.token_wrong_key,
         )
 
     # -- decisions -------------------------------------------------------------------------
@@ -185,7 +193,7 @@ class FaultPolicy:
             await asyncio.sleep(self.delay_ms / 1000)
 
     @staticmethod
-    async def drop(store: BlobStore) -> Cursor:
+    async def drop(store: BlobStore, spend_id: bytes | None = None) -> Cursor | None:
         """Store nothing, and return the id an honest append would have returned.
 
         What a hostile server would answer: an id from the stream's own sequence, so it
@@ -195,7 +203,12 @@ class FaultPolicy:
         the future makes the following real ids go backwards. Still detectable, by
         design: the poster never finds its id when it reads back, and two posts in the
         same millisecond show a gap in the sequence numbers (5-0, then 5-2).
+
+        A post's token is spent all the same (None if it already was), as a server
+        that keeps the payment and drops the post would.
         """
+        if spend_id is not None and not await store.spend(spend_id):
+            return None
         script = store.redis.register_script(_DROP_LUA)
         raw = await script(keys=[store.stream_key])
         DROPPED.inc()

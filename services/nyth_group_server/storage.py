@@ -3,6 +3,9 @@
 Redis layout for prefix P:
     P:blobs   stream; each entry {"b": <blob bytes>}; its id is the public cursor
     P:new     pub-sub channel; each new entry's id is published there
+    P:tokens:<key id>:spent    set of the spend ids of tokens posted with (when tokens
+                               are required; <key id> names the token key, see
+                               nyth_group_server.tokens, which also keeps the replay ids)
 
 Retention and wake-ups work as `nyth.runtime.stream_store` describes.
 """
@@ -34,6 +37,22 @@ redis.call('PUBLISH', KEYS[2], id)
 return id
 """
 
+# The same, paid for with a token: the spend id is recorded with the entry or neither
+# happens. Redis does not undo a script's earlier writes when a later command fails, so
+# the check comes first and the spend is written after the entry: a failing XADD (out
+# of memory) then spends nothing. Returns false (nil) for a token already spent.
+_APPEND_SPENT_LUA = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[2], id)
+return id
+"""
+
+
+class AlreadySpent(Exception):
+    """The post's token was spent before: nothing was stored."""
+
 @dataclass(frozen=True)
 class StoredBlob:
     id: Cursor
@@ -57,12 +76,16 @@ class BlobStore(RetainedStream[StoredBlob]):
         max_blobs: int,
         max_age_seconds: int,
         clock: Any = time.time,
+        spent_key: str | None = None,
     ) -> None:
         super().__init__(redis, key_prefix=key_prefix, name="blobs",
                          max_age_seconds=max_age_seconds, clock=clock)
         self.blob_size = blob_size
         self.max_blobs = max_blobs
+        # The set of spent tokens; None when the server requires none.
+        self.spent_key = spent_key
         self._append = redis.register_script(_APPEND_LUA)
+        self._append_spent = redis.register_script(_APPEND_SPENT_LUA)
 
     def decode(self, entries: list[Any]) -> list[StoredBlob]:
         blobs = []
@@ -73,12 +96,32 @@ class BlobStore(RetainedStream[StoredBlob]):
             blobs.append(StoredBlob(cursor_from_redis(raw_id), bytes(blob)))
         return blobs
 
-    async def append(self, blob: bytes) -> Cursor:
-        """Store one blob; returns once Redis acknowledged it (fsynced, with our config)."""
+    async def append(self, blob: bytes, spend_id: bytes | None = None) -> Cursor:
+        """Store one blob; returns once Redis acknowledged it (fsynced, with our config).
+        With a token's spend id, atomically with recording it: AlreadySpent (and nothing
+        stored) if it was recorded before."""
         if len(blob) != self.blob_size:
             raise DecodeError(f"blob must be exactly {self.blob_size} bytes, got {len(blob)}")
-        raw = await self._append(keys=[self.stream_key, self.channel], args=[self.max_blobs, blob])
+        if spend_id is None:
+            raw = await self._append(keys=[self.stream_key, self.channel],
+                                     args=[self.max_blobs, blob])
+        else:
+            raw = await self._append_spent(
+                keys=[self.stream_key, self.channel, self._spent_key()],
+                args=[self.max_blobs, blob, spend_id])
+            if raw is None:
+                raise AlreadySpent("this token was already spent")
         return cursor_from_redis(raw)
+
+    async def spend(self, spend_id: bytes) -> bool:
+        """Record a spend without storing anything (the drop fault); False if it was
+        recorded before."""
+        return bool(await self.redis.sadd(self._spent_key(), spend_id))
+
+    def _spent_key(self) -> str:
+        if self.spent_key is None:
+            raise RuntimeError("this server requires no tokens: it keeps no spent set")
+        return self.spent_key
 
     async def read_after(self, after: Cursor, limit: int) -> Page:
         """Up to limit blobs with ids > after, oldest first, skipping expired ones."""

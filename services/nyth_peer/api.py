@@ -102,6 +102,13 @@ class PresentedBundle(PinnedBundle):
     seen_at: float = Field(description="when the server last presented it (Unix seconds)")
 
 
+class TokensView(BaseModel):
+    tokens: int = Field(description="unspent tokens we hold for this server")
+    state: str = Field(description='"idle", "working" (getting a batch), "ready" or "failed"')
+    reason: str | None = Field(description='what getting tokens is doing ("proof of work") '
+                                           "or why it failed")
+
+
 class ServerView(BaseModel):
     onion: str
     kind: Literal["group", "mailbox"]
@@ -115,6 +122,9 @@ class ServerView(BaseModel):
     next_retry_at: float | None
     presented: PresentedBundle | None = Field(
         description="the different bundle the server presented instead, to review; null if none")
+    tokens: TokensView | None = Field(
+        None, description="a group server that wants a token per post: our tokens for it; "
+                          "null otherwise")
 
 
 class Repin(BaseModel):

@@ -26,6 +26,7 @@ from nyth_peer.p2p import P2P_MAX_STREAMS, P2P_VIRTUAL_PORT, P2PLimits, P2PNode
 from nyth_peer.pins import GROUP, KINDS, PinKind, Pins
 from nyth_peer.profile import Profile
 from nyth_peer.settings import PeerSettings
+from nyth_peer.tokens import isolated_http_factory
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Engine:
             self.groups = GroupService(profile, self.events, self.messenger,
                                        self.group_http_factory(), self.retry)
             self.groups.on_onion_failure = self.forget_onion_failures
+            self.groups.tokens.http_factory = isolated_http_factory(socks)
             mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
                 profile, self.events,
@@ -163,9 +165,10 @@ class Engine:
             # no group); a refused bundle is still something the user must decide about.
             reason = Pins(self.profile.store).refusal(KINDS[view["kind"]], onion)
             state = {"state": "idle" if reason is None else "bundle_changed", "reason": reason}
+        tokens = self.groups.tokens.view(onion) if view["kind"] == GROUP.name else None
         return {**view, "used_for": used_for, "state": state["state"],
                 "reason": state.get("reason"), "since": state.get("since"),
-                "next_retry_at": state.get("next_retry_at")}
+                "next_retry_at": state.get("next_retry_at"), "tokens": tokens}
 
     async def _mailbox_onion(self) -> str | None:
         if self.settings.mailbox:

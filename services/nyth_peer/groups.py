@@ -32,7 +32,7 @@ from nyth.http_limits import (
     printable,
     strict_b64,
 )
-from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
+from nyth.proto.bundle import MAX_BUNDLE_SIZE, ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
@@ -52,6 +52,7 @@ from nyth_peer.events import EventBus
 from nyth_peer.messenger import Messenger
 from nyth_peer.pins import GROUP, Pins, UnusableBundleError
 from nyth_peer.profile import Profile
+from nyth_peer.tokens import TokensPending, TokenWallets
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ REQUEST_DEADLINE = 30.0
 
 # The most a valid answer can take, from the protocol's fixed sizes: anything longer is
 # a hostile or broken server, and is dropped before it can cost us memory.
-BUNDLE_ANSWER_BYTES = b64_len(BUNDLE_SIZE) + JSON_SLACK
+BUNDLE_ANSWER_BYTES = b64_len(MAX_BUNDLE_SIZE) + JSON_SLACK
 POST_ANSWER_BYTES = JSON_SLACK  # {"id": "<cursor>"}
 PAGE_ANSWER_BYTES = PAGE * (b64_len(BLOB_SIZE) + ITEM_SLACK) + JSON_SLACK
 # The live stream: "data: <base64 blob>" is the longest line a blob event has; with its
@@ -78,7 +79,7 @@ _CURSOR = re.compile(CURSOR_PATTERN)
 
 
 class _BundleAnswer(StrictModel):
-    bundle: Annotated[bytes, PlainValidator(b64_validator(size=BUNDLE_SIZE))]
+    bundle: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_BUNDLE_SIZE))]
 
 
 class _BlobItem(StrictModel):
@@ -155,6 +156,12 @@ class GroupService:
         self.stream_idle_seconds = STREAM_IDLE_SECONDS
         self._last_receipt_ms = 0
         messenger.on_invite = self._on_invite
+        # Servers that want a token per post (nyth_peer.tokens); the engine swaps in
+        # clients with a Tor circuit of their own for issuance.
+        self.tokens = TokenWallets(
+            self.store, self.pins, http_factory, retry, on_tokens=self._post_now,
+            on_refusal=lambda onion, reason: self._set_server_state(onion, "tokens_refused",
+                                                                    reason))
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,12 +171,14 @@ class GroupService:
                 self._ensure_syncer(onion)
         self._poster = asyncio.ensure_future(self._post_loop())
         self._poster.add_done_callback(_log_crash)
+        self.tokens.start({o for g in self.store.list("groups") for o in g["servers"]})
 
     async def stop(self) -> None:
         tasks = [*self._syncers.values(), *([self._poster] if self._poster else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tokens.stop()
 
     def _load_dag(self, gid: str) -> GroupDag:
         dag = GroupDag()
@@ -238,6 +247,10 @@ class GroupService:
             self._ensure_syncer(onion, restart=True)
         else:
             self.server_state.pop(onion, None)
+        self._post_now(onion)
+
+    def _post_now(self, onion: str) -> None:
+        """Posts waiting for this server go out now (a re-pin, a batch of tokens)."""
         now = time.time()
         for row in self.store.list("group_outbox"):
             if onion in row["servers"]:
@@ -283,9 +296,12 @@ class GroupService:
         if not servers or len(servers) > 8:
             raise GroupError("a group needs 1 to 8 servers")
         bundles = [await self.pin_server(s) for s in servers]
-        invite = Invite(name, new_group_key(),
-                        tuple(base64.b64decode(self.store.get("pins", b.onion)["bundle"])  # type: ignore[index]
-                              for b in bundles))
+        pinned = tuple(base64.b64decode(self.store.get("pins", b.onion)["bundle"])  # type: ignore[index]
+                       for b in bundles)
+        # A v1 invite carries only v1 bundles; a server that prices its tokens (a v2
+        # bundle) needs a v2 invite, whose group has us as owner.
+        invite = (Invite(name, new_group_key(), pinned) if all(b.version == 1 for b in bundles)
+                  else Invite.create(name, self.profile.identity.public_key, pinned))
         invite.encode()  # validates name length and server count before we store anything
         return self._join(invite)
 
@@ -393,21 +409,25 @@ class GroupService:
     async def _post_one(self, http: httpx.AsyncClient, row: dict[str, Any]) -> bool:
         """Post one blob to every server still missing it; False if any attempt failed."""
         blob = base64.b64decode(row["blob"])
-        failures = []
+        failures, waiting = [], []
         # A changed bundle means the server no longer promises what we pinned: nothing
         # goes to it until the user re-pins (resume() then sends at once).
         refusals = {o: self.pins.refusal(GROUP, o) for o in row["servers"]}
         refused = [reason for reason in refusals.values() if reason is not None]
         for onion in [o for o, reason in refusals.items() if reason is None]:
             try:
+                token = self.tokens.headers(onion, row["hash"], blob)
                 answer = await bounded_request(
                     http, "POST", server_url(onion, "/v1/blobs"), content=blob,
-                    headers={"content-type": "application/octet-stream"},
+                    headers={"content-type": "application/octet-stream", **token},
                     max_bytes=POST_ANSWER_BYTES, deadline=REQUEST_DEADLINE,
                     what="post acknowledgement")
+                self.tokens.settle(onion, row["hash"], answer.status_code)
                 if answer.status_code != 201:
                     raise GroupError(answer.failure())
                 row["servers"].remove(onion)
+            except TokensPending as exc:
+                waiting.append(str(exc))
             except TimeoutError:
                 failures.append(f"{onion[:8]}….onion: no answer within {REQUEST_DEADLINE:.0f} s")
             except Exception as exc:
@@ -429,7 +449,7 @@ class GroupService:
                 self.store.put(key, row["hash"], record)
                 self.store.delete("group_outbox", row["hash"])
         else:
-            reason = "; ".join(failures + refused)
+            reason = "; ".join(failures + waiting + refused)
             log.info("group post not accepted yet: %s", reason)
             row["attempts"] += 1
             row["next_attempt_at"] = time.time() + self.retry.delay(row["attempts"])

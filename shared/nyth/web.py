@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,6 +53,8 @@ class ErrorResponse(BaseModel):
 
 _ERROR_DESCRIPTIONS = {
     400: "Malformed input",
+    402: "Payment required",
+    403: "Refused",
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body too large",
@@ -158,26 +160,31 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class MaxBodySizeMiddleware:
-    """Answer 413 to request bodies longer than max_bytes.
+    """Answer 413 to request bodies longer than max_bytes (or, for a path named in
+    path_limits, that path's own limit).
 
     A declared Content-Length over the limit is refused before the app runs. Without
     one (chunked uploads), bytes are counted as they arrive and the read that crosses
     the limit raises BodyTooLarge, so at most one chunk past the limit is ever held.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError("max_bytes must be >= 0")
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 path_limits: Mapping[str, int] | None = None) -> None:
+        limits = dict(path_limits or {})
+        if max_bytes < 0 or any(limit < 0 for limit in limits.values()):
+            raise ValueError("body limits must be >= 0")
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._reject(scope, receive, send, limit)
             return
 
         received = 0
@@ -188,8 +195,8 @@ class MaxBodySizeMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -203,14 +210,14 @@ class MaxBodySizeMiddleware:
         except BodyTooLarge:
             if response_started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, limit)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         # Connection: close, because the rest of the body is never read; the server
         # must not try to parse it as the next request.
         response = error_json(
             413,
-            f"request body is larger than the limit of {self.max_bytes} bytes",
+            f"request body is larger than the limit of {limit} bytes",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
@@ -260,8 +267,10 @@ def _patch_openapi_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = None) -> None:
-    """Apply the shared conventions to app: metrics, JSON errors, optional body limit.
+def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = None,
+                   path_body_bytes: Mapping[str, int] | None = None) -> None:
+    """Apply the shared conventions to app: metrics, JSON errors, optional body limit
+    (max_body_bytes; path_body_bytes overrides it for the paths it names).
 
     Call it once, after the routes are declared (the OpenAPI patch reads them lazily,
     so later routes are covered too).
@@ -271,7 +280,8 @@ def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = N
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(Exception, _unhandled_error_handler)
     if max_body_bytes is not None:
-        app.add_middleware(MaxBodySizeMiddleware, max_bytes=max_body_bytes)
+        app.add_middleware(MaxBodySizeMiddleware, max_bytes=max_body_bytes,
+                           path_limits=path_body_bytes)
     # Added last so it is the outermost of ours: it sees the final status, 413s included.
     app.add_middleware(_MetricsMiddleware, service=service)
 

@@ -90,9 +90,12 @@ def test_bundle_is_signed_and_states_the_enforced_limits(launch: Launch) -> None
     bundle = ServerBundle.verify(raw, body["onion"])
     assert (bundle.blob_size, bundle.max_blobs, bundle.max_age_seconds) == (SIZE, 500, 7200)
     assert (body["blob_size"], body["max_blobs"], body["max_age_seconds"]) == (SIZE, 500, 7200)
+    assert (body["tokens_required"], body["token_pow_bits"]) == (False, 0)
+    assert bundle.version == 1 and not bundle.tokens_required
     assert health == {"status": "ok", "onion": body["onion"], "redis": "ok",
                       "onion_published": None, "onion_state": None, "onion_reason": None,
-                      "reason": None, "dev_mode": False, "faults": None}
+                      "reason": None, "dev_mode": False, "faults": None,
+                      "tokens_required": False}
 
     # Clients pin the exact bytes: a restart with the same limits must not re-sign.
     proc.restart()

@@ -142,7 +142,8 @@ def test_healthz_and_openapi_show_dev_mode_and_the_faults(launch: Launch) -> Non
         assert health["faults"] == {
             "active": ["drop", "withhold", "forget", "delay", "reorder"], "seed": SEED,
             "drop_fraction": 0.25, "withhold_from": ["alice", "bob"], "withhold_fraction": 0.5,
-            "forget_after_seconds": 3600.0, "delay_ms": 1, "reorder": True}
+            "forget_after_seconds": 3600.0, "delay_ms": 1, "reorder": True,
+            "token_wrong_key": False}
         document = http.get("/openapi.json").json()
         assert "Dev mode" in document["info"]["description"]
         for path in ("/v1/blobs", "/v1/blobs/stream"):

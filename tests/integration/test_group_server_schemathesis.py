@@ -7,10 +7,17 @@ response bodies conforming to the schema, invalid input refused, valid input acc
 Excluded from schemathesis: GET /v1/blobs/stream. A successful call is an endless
 Server-Sent Events stream, which a request/response fuzzer would wait on forever; its
 bad inputs are tested by hand below (and its behaviour in test_group_server.py).
+
+Three servers: honest, faulty (dev mode, every fault) and tokens (NYTH_TOKENS_REQUIRED,
+with POST /v1/tokens). On the tokens server a valid post needs a real token and a valid
+issue request real proof of work, which no schema can describe: there, "valid input
+accepted" (positive_data_acceptance) is not checked for those two operations; every other
+check is (no 5xx, documented statuses and bodies, invalid input refused).
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.fixtures.redis import flushed_db
 from tests.fixtures.services import stop_and_check_log
@@ -37,9 +45,12 @@ FAULTY = {"NYTH_DEV_MODE": "true", "NYTH_FAULT_DROP_FRACTION": "0.5",
           "NYTH_FAULT_WITHHOLD_FROM": "alice,bob", "NYTH_FAULT_WITHHOLD_FRACTION": "0.5",
           "NYTH_FAULT_FORGET_AFTER_SECONDS": "3600", "NYTH_FAULT_DELAY_MS": "1",
           "NYTH_FAULT_REORDER": "true"}
+TOKENS = {"NYTH_TOKENS_REQUIRED": "true", "NYTH_TOKEN_POW_BITS": "4"}
+ENVS = {"honest": {}, "faulty": FAULTY, "tokens": TOKENS,
+        "faulty-tokens": {**FAULTY, **TOKENS, "NYTH_FAULT_TOKEN_WRONG_KEY": "true"}}
 
 
-@pytest.fixture(scope="module", params=["honest", "faulty"])
+@pytest.fixture(scope="module", params=list(ENVS))
 def group_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  redis_server: RedisServer) -> Iterator[GroupServerProcess]:
     proc = GroupServerProcess(
@@ -48,7 +59,7 @@ def group_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         stream_key=f"test:{uuid.uuid4().hex[:12]}",
         env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
              "NYTH_MAX_BLOBS": "1000", "NYTH_LOG_LEVEL": "warning",
-             **(FAULTY if request.param == "faulty" else {})},
+             **ENVS[request.param]},
     )
     proc.start()
     yield proc
@@ -59,11 +70,22 @@ def group_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def api_schema(group_server: GroupServerProcess) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_url(f"{group_server.base_url}/openapi.json")
     schema.config.update(base_url=group_server.base_url)
+    # 413 refuses a body over the limit before anything else is looked at (a spoilt
+    # token header along with it, say): as good a refusal of invalid input as a 4xx.
+    rejection = schema.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     return schema
 
 
 OPERATIONS = [("/v1/bundle", "GET"), ("/v1/blobs", "POST"), ("/v1/blobs", "GET"),
-              ("/healthz", "GET"), ("/metrics", "GET")]
+              ("/healthz", "GET"), ("/metrics", "GET"), ("/v1/tokens", "POST")]
+# Where valid input needs what a schema cannot give: a token, proof of work.
+NEEDS_MORE_THAN_SCHEMA = {("/v1/blobs", "POST"), ("/v1/tokens", "POST")}
+
+
+def _requires_tokens(group_server: GroupServerProcess) -> bool:
+    return bool(httpx.get(f"{group_server.base_url}/healthz",
+                          trust_env=False).json()["tokens_required"])
 
 
 # schemathesis.pytest.from_fixture (its lazy-schema pytest integration) breaks on pytest 9
@@ -71,20 +93,29 @@ OPERATIONS = [("/v1/bundle", "GET"), ("/v1/blobs", "POST"), ("/v1/blobs", "GET")
 # with hypothesis directly; test_the_schema_covers_every_route keeps this list complete.
 # Negative cases exist only where there is input to spoil.
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
-    ("/v1/blobs", "POST", GenerationMode.NEGATIVE), ("/v1/blobs", "GET", GenerationMode.NEGATIVE)]
+    ("/v1/blobs", "POST", GenerationMode.NEGATIVE), ("/v1/blobs", "GET", GenerationMode.NEGATIVE),
+    ("/v1/tokens", "POST", GenerationMode.NEGATIVE)]
 
 
 @pytest.mark.parametrize(("path", "method", "mode"), CASES,
                          ids=[f"{m} {p} {g.value}" for p, m, g in CASES])
 def test_every_operation_conforms_and_never_fails(
-    api_schema: schemathesis.BaseSchema, path: str, method: str, mode: GenerationMode
+    api_schema: schemathesis.BaseSchema, group_server: GroupServerProcess, path: str,
+    method: str, mode: GenerationMode
 ) -> None:
+    tokens_required = _requires_tokens(group_server)
+    if path == "/v1/tokens" and not tokens_required:
+        pytest.skip("a server without tokens has no /v1/tokens")
     operation = api_schema[path][method]
+    excluded: list[schemathesis.CheckFunction] = (
+        [positive_data_acceptance]
+        if tokens_required and (path, method) in NEEDS_MORE_THAN_SCHEMA else [])
+
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=100, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case: schemathesis.Case) -> None:
-        case.call_and_validate()
+        case.call_and_validate(excluded_checks=excluded)
 
     run()
 
@@ -92,12 +123,19 @@ def test_every_operation_conforms_and_never_fails(
 def test_the_schema_covers_every_route(api_schema: schemathesis.BaseSchema,
                                        group_server: GroupServerProcess) -> None:
     document = httpx.get(f"{group_server.base_url}/openapi.json", trust_env=False).json()
+    tokens_required = _requires_tokens(group_server)
     assert set(document["paths"]) == {"/v1/bundle", "/v1/blobs", "/v1/blobs/stream",
-                                      "/healthz", "/metrics"}
+                                      "/healthz", "/metrics"} | (
+                                          {"/v1/tokens"} if tokens_required else set())
     post = document["paths"]["/v1/blobs"]["post"]
     body_schema = post["requestBody"]["content"]["application/octet-stream"]["schema"]
     assert body_schema["minLength"] == body_schema["maxLength"] == SIZE
     assert {"201", "413", "415", "422", "503"} <= set(post["responses"])
+    if tokens_required:
+        assert {"400", "402", "403", "409"} <= set(post["responses"])
+        assert [p["name"] for p in post["parameters"]] == ["Nyth-Token"]
+        issue = document["paths"]["/v1/tokens"]["post"]
+        assert {"200", "400", "403", "409", "413", "422", "503"} <= set(issue["responses"])
 
 
 # -- hand-written garbage -------------------------------------------------------------------
@@ -143,6 +181,32 @@ def test_wrong_body_sizes(client: httpx.Client, size: int) -> None:
                            headers={"content-type": "application/octet-stream"})
     assert response.status_code == (413 if size > SIZE else 422), (size, response.text)
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"{", b"[]", b"null", b'{"issue_request": 1}', b'{"issue_request": null}',
+    b'{"issue_request": "' + b"A" * 4000 + b'"}', b"\xff\xfe", b'{"other": "AAAA"}',
+    b'{"issue_request": "AAAA", "issue_request": "BB"}',
+    b'{"issue_request": "' + base64.b64encode(b"\x01" + bytes(40)) + b'"}',
+])
+def test_garbage_issue_requests(client: httpx.Client, group_server: GroupServerProcess,
+                                body: bytes) -> None:
+    response = client.post("/v1/tokens", content=body,
+                           headers={"content-type": "application/json"})
+    if not _requires_tokens(group_server):  # no such route; the body limit is blob_size
+        assert response.status_code == (413 if len(body) > SIZE else 404)
+        return
+    assert 400 <= response.status_code < 500, (body[:40], response.text)
+    assert "error" in response.json()
+
+
+def test_an_issue_request_body_is_bounded(client: httpx.Client,
+                                          group_server: GroupServerProcess) -> None:
+    if not _requires_tokens(group_server):
+        pytest.skip("no /v1/tokens")
+    response = client.post("/v1/tokens", content=b"{" * 100_000,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
 
 
 def test_lying_content_length(group_server: GroupServerProcess) -> None:

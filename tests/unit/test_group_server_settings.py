@@ -113,7 +113,7 @@ FAULTS = {
     "NYTH_FAULT_SEED": "7", "NYTH_FAULT_DROP_FRACTION": "0.5",
     "NYTH_FAULT_WITHHOLD_FROM": "alice", "NYTH_FAULT_WITHHOLD_FRACTION": "0.5",
     "NYTH_FAULT_FORGET_AFTER_SECONDS": "60", "NYTH_FAULT_DELAY_MS": "10",
-    "NYTH_FAULT_REORDER": "true",
+    "NYTH_FAULT_REORDER": "true", "NYTH_FAULT_TOKEN_WRONG_KEY": "true",
 }
 
 
@@ -121,6 +121,31 @@ def test_every_fault_setting_is_dev_only() -> None:
     faults = {name for name in GroupServerSettings.model_fields if name.startswith("fault_")}
     assert set(GroupServerSettings.dev_only_fields) == faults
     assert {f"NYTH_{name.upper()}" for name in faults} == set(FAULTS)
+
+
+def test_tokens_settings(env: pytest.MonkeyPatch) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    settings = load_settings(GroupServerSettings)
+    assert (settings.tokens_required, settings.token_pow_bits) == (False, 20)
+    env.setenv("NYTH_TOKENS_REQUIRED", "true")
+    env.setenv("NYTH_TOKEN_POW_BITS", "24")
+    settings = load_settings(GroupServerSettings)
+    assert (settings.tokens_required, settings.token_pow_bits) == (True, 24)
+    assert settings.token_key_path.name == "token.key"
+    for bad in ("25", "-1", "x"):
+        env.setenv("NYTH_TOKEN_POW_BITS", bad)
+        with pytest.raises(ConfigError, match="NYTH_TOKEN_POW_BITS"):
+            load_settings(GroupServerSettings)
+    env.setenv("NYTH_TOKEN_POW_BITS", "0")
+    env.setenv("NYTH_TOKEN_REPLAY_SECONDS", "1")
+    with pytest.raises(ConfigError, match="NYTH_TOKEN_REPLAY_SECONDS"):
+        load_settings(GroupServerSettings)
+    env.delenv("NYTH_TOKEN_REPLAY_SECONDS")
+    env.setenv("NYTH_DEV_MODE", "true")
+    env.setenv("NYTH_TOKENS_REQUIRED", "false")
+    env.setenv("NYTH_FAULT_TOKEN_WRONG_KEY", "true")
+    with pytest.raises(ConfigError, match="needs NYTH_TOKENS_REQUIRED"):
+        load_settings(GroupServerSettings)
 
 
 def test_faults_are_off_by_default(env: pytest.MonkeyPatch) -> None:
@@ -153,8 +178,9 @@ def test_dev_mode_accepts_every_fault(env: pytest.MonkeyPatch) -> None:
     for name, value in FAULTS.items():
         env.setenv(name, value)
     env.setenv("NYTH_FAULT_WITHHOLD_FROM", " alice, bob.2 ,alice,")
+    env.setenv("NYTH_TOKENS_REQUIRED", "true")  # what the wrong-key fault acts on
     settings = load_settings(GroupServerSettings)
-    assert settings.dev_mode is True
+    assert settings.dev_mode is True and settings.fault_token_wrong_key is True
     assert settings.fault_seed == 7 and settings.fault_drop_fraction == 0.5
     assert settings.fault_withhold_from == ("alice", "bob.2")
     assert settings.fault_withhold_fraction == 0.5

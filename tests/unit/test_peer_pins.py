@@ -52,7 +52,8 @@ def test_first_use_pins_and_lists_the_server(pins: Pins) -> None:
     assert views[SERVER.onion]["kind"] == "group"
     assert views[SERVER.onion]["pinned"] == {
         "bundle_sha256": bundle_sha256(group()), "issued_at": 1_800_000_000,
-        "limits": {"blob_size": 2048, "max_blobs": 100_000, "max_age_seconds": 604_800}}
+        "limits": {"blob_size": 2048, "max_blobs": 100_000, "max_age_seconds": 604_800,
+                   "token_pow_bits": 0}}
     assert views[MAILBOX_ID.onion]["kind"] == "mailbox"
     assert views[MAILBOX_ID.onion]["pinned"]["limits"]["pow_bits"] == 20
     assert all(v["presented"] is None and v["pinned_at"] for v in views.values())

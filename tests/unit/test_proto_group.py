@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nyth.errors import AuthenticationError, DecodeError
-from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
+from nyth.proto import tokens
+from nyth.proto.bundle import BUNDLE_SIZE_V1, BUNDLE_SIZE_V2, ServerBundle
 from nyth.proto.group import (
     BLOB_SIZE,
     GROUP_ID_SIZE,
@@ -51,6 +52,17 @@ SERVERS = [Identity.from_seed(bytes([i]) * 32) for i in range(MAX_SERVERS + 1)]
 BUNDLES = [ServerBundle(s.public_key, bytes(32), BLOB_SIZE, 1000, 86400, 1_800_000_000)
            for s in SERVERS]
 SIGNED = [b.sign(s) for b, s in zip(BUNDLES, SERVERS, strict=True)]
+TOKEN_KEY = tokens.TokenSecretKey.from_seed(b"T" * 32).public_key
+# The same servers requiring tokens with proof of work: v2 bundles, one byte longer.
+SIGNED_V2 = [ServerBundle(s.public_key, TOKEN_KEY, BLOB_SIZE, 1000, 86400, 1_800_000_000,
+                          token_pow_bits=18).sign(s) for s in SERVERS]
+MIXED = [v2 if i % 2 else v1 for i, (v1, v2) in enumerate(zip(SIGNED, SIGNED_V2, strict=True))]
+BUNDLE_SIZE = BUNDLE_SIZE_V1
+
+
+def prefixed(*bundles: bytes) -> bytes:
+    """Bundles as v2 invites and moves carry them: each after its length (u8)."""
+    return b"".join(bytes([len(b)]) + b for b in bundles)
 KEY = bytes(range(32))
 GID = group_id(KEY, BUNDLES[:1])
 REJECT = (DecodeError, AuthenticationError)
@@ -392,14 +404,18 @@ def padded(wire: bytes) -> bytes:
 def test_v2_sizes_and_what_fits_where() -> None:
     assert MAX_BODY_BYTES_V2 == MAX_BODY_BYTES - 1 == 1643
     assert MAX_WIRE_SIZE == INNER_SIZE == 2008
-    assert MAX_MOVE_BYTES == 4 + 1 + 8 * 164 == 1317 <= MAX_BODY_BYTES_V2
-    assert MAX_INVITE_V2_BYTES == 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 * 164 == 1454 <= MAX_BODY
+    assert BUNDLE_SIZE_V2 == BUNDLE_SIZE_V1 + 1 == 165
+    assert MAX_MOVE_BYTES == 4 + 1 + 8 * 166 == 1333 <= MAX_BODY_BYTES_V2
+    assert MAX_INVITE_V2_BYTES == 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 * 166 == 1470 <= MAX_BODY
     # 11 bundles would still fit in one P2P body; a group has at most MAX_SERVERS = 8.
-    assert MAX_INVITE_V2_BYTES + 3 * BUNDLE_SIZE <= MAX_BODY < MAX_INVITE_V2_BYTES + 4 * BUNDLE_SIZE
-    largest = Invite("x" * MAX_NAME_BYTES, KEY, tuple(SIGNED[:MAX_SERVERS]), OWNER.public_key,
-                     MAX_EPOCH).encode()
+    one = 1 + BUNDLE_SIZE_V2
+    assert MAX_INVITE_V2_BYTES + 3 * one <= MAX_BODY < MAX_INVITE_V2_BYTES + 4 * one
+    largest = Invite("x" * MAX_NAME_BYTES, KEY, tuple(SIGNED_V2[:MAX_SERVERS]),
+                     OWNER.public_key, MAX_EPOCH).encode()
     assert len(largest) == MAX_INVITE_V2_BYTES
     assert Envelope(bytes(16), MessageKind.GROUP_INVITE, 0, largest).encode()
+    biggest_move = Move(MAX_EPOCH, tuple(SIGNED_V2[:MAX_SERVERS])).encode()
+    assert len(biggest_move) == MAX_MOVE_BYTES
 
 
 @settings(max_examples=40)
@@ -488,9 +504,9 @@ def move_of(n: int, epoch: int = 1) -> Move:
 @given(st.integers(1, MAX_EPOCH), st.lists(st.sampled_from(range(MAX_SERVERS + 1)), min_size=1,
                                            max_size=MAX_SERVERS, unique=True))
 def test_move_round_trip(epoch: int, chosen: list[int]) -> None:
-    move = Move(epoch, tuple(SIGNED[i] for i in chosen))
+    move = Move(epoch, tuple(MIXED[i] for i in chosen))
     data = move.encode()
-    assert data == struct.pack(">IB", epoch, len(chosen)) + b"".join(move.bundles)
+    assert data == struct.pack(">IB", epoch, len(chosen)) + prefixed(*move.bundles)
     assert Move.decode(data) == move
     assert [b.onion for b in move.servers] == [BUNDLES[i].onion for i in chosen]
 
@@ -513,13 +529,18 @@ def test_move_message_layout_and_round_trip() -> None:
 
 @pytest.mark.parametrize("body", [
     b"",                                                              # truncated
-    struct.pack(">IB", 0, 1) + SIGNED[0],                             # epoch 0
+    struct.pack(">IB", 0, 1) + prefixed(SIGNED[0]),                   # epoch 0
     struct.pack(">IB", 1, 0),                                         # no servers
-    struct.pack(">IB", 1, 9) + b"".join(SIGNED[:9]),                  # too many
-    struct.pack(">IB", 1, 2) + SIGNED[0] + SIGNED[0],                 # a server twice
-    struct.pack(">IB", 1, 2) + SIGNED[0],                             # count > present
-    struct.pack(">IB", 1, 1) + SIGNED[0] + b"\x00",                   # trailing byte
-    struct.pack(">IB", 1, 1) + SIGNED[0][:-1] + b"\x00",              # bad bundle signature
+    struct.pack(">IB", 1, 9) + prefixed(*SIGNED[:9]),                 # too many
+    struct.pack(">IB", 1, 2) + prefixed(SIGNED[0], SIGNED[0]),        # a server twice
+    struct.pack(">IB", 1, 2) + prefixed(SIGNED[0], SIGNED_V2[0]),     # a server twice
+    struct.pack(">IB", 1, 2) + prefixed(SIGNED[0]),                   # count > present
+    struct.pack(">IB", 1, 1) + prefixed(SIGNED[0]) + b"\x00",         # trailing byte
+    struct.pack(">IB", 1, 1) + prefixed(SIGNED[0][:-1] + b"\x00"),    # bad bundle signature
+    struct.pack(">IB", 1, 1) + SIGNED[0],                             # no length prefix
+    struct.pack(">IB", 1, 1) + b"\xa4" + SIGNED_V2[0],                # v2 bundle said v1
+    struct.pack(">IB", 1, 1) + b"\xa5" + SIGNED[0] + b"\x00",         # v1 bundle said v2
+    struct.pack(">IB", 1, 1) + b"\xff" + SIGNED[0] + bytes(91),       # an unknown size
 ])
 def test_malformed_move_from_a_key_holder_is_rejected(body: bytes) -> None:
     with pytest.raises(REJECT):
@@ -541,7 +562,8 @@ def test_malformed_v2_messages_are_rejected(kind: int, body: bytes, body_len: in
 @pytest.mark.parametrize("move", [
     Move(0, (SIGNED[0],)), Move(MAX_EPOCH + 1, (SIGNED[0],)), Move(1, ()),
     Move(1, tuple(SIGNED[:MAX_SERVERS + 1])), Move(1, (SIGNED[0], SIGNED[0])),
-    Move(1, (SIGNED[0][:-1],)),
+    Move(1, (SIGNED[0][:-1],)), Move(1, (SIGNED_V2[0] + b"\x00",)),
+    Move(1, (SIGNED[0], SIGNED_V2[0])),
 ])
 def test_move_encoder_refuses_what_it_could_not_decode(move: Move) -> None:
     with pytest.raises(REJECT):
@@ -554,7 +576,7 @@ invites_v2 = st.builds(
     Invite,
     name=st.text(max_size=MAX_NAME_BYTES).filter(lambda n: len(n.encode()) <= MAX_NAME_BYTES),
     key=st.binary(min_size=KEY_SIZE, max_size=KEY_SIZE),
-    bundles=st.lists(st.sampled_from(SIGNED), min_size=1, max_size=MAX_SERVERS,
+    bundles=st.lists(st.sampled_from(MIXED), min_size=1, max_size=MAX_SERVERS,
                      unique=True).map(tuple),
     owner=st.sampled_from([OWNER.public_key, AUTHOR.public_key]),
     epoch=st.integers(0, MAX_EPOCH),
@@ -562,9 +584,9 @@ invites_v2 = st.builds(
 
 
 def test_invite_v2_layout_and_group_id() -> None:
-    invite = Invite("club", KEY, (SIGNED[0], SIGNED[1]), OWNER.public_key, 0x01020304)
+    invite = Invite("club", KEY, (SIGNED[0], SIGNED_V2[1]), OWNER.public_key, 0x01020304)
     assert invite.encode() == (INVITE_MAGIC_V2 + KEY + OWNER.public_key + b"\x01\x02\x03\x04"
-                               + b"\x04club\x02" + SIGNED[0] + SIGNED[1])
+                               + b"\x04club\x02" + b"\xa4" + SIGNED[0] + b"\xa5" + SIGNED_V2[1])
     assert invite.version == 2
     expected = hashlib.blake2b(KEY + OWNER.public_key, digest_size=16,
                                person=b"nyth-group-id2").digest()
@@ -619,7 +641,7 @@ def test_invite_v2_truncation_and_extension_are_rejected(invite: Invite,
                                                          data: st.DataObject) -> None:
     encoded = invite.encode()
     cut = data.draw(st.integers(0, len(encoded) - 1))
-    extra = data.draw(st.binary(min_size=1, max_size=BUNDLE_SIZE + 1))
+    extra = data.draw(st.binary(min_size=1, max_size=BUNDLE_SIZE_V2 + 2))
     for bad in (encoded[:cut], encoded + extra):
         with pytest.raises(REJECT):
             Invite.decode(bad)
@@ -637,11 +659,16 @@ def test_invite_v2_specific_rejections() -> None:
     bad = [
         INVITE_MAGIC_V2, head, head + b"\x00",                            # truncated
         head + b"\x00\x00",                                               # no servers
-        head + b"\x00\x02" + SIGNED[0] + SIGNED[0],                       # a server twice
-        head + b"\x00\x09" + b"".join(SIGNED[:9]),                        # too many servers
-        INVITE_MAGIC_V2 + KEY + bytes(32) + bytes(4) + b"\x00\x01" + SIGNED[0],   # owner not a key
-        INVITE_MAGIC_V2 + KEY + not_a_point + bytes(4) + b"\x00\x01" + SIGNED[0],
-        head + b"\x02\xff\xfe\x01" + SIGNED[0],                           # name not UTF-8
+        head + b"\x00\x02" + prefixed(SIGNED[0], SIGNED[0]),              # a server twice
+        head + b"\x00\x02" + prefixed(SIGNED_V2[0], SIGNED[0]),           # a server twice
+        head + b"\x00\x09" + prefixed(*SIGNED[:9]),                       # too many servers
+        INVITE_MAGIC_V2 + KEY + bytes(32) + bytes(4) + b"\x00\x01" + prefixed(SIGNED[0]),
+        INVITE_MAGIC_V2 + KEY + not_a_point + bytes(4) + b"\x00\x01" + prefixed(SIGNED[0]),
+        head + b"\x02\xff\xfe\x01" + prefixed(SIGNED[0]),                 # name not UTF-8
+        head + b"\x00\x01" + SIGNED[0],                                   # no length prefix
+        head + b"\x00\x01" + b"\xa5" + SIGNED[0] + b"\x00",                # a v1 bundle said v2
+        head + b"\x00\x01" + b"\x00",                                     # length 0
+        head + b"\x00\x01" + prefixed(SIGNED[0]) + b"\xa4",                # trailing length
     ]
     for data in bad:
         with pytest.raises(REJECT):
@@ -655,6 +682,9 @@ def test_invite_v2_specific_rejections() -> None:
     Invite("x", KEY, (SIGNED[0],), OWNER.public_key, -1),
     Invite("x", KEY, (SIGNED[0],), OWNER.public_key, MAX_EPOCH + 1),
     Invite("x", KEY, (SIGNED[0],), None, 1),               # a v1 invite has no epoch
+    Invite("x", KEY, (SIGNED_V2[0],), None),               # a v1 invite has v1 bundles only
+    Invite("x", KEY, (SIGNED[1], SIGNED_V2[0]), None),
+    Invite("x", KEY, (SIGNED[0], SIGNED_V2[0]), OWNER.public_key),   # a server twice
     Invite("x", KEY, (), OWNER.public_key),
     Invite("x" * (MAX_NAME_BYTES + 1), KEY, (SIGNED[0],), OWNER.public_key),
     Invite("x", KEY, tuple(SIGNED[:MAX_SERVERS + 1]), OWNER.public_key),

@@ -19,6 +19,7 @@ from nyth.proto.pinning import (
     check_pin,
     repin_command,
 )
+from nyth.proto.tokens import TokenSecretKey
 
 SERVER = Identity.from_seed(b"S" * 32)
 OTHER = Identity.from_seed(b"O" * 32)
@@ -61,8 +62,9 @@ def test_identical_bundles_have_no_changes_and_a_reissue_alone_still_shows() -> 
 
 
 def test_a_new_token_key_is_shown_by_a_hex_prefix() -> None:
-    changes = bundle_changes(group(), group(token_public_key=b"\x6b" * 32))
-    assert changes == ("token_public_key 0000000000000000… -> 6b6b6b6b6b6b6b6b…",)
+    key = TokenSecretKey.from_seed(b"k" * 32).public_key
+    changes = bundle_changes(group(), group(token_public_key=key))
+    assert changes == (f"token_public_key 0000000000000000… -> {key[:8].hex()}…",)
 
 
 def test_mailbox_bundles_list_their_own_limits() -> None:
@@ -72,7 +74,7 @@ def test_mailbox_bundles_list_their_own_limits() -> None:
 
 def test_limits_are_the_integer_promises_without_issued_at() -> None:
     assert bundle_limits(group()) == {"blob_size": 2048, "max_blobs": 100_000,
-                                      "max_age_seconds": 604_800}
+                                      "max_age_seconds": 604_800, "token_pow_bits": 0}
     assert bundle_limits(mailbox()) == {"tag_size": 67, "record_size": 2304, "max_records": 100_000,
                                         "max_age_seconds": 604_800, "pow_bits": 20}
 

@@ -149,6 +149,31 @@ async def test_middleware_alone_on_a_raw_asgi_app() -> None:
         assert response.json()["error"].startswith("request body is larger")
 
 
+async def test_a_path_can_have_a_limit_of_its_own() -> None:
+    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+    transport = httpx.ASGITransport(
+        app=MaxBodySizeMiddleware(raw_app, 10, path_limits={"/big": 20}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        assert (await c.post("/big", content=b"x" * 20)).text == "20"
+        too_big = await c.post("/big", content=b"x" * 21)
+        assert too_big.status_code == 413 and "limit of 20 bytes" in too_big.json()["error"]
+        small = await c.post("/other", content=b"x" * 11)
+        assert small.status_code == 413 and "limit of 10 bytes" in small.json()["error"]
+        chunked = await c.post("/big", content=_aiter(iter([b"x" * 15, b"x" * 15])))
+        assert chunked.status_code == 413
+    with pytest.raises(ValueError):
+        MaxBodySizeMiddleware(raw_app, 10, path_limits={"/x": -1})
+
+
 async def _aiter(items: Iterator[bytes]) -> AsyncIterator[bytes]:
     for item in items:
         yield item

@@ -28,23 +28,24 @@ re-seals it into a blob.
 
 Move (body of a MOVE message; the group's owner names its new servers):
 
-    epoch (u32, ≥ 1) | n servers (u8, 1..8) | n × signed server bundle (164 each)
+    epoch (u32, ≥ 1) | n servers (u8, 1..8) | n × (length (u8) | signed server bundle)
 
-at most 4 + 1 + 8 × 164 = 1317 bytes ≤ 1643. Server onions must be distinct. Who may move
-and which move wins is nyth.proto.group_control's business.
+a bundle being v1 (164 bytes) or v2 (165: a server that prices its tokens), so at most
+4 + 1 + 8 × 166 = 1333 bytes ≤ 1643. Server onions must be distinct. Who may move and
+which move wins is nyth.proto.group_control's business.
 
-Invite v1 (sent P2P, still accepted):
+Invite v1 (sent P2P, still accepted; it carries v1 bundles only):
 
     magic "NYTHINV1" | group key (32) | name length (u8) | name (UTF-8, ≤ 64 bytes)
-    | n servers (u8, 1..8) | n × signed server bundle (164 each)
+    | n servers (u8, 1..8) | n × signed v1 server bundle (164 each)
 
 Invite v2:
 
     magic "NYTHINV2" | group key (32) | owner ed25519 pk (32) | epoch (u32)
     | name length (u8) | name (UTF-8, ≤ 64 bytes) | n servers (u8, 1..8)
-    | n × signed server bundle (164 each, distinct onions)
+    | n × (length (u8) | signed server bundle, v1 or v2; distinct onions)
 
-at most 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 × 164 = 1454 bytes, inside one P2P message body
+at most 8 + 32 + 32 + 4 + 1 + 64 + 1 + 8 × 166 = 1470 bytes, inside one P2P message body
 (p2p.MAX_BODY = 2000; 11 bundles would still fit, 8 is the group limit). `epoch` and the
 servers are the inviter's current ones (0 and the creation servers until a move).
 
@@ -75,7 +76,7 @@ import nacl.bindings
 import nacl.exceptions
 
 from nyth.errors import AuthenticationError, DecodeError
-from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
+from nyth.proto.bundle import BUNDLE_SIZE_V1, BUNDLE_SIZES, MAX_BUNDLE_SIZE, ServerBundle
 from nyth.proto.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify_signature
 
 BLOB_SIZE = 2048
@@ -101,9 +102,9 @@ MAX_NAME_BYTES = 64
 MAX_SERVERS = 8
 MAX_EPOCH = (1 << 32) - 1
 _MOVE_HEAD = struct.Struct(">IB")
-MAX_MOVE_BYTES = _MOVE_HEAD.size + MAX_SERVERS * BUNDLE_SIZE
+MAX_MOVE_BYTES = _MOVE_HEAD.size + MAX_SERVERS * (1 + MAX_BUNDLE_SIZE)
 _INVITE_V2_FIXED = len(INVITE_MAGIC_V2) + KEY_SIZE + PUBLIC_KEY_SIZE + 4 + 1 + 1
-MAX_INVITE_V2_BYTES = _INVITE_V2_FIXED + MAX_NAME_BYTES + MAX_SERVERS * BUNDLE_SIZE
+MAX_INVITE_V2_BYTES = _INVITE_V2_FIXED + MAX_NAME_BYTES + MAX_SERVERS * (1 + MAX_BUNDLE_SIZE)
 
 
 class GroupKind(enum.IntEnum):
@@ -143,6 +144,8 @@ def verify_server_set(raw: Sequence[bytes], what: str = "a group") -> list[Serve
     onion twice."""
     if not 1 <= len(raw) <= MAX_SERVERS:
         raise DecodeError(f"{what} needs 1..{MAX_SERVERS} servers")
+    if any(len(b) not in BUNDLE_SIZES for b in raw):
+        raise DecodeError(f"a server bundle in {what} has the wrong size")
     bundles = [ServerBundle.verify(b) for b in raw]
     if len({b.onion_public_key for b in bundles}) != len(bundles):
         raise DecodeError(f"{what} names a server twice")
@@ -163,10 +166,8 @@ class Move:
     def encode(self) -> bytes:
         if not 1 <= self.epoch <= MAX_EPOCH:
             raise DecodeError(f"move epoch must be 1..{MAX_EPOCH}")
-        if any(len(b) != BUNDLE_SIZE for b in self.bundles):
-            raise DecodeError("a server bundle in the move has the wrong size")
         verify_server_set(self.bundles, "a move")
-        return _MOVE_HEAD.pack(self.epoch, len(self.bundles)) + b"".join(self.bundles)
+        return _MOVE_HEAD.pack(self.epoch, len(self.bundles)) + _prefixed(self.bundles)
 
     @classmethod
     def decode(cls, data: bytes) -> Move:
@@ -175,10 +176,11 @@ class Move:
         epoch, count = _MOVE_HEAD.unpack_from(data)
         if epoch == 0:
             raise DecodeError("move epoch must be at least 1")
-        if not 1 <= count <= MAX_SERVERS or len(data) != _MOVE_HEAD.size + count * BUNDLE_SIZE:
+        if not 1 <= count <= MAX_SERVERS:
             raise DecodeError("move server list is malformed")
-        bundles = tuple(data[_MOVE_HEAD.size + i * BUNDLE_SIZE: _MOVE_HEAD.size + (i + 1) * BUNDLE_SIZE]
-                        for i in range(count))
+        bundles, end = _unprefixed(data, _MOVE_HEAD.size, count, "move")
+        if end != len(data):
+            raise DecodeError("bytes after the move's server list")
         verify_server_set(bundles, "a move")
         return cls(epoch, bundles)
 
@@ -363,20 +365,24 @@ class Invite:
         name = _utf8(self.name)
         if len(name) > MAX_NAME_BYTES:
             raise DecodeError(f"group name is longer than {MAX_NAME_BYTES} bytes")
-        if len(self.key) != KEY_SIZE or any(len(b) != BUNDLE_SIZE for b in self.bundles):
-            raise DecodeError("invite key or a server bundle has the wrong size")
+        if len(self.key) != KEY_SIZE:
+            raise DecodeError("invite key has the wrong size")
         if not 1 <= len(self.bundles) <= MAX_SERVERS:
             raise DecodeError(f"a group needs 1..{MAX_SERVERS} servers")
-        tail = bytes([len(name)]) + name + bytes([len(self.bundles)]) + b"".join(self.bundles)
+        head = bytes([len(name)]) + name + bytes([len(self.bundles)])
         if self.owner is None:
             if self.epoch != 0:
                 raise DecodeError("a v1 invite (no owner) has no epoch")
-            return INVITE_MAGIC + self.key + tail
+            if any(len(b) != BUNDLE_SIZE_V1 for b in self.bundles):
+                raise DecodeError("a v1 invite carries only v1 server bundles "
+                                  f"({BUNDLE_SIZE_V1} bytes); use a v2 invite")
+            return INVITE_MAGIC + self.key + head + b"".join(self.bundles)
         _check_owner(self.owner)
         if not 0 <= self.epoch <= MAX_EPOCH:
             raise DecodeError(f"invite epoch must be 0..{MAX_EPOCH}")
         verify_server_set(self.bundles, "a group")
-        return INVITE_MAGIC_V2 + self.key + self.owner + struct.pack(">I", self.epoch) + tail
+        return (INVITE_MAGIC_V2 + self.key + self.owner + struct.pack(">I", self.epoch) + head
+                + _prefixed(self.bundles))
 
     @classmethod
     def decode(cls, data: bytes) -> Invite:
@@ -388,14 +394,14 @@ class Invite:
             owner = data[len(INVITE_MAGIC_V2) + KEY_SIZE: fixed - 4]
             (epoch,) = struct.unpack_from(">I", data, fixed - 4)
             _check_owner(owner)
-            name, bundles = _decode_invite_tail(data, fixed)
+            name, bundles = _decode_invite_tail(data, fixed, prefixed=True)
             verify_server_set(bundles, "a group")
             return cls(name, key, bundles, owner, epoch)
         if not data.startswith(INVITE_MAGIC) or len(data) < len(INVITE_MAGIC) + KEY_SIZE + 2:
             raise DecodeError("not a Nyth group invite")
         key = data[len(INVITE_MAGIC): len(INVITE_MAGIC) + KEY_SIZE]
-        name, bundles = _decode_invite_tail(data, len(INVITE_MAGIC) + KEY_SIZE)
-        for bundle in bundles:
+        name, bundles = _decode_invite_tail(data, len(INVITE_MAGIC) + KEY_SIZE, prefixed=False)
+        for bundle in bundles:  # 164 bytes each: only a v1 bundle verifies
             ServerBundle.verify(bundle)
         return cls(name, key, bundles)
 
@@ -405,8 +411,32 @@ def _check_owner(owner: bytes) -> None:
         raise DecodeError("invite owner is not a valid ed25519 public key")
 
 
-def _decode_invite_tail(data: bytes, offset: int) -> tuple[str, tuple[bytes, ...]]:
-    """name length | name | n servers | bundles, from offset to the very end."""
+def _prefixed(bundles: Sequence[bytes]) -> bytes:
+    """Each bundle as length (u8) | bytes: v1 and v2 bundles differ in size."""
+    return b"".join(bytes([len(b)]) + b for b in bundles)
+
+
+def _unprefixed(data: bytes, offset: int, count: int,
+                what: str) -> tuple[tuple[bytes, ...], int]:
+    """count length-prefixed bundles from offset; (bundles, the offset after them). Only
+    the sizes of known bundle versions are accepted, so nothing is sliced at random."""
+    bundles = []
+    for _ in range(count):
+        if offset >= len(data) or data[offset] not in BUNDLE_SIZES:
+            raise DecodeError(f"{what} server list is malformed")
+        size = data[offset]
+        bundle = data[offset + 1: offset + 1 + size]
+        if len(bundle) != size:
+            raise DecodeError(f"{what} server list is truncated")
+        bundles.append(bundle)
+        offset += 1 + size
+    return tuple(bundles), offset
+
+
+def _decode_invite_tail(data: bytes, offset: int, *,
+                        prefixed: bool) -> tuple[str, tuple[bytes, ...]]:
+    """name length | name | n servers | bundles, from offset to the very end (bundles
+    length-prefixed in v2, 164 bytes each in v1)."""
     name_len = data[offset]
     offset += 1
     if name_len > MAX_NAME_BYTES or len(data) < offset + name_len + 1:
@@ -418,7 +448,14 @@ def _decode_invite_tail(data: bytes, offset: int) -> tuple[str, tuple[bytes, ...
     offset += name_len
     count = data[offset]
     offset += 1
-    if not 1 <= count <= MAX_SERVERS or len(data) != offset + count * BUNDLE_SIZE:
+    if not 1 <= count <= MAX_SERVERS:
         raise DecodeError("invite server list is malformed")
-    return name, tuple(data[offset + i * BUNDLE_SIZE: offset + (i + 1) * BUNDLE_SIZE]
+    if prefixed:
+        bundles, end = _unprefixed(data, offset, count, "invite")
+        if end != len(data):
+            raise DecodeError("bytes after the invite's server list")
+        return name, bundles
+    if len(data) != offset + count * BUNDLE_SIZE_V1:
+        raise DecodeError("invite server list is malformed")
+    return name, tuple(data[offset + i * BUNDLE_SIZE_V1: offset + (i + 1) * BUNDLE_SIZE_V1]
                        for i in range(count))

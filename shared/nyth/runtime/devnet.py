@@ -23,6 +23,9 @@ from nyth.runtime.redis_server import RedisServer
 from nyth.tor.gateway import TorGateway
 from nyth.tor.privnet import PrivateTorNetwork
 
+# What the devnet's group servers run with unless told otherwise.
+GROUP_SERVER_DEFAULTS = {"NYTH_TOKENS_REQUIRED": "true", "NYTH_TOKEN_POW_BITS": "12"}
+
 
 def _secret_file(directory: Path, name: str) -> Path:
     path = directory / "secrets" / name
@@ -149,7 +152,11 @@ class Devnet:
         return env
 
     def add_group_server(self, name: str = "group-server", **env: str) -> ServiceHandle:
-        return self._add_redis_service("nyth_group_server", name, env)
+        """A group server; like the compose stack's, it wants a token per post (with
+        less work per batch: tests and benchmarks pay it often). env overrides, e.g.
+        NYTH_TOKENS_REQUIRED="false"."""
+        return self._add_redis_service("nyth_group_server", name,
+                                       {**GROUP_SERVER_DEFAULTS, **env})
 
     def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
         """A mailbox service (offline first contact, FMD detection)."""
