@@ -30,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto.group import GroupKind, GroupMessage, decode_wire
@@ -78,8 +78,10 @@ log = logging.getLogger(__name__)
 # A group's recovery strategies (the API's names): the three of nyth.proto.recovery, and
 # "move": follow the owner's moves. All on by default; the list's order is the order
 # strategies are tried in.
+StrategyName = Literal["refetch", "server", "member", "move"]
+STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 MOVE = "move"
-STRATEGIES = (*(str(s) for s in Strategy), MOVE)
+assert STRATEGIES == (*(str(s) for s in Strategy), MOVE)
 # P2P messages waiting per member: a PULL's whole answer (≤ 64 parts) twice over.
 MAX_QUEUED = 160
 SEND_TIMEOUT = 60.0
@@ -366,8 +368,11 @@ class RecoveryDriver:
             delay = self._next_announce - time.monotonic()
             if wakeups:
                 delay = min(delay, (min(wakeups) - _now_ms()) / 1000)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.05, delay))
+                async with asyncio.timeout(max(0.05, delay)):
+                    await self._wake.wait()
 
     def _dial_for_gaps(self) -> None:
         """Dial members who can fill open gaps and are not online: first the authors who
