@@ -115,7 +115,7 @@ class GroupMoves:
         key = base64.b64decode(row["key"])
         me = groups.profile.identity.public_key
         for h in (*action.repost, *action.carry):
-            wire = groups.wire(gid, h)
+            wire = groups.receiver.wire(gid, h)
             if wire is None:
                 continue  # stored before wire forms were kept: members can still pull it
             message = groups.dag(gid).get(h)

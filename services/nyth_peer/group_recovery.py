@@ -177,7 +177,7 @@ class RecoveryDriver:
         """Moves ignored while following was off: offered again, oldest first."""
         held = []
         for message in machine.dag.messages():
-            wire = self.groups.wire(gid, message.hash) if message.kind == GroupKind.MOVE else None
+            wire = self.groups.receiver.wire(gid, message.hash) if message.kind == GroupKind.MOVE else None
             if wire:
                 with contextlib.suppress(DecodeError, AuthenticationError):
                     held.append(decode_wire(machine.gid, wire))
@@ -223,7 +223,7 @@ class RecoveryDriver:
                    source: Source) -> None:
         how = machine.recovered_by(message.hash) or _how(source)
         view = recovered_view(self.groups, how)
-        self.groups.mark_recovered(gid, message.hash, view)
+        self.groups.receiver.mark_recovered(gid, message.hash, view)
         self.groups.events.publish("group_gap_recovered", group=gid, hash=message.hash.hex(),
                                    recovered_by=view)
 
@@ -274,7 +274,7 @@ class RecoveryDriver:
         if reply.refused is not None:
             log.debug("PULL from %s… not answered: %s", onion[:8], reply.refused)
             return
-        found = [(h, self.groups.wire(gid, h)) for h in reply.serve]
+        found = [(h, self.groups.receiver.wire(gid, h)) for h in reply.serve]
         found += [(h, None) for h in reply.not_served]
         for item in answer(machine.gid, found):
             self._send(onion, item.KIND, item.encode())
@@ -299,7 +299,7 @@ class RecoveryDriver:
             elif isinstance(action, SendHeads):
                 self._send(action.member, MessageKind.GROUP_HEADS, action.heads.encode())
             elif isinstance(action, Ingest):
-                self.groups.store_message(gid, action.message, {"member": action.member},
+                self.groups.receiver.store(gid, action.message, {"member": action.member},
                                           FromMember(action.member))
             elif isinstance(action, FollowMove):
                 self.groups.moves.follow(gid, action)

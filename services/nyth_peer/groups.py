@@ -34,19 +34,18 @@ from nyth.proto.bundle import BUNDLE_SIZE, ServerBundle
 from nyth.proto.dag import GroupDag
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import (
-    BLOB_SIZE,
     GroupMessage,
     Invite,
-    open_group_message,
     seal_group_message,
 )
 from nyth.proto.identity import normalize_onion
-from nyth.proto.recovery import FromMember, FromServer, Local, RecoveryPolicy
+from nyth.proto.recovery import Local, RecoveryPolicy
 from pydantic import PlainValidator
 
 from nyth_peer import group_views
 from nyth_peer.events import EventBus
 from nyth_peer.group_moves import GroupMoves
+from nyth_peer.group_receive import GroupReceiver
 from nyth_peer.group_recovery import RecoveryDriver
 from nyth_peer.group_rows import (
     GroupError,
@@ -123,14 +122,14 @@ class GroupService:
         self.retry = retry
         self.dags: dict[str, GroupDag] = {}
         self.pins = Pins(self.store)
+        self.receiver = GroupReceiver(self)
         self.sync = ServerSync(self.store, events, http_factory, retry,
                                fetch_bundle=self._fetch_bundle, check_bundle=self._check_bundle,
-                               ingest=self._ingest)
+                               ingest=self.receiver.ingest)
         self.recovery = RecoveryDriver(self, policy or RecoveryPolicy(), heads_every=heads_every)
         self.moves = GroupMoves(self)
         self._poster: asyncio.Task[None] | None = None
         self._post_wake = asyncio.Event()
-        self._groups_cache: list[dict[str, Any]] | None = None
         self._last_receipt_ms = 0
         messenger.on_invite = self._on_invite
         messenger.on_group_sync = self.recovery.on_p2p
@@ -283,7 +282,7 @@ class GroupService:
 
     def put_group(self, row: dict[str, Any]) -> None:
         self.store.put("groups", row["id"], row)
-        self._groups_cache = None
+        self.receiver.forget_groups()
 
     async def create(self, name: str, servers: list[str]) -> dict[str, Any]:
         if not servers or len(servers) > 8:
@@ -493,66 +492,6 @@ class GroupService:
                 self.store.put("group_outbox", row["hash"], row)
         self.events.publish("group_message", group=gid, message=group_views.public(record))
         return not failures
-
-    # -- receiving -------------------------------------------------------------------------
-    def _groups_on(self, onion: str) -> list[dict[str, Any]]:
-        # Called for every blob a server sends: read (and decrypt) the group rows once,
-        # again only after a join or a move changes them.
-        if self._groups_cache is None:
-            self._groups_cache = self.store.list("groups")
-        return [g for g in self._groups_cache if onion in read_servers(g)]
-
-    def _ingest(self, onion: str, cursor: str, blob: bytes) -> None:
-        if len(blob) != BLOB_SIZE:
-            log.info("server %s… sent a %d-byte blob; ignored", onion[:8], len(blob))
-            return
-        for group in self._groups_on(onion):
-            gid = group["id"]
-            try:
-                message = open_group_message(base64.b64decode(group["key"]), bytes.fromhex(gid), blob)
-            except AuthenticationError:
-                continue
-            except NythError as exc:
-                log.info("malformed message in group %s: %s", gid[:8], exc)
-                continue
-            self.store_message(gid, message, {"server": onion}, FromServer(onion, cursor))
-            return
-
-    def store_message(self, gid: str, message: GroupMessage, origin: dict[str, str],
-                      source: FromServer | FromMember) -> None:
-        """A message of the group from a server or a member: kept (with its wire form, so
-        members can pull it from us), added to the DAG, told to recovery. Every kind joins
-        the DAG: a MOVE is followed, a later version's kinds are kept as opaque nodes so
-        they do not look like gaps."""
-        dag = self.dag(gid)
-        key = f"group_messages:{gid}"
-        if message.hash not in dag and not self.store.has(key, message.hash.hex()):
-            record = self._record(message, state="received")
-            record.update(origin)
-            # History's order bounds each author's claimed time by when we got it.
-            record["received_at_ms"] = self._receipt_ms()
-            self.store.put(key, record["hash"], record)
-            dag.add(message, record["received_at_ms"])
-            self.events.publish("group_message", group=gid, message=group_views.public(record))
-        # Repeats too (ours coming back, a copy from another server): they tell recovery
-        # where a server's stream is, and may fill a gap found meanwhile.
-        self.recovery.on_message(gid, message, source)
-
-    def mark_recovered(self, gid: str, message_hash: bytes, how: dict[str, str]) -> None:
-        """Remember on the message's row how it filled a gap (shown in history)."""
-        key = f"group_messages:{gid}"
-        row = self.store.get(key, message_hash.hex())
-        if row is not None:
-            row["recovered_by"] = how
-            self.store.put(key, row["hash"], row)
-
-    def wire(self, gid: str, message_hash: bytes) -> bytes | None:
-        """A message's wire form, to serve a member's PULL; None if we do not hold it (or
-        it was stored before wire forms were kept)."""
-        row = self.store.get(f"group_messages:{gid}", message_hash.hex())
-        if row is None or not row.get("wire"):
-            return None
-        return base64.b64decode(row["wire"])
 
     def history(self, gid: str, limit: int = 500) -> dict[str, Any]:
         self.group_row(gid)
