@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from nyth.proto.identity import public_key_from_onion
 from nyth.runtime.devnet import Devnet, PeerHandle, ServiceHandle, wait_until
 
 from tests.fixtures.stack import befriend
@@ -126,11 +127,16 @@ def test_posts_a_server_drops_are_pulled_from_members(devnet: Devnet) -> None:
     # Each dropped post reached the two members who are not its author only P2P (as a
     # gap's recovery, or pulled after HEADS announced it): a server never had it.
     assert sum(_pulled(p, gid) for p in peers) >= 2 * dropped
-    # Each member's posts list who has seen them (named them as a parent), by contact name.
-    with peers[0].client() as c:
-        mine = [m for m in c.get(f"/v1/groups/{gid}/messages")["messages"]
-                if m["seen_by"] is not None]
-    assert mine and any(s["name"] in ("bob", "carol") for m in mine for s in m["seen_by"])
+    # Each member's posts list who has seen them (named them as a parent): bob's, seen by
+    # alice, name her as bob knows her (her contact request said "alice"); carol is not
+    # his contact, so her onion alone.
+    alice, bob, carol = peers
+    seen = [s for m in _history(bob, gid)["messages"] if m["seen_by"] for s in m["seen_by"]]
+    assert {s["onion"] for s in seen} <= {alice.onion, carol.onion} and seen
+    assert all(s["name"] == {alice.onion: "alice", carol.onion: None}[s["onion"]] for s in seen)
+    bobs_key = public_key_from_onion(bob.onion).hex()
+    assert all((m["seen_by"] is None) == (m["author"] != bobs_key)
+               for m in _history(bob, gid)["messages"])
 
 
 def test_a_member_the_server_withholds_from_recovers_alone(devnet: Devnet) -> None:

@@ -358,3 +358,18 @@ async def test_only_the_owner_may_move_a_group(api: Any) -> None:
     assert (await client.post(f"/v1/groups/{'0' * 32}/move", json=body)).status_code == 404
     assert (await client.post(f"/v1/groups/{v1['id']}/move", json={"servers": []})).status_code == 422
     assert service.group(owned_by_bob["id"])["epoch"] == 0
+
+
+async def test_openapi_documents_the_group_views(api: Any) -> None:
+    client, _service = api
+    spec = (await client.get("/openapi.json")).json()
+    group = spec["paths"]["/v1/groups/{gid}"]
+    assert set(group) == {"get", "patch"}
+    ref = group["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/GroupView")
+    move = spec["paths"]["/v1/groups/{gid}/move"]["post"]["responses"]
+    assert {"200", "400", "403", "404"} <= set(move)
+    recovery = spec["components"]["schemas"]["GroupPatch"]["properties"]["recovery"]
+    assert recovery["anyOf"][0]["items"]["enum"] == ["refetch", "server", "member", "move"]
+    history = spec["components"]["schemas"]["GroupMessageView"]["properties"]
+    assert {"seen_by", "recovered_by", "kind", "move"} <= set(history)
