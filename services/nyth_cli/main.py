@@ -333,8 +333,9 @@ def _gap_line(gap: dict[str, Any]) -> str:
         source = by.get("name") or _short(by.get("source"))
         return (f"  recovered {gap['hash'][:12]} by {t(by.get('method'))} "
                 f"{t(source)} at {_when(gap['recovered_at'])}")
-    line = f"  open {gap['hash'][:12]} (found via {t(gap['found_via'][:20])}, " \
-           f"{gap['attempts']} attempts)"
+    kind, _, onion = str(gap["found_via"]).partition(" ")
+    via = f"{kind} {_short(onion)}" if onion else kind
+    line = f"  open {gap['hash'][:12]} (found via {t(via)}, {gap['attempts']} attempts)"
     if gap["doing"]:
         line += f"\n    now: {t(gap['doing'])}"
     if gap["reason"]:

@@ -213,6 +213,8 @@ class RecoveryDriver:
                 announced.add(parent)
                 self.groups.events.publish("group_gap_found", group=gid, hash=parent.hex(),
                                            via=_via(source))
+                log.info("group %s…: gap %s… found via %s", gid[:8], parent.hex()[:8],
+                         _via(source)[:15])
         if message.kind == GroupKind.MOVE:
             self.groups.moves.save_servers(gid, machine.servers)
         self._run(gid, actions)
@@ -226,6 +228,8 @@ class RecoveryDriver:
         self.groups.receiver.mark_recovered(gid, message.hash, view)
         self.groups.events.publish("group_gap_recovered", group=gid, hash=message.hash.hex(),
                                    recovered_by=view)
+        log.info("group %s…: gap %s… recovered by %s %s", gid[:8], message.hash.hex()[:8],
+                 how.method, how.source[:8])
 
     def on_session(self, onion: str, state: str) -> None:
         """A P2P session with onion came up or went down (anyone's; members are sorted
@@ -294,6 +298,8 @@ class RecoveryDriver:
                 done = functools.partial(self._reread_done, gid, action.server, action.token)
                 self.groups.sync.reread(action.server, action.after_cursor, done)
             elif isinstance(action, Pull):
+                log.info("group %s…: asking member %s… for %d messages", gid[:8],
+                         action.member[:8], len(action.request.hashes))
                 failed = functools.partial(self._pull_failed, gid, action.member)
                 self._send(action.member, MessageKind.GROUP_PULL, action.request.encode(), failed)
             elif isinstance(action, SendHeads):
