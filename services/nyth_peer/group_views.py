@@ -92,6 +92,11 @@ class GroupView(BaseModel):
     recovery: RecoveryView
 
 
+class MoveView(BaseModel):
+    epoch: int
+    servers: list[str] = Field(description="the servers the move names, in its order")
+
+
 class GroupMessageView(BaseModel):
     hash: str
     author: str = Field(description="the author's ed25519 public key (hex)")
@@ -99,7 +104,7 @@ class GroupMessageView(BaseModel):
     parents: list[str]
     body: str = Field(description='the text ("" for a move or a kind this version does not know)')
     kind: KindName
-    move: dict[str, Any] | None = Field(description="a move's epoch and servers")
+    move: MoveView | None = Field(description="a move's epoch and servers")
     state: str = Field(description="queued / posted (ours), received")
     reason: str | None
     next_retry_at: float | None
