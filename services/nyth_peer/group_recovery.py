@@ -234,6 +234,13 @@ class RecoveryDriver:
     def on_session(self, onion: str, state: str) -> None:
         """A P2P session with onion came up or went down (anyone's; members are sorted
         out by each group's machine)."""
+        # Called from the P2P node's own paths: a bug here must not end sessions.
+        try:
+            self._on_session(onion, state)
+        except Exception:
+            log.exception("recovery failed to handle a session change")
+
+    def _on_session(self, onion: str, state: str) -> None:
         now = _now_ms()
         if state == "connected":
             self._online.add(onion)
@@ -246,6 +253,12 @@ class RecoveryDriver:
 
     def on_p2p(self, onion: str, envelope: Envelope) -> None:
         """A group sync message (one of SYNC_KINDS) from onion, member or not."""
+        try:
+            self._on_p2p(onion, envelope)
+        except Exception:  # as in on_session: the session carries on
+            log.exception("recovery failed to handle a %s", envelope.kind.name)
+
+    def _on_p2p(self, onion: str, envelope: Envelope) -> None:
         if envelope.kind not in SYNC_KINDS:
             return
         try:
@@ -358,27 +371,35 @@ class RecoveryDriver:
     # -- time and dialing ------------------------------------------------------------------
     async def _timer_loop(self) -> None:
         while True:
-            self._wake.clear()
-            now = _now_ms()
-            for gid, machine in list(self.machines.items()):
-                due = machine.next_wakeup()
-                if due is not None and due <= now:
-                    self._run(gid, machine.tick(now))
-            if time.monotonic() >= self._next_announce:
-                self._next_announce = time.monotonic() + self.heads_every
-                for gid in list(self.machines):
-                    self.announce(gid)
-            self._dial_for_gaps()
-            self._wake.clear()
-            wakeups = [w for m in self.machines.values() if (w := m.next_wakeup()) is not None]
-            delay = self._next_announce - time.monotonic()
-            if wakeups:
-                delay = min(delay, (min(wakeups) - _now_ms()) / 1000)
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            # that arrives as the event is set, and stop() would wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, delay)):
-                    await self._wake.wait()
+            try:
+                await self._timer_step()
+            except Exception:
+                # Recovery must outlive a bug in one step: logged, and tried again soon.
+                log.exception("recovery timer step failed")
+                await asyncio.sleep(1)
+
+    async def _timer_step(self) -> None:
+        self._wake.clear()
+        now = _now_ms()
+        for gid, machine in list(self.machines.items()):
+            due = machine.next_wakeup()
+            if due is not None and due <= now:
+                self._run(gid, machine.tick(now))
+        if time.monotonic() >= self._next_announce:
+            self._next_announce = time.monotonic() + self.heads_every
+            for gid in list(self.machines):
+                self.announce(gid)
+        self._dial_for_gaps()
+        self._wake.clear()
+        wakeups = [w for m in self.machines.values() if (w := m.next_wakeup()) is not None]
+        delay = self._next_announce - time.monotonic()
+        if wakeups:
+            delay = min(delay, (min(wakeups) - _now_ms()) / 1000)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that arrives as the event is set, and stop() would wait forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.05, delay)):
+                await self._wake.wait()
 
     def _dial_for_gaps(self) -> None:
         """Dial members who can fill open gaps and are not online: first the authors who
