@@ -360,8 +360,8 @@ class GroupService:
         row = self.group_row(gid)
         row["recovery"] = list(strategies)
         self.put_group(row)
-        self.recovery.set_strategies(gid, strategies)
-        return group_views.group_view(self, row)
+        self.recovery.set_strategies(gid, strategies)  # may follow a held move: row changes
+        return self.group(gid)
 
     # -- posting ---------------------------------------------------------------------------
     def post(self, gid: str, text: str) -> dict[str, Any]:

@@ -17,7 +17,15 @@ import httpx
 import pytest
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.delivery import RetryPolicy
-from nyth.proto.group import BLOB_SIZE, Invite, new_group_key, open_group_message, seal_group_message
+from nyth.proto.group import (
+    BLOB_SIZE,
+    Invite,
+    Move,
+    new_group_key,
+    open_group_message,
+    seal_group_message,
+    seal_group_move,
+)
 from nyth.proto.group_sync import MAX_PULL, GroupPull
 from nyth.proto.identity import Identity
 from nyth.proto.p2p import Envelope, MessageKind, new_msg_id
@@ -303,6 +311,27 @@ async def test_the_owner_moves_the_group_and_carries_its_history(profiles: Any) 
     history = service.history(gid)["messages"]
     assert [m["kind"] for m in history] == ["text", "move", "text"]
     assert all(m["state"] == "posted" for m in history)
+
+
+async def test_a_move_is_held_while_following_is_off_and_followed_when_on(profiles: Any) -> None:
+    invite = Invite.create("club", BOB.public_key, (BUNDLES[SERVER_A.onion],))
+    gid = invite.group_id.hex()
+    move, _ = seal_group_move(BOB, invite.key, invite.group_id, timestamp_ms=1, parents=(),
+                              move=Move(1, (BUNDLES[SERVER_B.onion],)))
+    async with group_server(SERVER_A, lambda n: [move]) as a, group_server(SERVER_B, lambda n: []) as b:
+        service = service_for(profiles("alice"), {SERVER_A.onion: a, SERVER_B.onion: b})
+        service._join(invite)
+        try:
+            service.set_recovery(gid, ["refetch", "server", "member"])
+            ignored = await until(lambda: service.group(gid)["recovery"]["moves_ignored"],
+                                  "the move to be held")
+            assert ignored[0]["reason"] == "following moves is off for this group"
+            assert service.group(gid)["epoch"] == 0
+            view = service.set_recovery(gid, ["refetch", "move"])
+            assert (view["epoch"], view["servers"]) == (1, [SERVER_B.onion])
+            assert [d["onion"] for d in view["draining"]] == [SERVER_A.onion]
+        finally:
+            await service.stop()
 
 
 # -- the API ----------------------------------------------------------------------------------
