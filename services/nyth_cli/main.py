@@ -353,7 +353,7 @@ def group_status(group: Annotated[str, typer.Argument(help="group name or id")],
     if as_json or _state["json"]:
         show(g)
         return
-    owner = "you" if g["owned"] else _short(g["owner"])
+    owner = "you" if g["owned"] else _short(g["owner"]) if g["owner"] else "none (v1: never moves)"
     console.print(f"[bold]{t(g['name'])}[/bold] {g['id']}")
     console.print(f"v{g['version']}, epoch {g['epoch']}, owner {owner}; "
                   f"{g['messages']} messages, {g['missing']} missing")
