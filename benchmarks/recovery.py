@@ -199,7 +199,8 @@ def run() -> Results:
             hashes = _post_all(members, groups, honest)
             phase = _measure(members, groups, hashes, drop, {})
             for o in phase:
-                done = f"{o.complete_after_s:.1f} s" if o.complete_after_s is not None else f"> {WAIT_S:.0f} s"
+                done = (f"{o.complete_after_s:.1f} s" if o.complete_after_s is not None
+                        else f"> {WAIT_S:.0f} s")
                 res.add(f"drop {o.drop:.0%} {o.strategy}", f"{o.held_fraction:.1%}",
                         f"complete {done}; +{o.extra_blobs} blobs, {o.p2p_messages} P2P msgs "
                         f"({o.p2p_bytes} B); recovered {o.recovered}")

@@ -59,6 +59,8 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, **params: A
         with client() as c:
             if method == "GET":
                 return c.get(path, **params)
+            if method == "PATCH":
+                return c.request("PATCH", path, json=body or {})
             return c.post(path, body)
     except ApiError as exc:
         console.print(f"[red]error {exc.status}:[/red] {t(exc.message)}")
@@ -308,6 +310,90 @@ def group_read(gid: str, limit: int = 100) -> None:
                       f"{t(m['body'])}  [dim]{t(m['state'])}[/dim]")
     if result["missing"]:
         console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
+
+
+def _short(onion: str | None) -> str:
+    return f"{onion[:12]}…" if onion else "?"
+
+
+def _find_group(name_or_id: str) -> dict[str, Any]:
+    """A group by id, or by name when exactly one group has it."""
+    groups = call("GET", "/v1/groups")
+    found = [g for g in groups if name_or_id in (g["id"], g["name"])]
+    if len(found) != 1:
+        what = "no group" if not found else f"{len(found)} groups"
+        console.print(f"[red]{what} named {t(name_or_id)}[/red]; use the id (nyth group list)")
+        raise typer.Exit(1)
+    return dict(found[0])
+
+
+def _gap_line(gap: dict[str, Any]) -> str:
+    if gap["state"] == "recovered":
+        by = gap["recovered_by"] or {}
+        source = by.get("name") or _short(by.get("source"))
+        return (f"  recovered {gap['hash'][:12]} by {t(by.get('method'))} "
+                f"{t(source)} at {_when(gap['recovered_at'])}")
+    kind, _, onion = str(gap["found_via"]).partition(" ")
+    via = f"{kind} {_short(onion)}" if onion else kind
+    line = f"  open {gap['hash'][:12]} (found via {t(via)}, {gap['attempts']} attempts)"
+    if gap["doing"]:
+        line += f"\n    now: {t(gap['doing'])}"
+    if gap["reason"]:
+        line += f"\n    why: {t(gap['reason'])}"
+    if gap["next_attempt_at"]:
+        line += f"\n    next attempt {_when(gap['next_attempt_at'])}"
+    return line
+
+
+@group_app.command("status")
+def group_status(group: Annotated[str, typer.Argument(help="group name or id")],
+                 as_json: JsonOpt = False) -> None:
+    """Servers, epoch and recovery: gaps found, recovered (how) and still open (why, next try)."""
+    g = _find_group(group)
+    if as_json or _state["json"]:
+        show(g)
+        return
+    owner = "you" if g["owned"] else _short(g["owner"]) if g["owner"] else "none (v1: never moves)"
+    console.print(f"[bold]{t(g['name'])}[/bold] {g['id']}")
+    console.print(f"v{g['version']}, epoch {g['epoch']}, owner {owner}; "
+                  f"{g['messages']} messages, {g['missing']} missing")
+    for onion in g["servers"]:
+        console.print(f"  server {_short(onion)} {_state_text(g['server_state'].get(onion, {'state': '?'}))}")
+    for d in g["draining"]:
+        console.print(f"  draining {_short(d['onion'])} until {_when(d['until'])}")
+    r = g["recovery"]
+    console.print("recovery: " + (" > ".join(r["strategies"]) or "off"))
+    how = ", ".join(f"{k} {v}" for k, v in sorted(r["recovered"].items())) or "none"
+    console.print(f"gaps: found {r['found']}, recovered {how}, open {len(r['open'])}"
+                  + (f" (+{r['untracked']} waiting)" if r["untracked"] else ""))
+    for gap in [*r["open"], *r["recent"][:10]]:
+        console.print(_gap_line(gap))
+    for move in r["moves_ignored"]:
+        console.print(f"  move {move['hash'][:12]} ignored: {t(move['reason'])}")
+
+
+@group_app.command("move")
+def group_move(gid: str, servers: Annotated[list[str], typer.Argument(help="new server onions")],
+               as_json: JsonOpt = False) -> None:
+    """Move a group you own to other servers (members follow)."""
+    result = call("POST", f"/v1/groups/{gid}/move", {"servers": servers})
+    if as_json or _state["json"]:
+        show(result)
+        return
+    console.print(f"moved {t(result['name'])} to epoch {result['epoch']}: "
+                  + ", ".join(_short(s) for s in result["servers"]))
+
+
+@group_app.command("recovery")
+def group_recovery(gid: str, strategies: Annotated[list[str] | None, typer.Argument(
+        help="refetch, server, member, move: in the order to try; none: all off")] = None,
+                   as_json: JsonOpt = False) -> None:
+    """Set a group's recovery strategies."""
+    result = call("PATCH", f"/v1/groups/{gid}", {"recovery": strategies or []})
+    if as_json or _state["json"]:
+        show(result)
+        return
+    console.print("recovery: " + (" > ".join(result["recovery"]["strategies"]) or "off"))
 
 
 @app.command()

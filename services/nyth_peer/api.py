@@ -18,11 +18,13 @@ from nyth.proto.contact_id import ContactId
 from nyth.proto.identity import normalize_onion, public_key_from_onion
 from nyth.proto.p2p import MAX_TEXT_CHARS
 from nyth.web import error_responses, install_common
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette.sse import EventSourceResponse
 
 from nyth_peer.engine import Engine
-from nyth_peer.groups import GroupError
+from nyth_peer.group_recovery import STRATEGIES, StrategyName
+from nyth_peer.group_rows import GroupError, GroupForbiddenError
+from nyth_peer.group_views import GroupHistory, GroupView
 from nyth_peer.mailbox import MailboxError
 from nyth_peer.messenger import ContactError
 from nyth_peer.pins import UnknownServerError, UnusableBundleError
@@ -83,6 +85,30 @@ class TextIn(BaseModel):
 class GroupCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     servers: list[str] = Field(min_length=1, max_length=8, description="group server onions")
+
+
+class GroupPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recovery: list[StrategyName] | None = Field(
+        None, max_length=len(STRATEGIES),
+        description="the group's recovery strategies, tried in this order; any subset, [] "
+                    "for none. refetch: re-read the server a gap was found on from an "
+                    "earlier cursor; server: read the group's other servers (reads merge "
+                    "and deduplicate); member: pull it from online members, P2P; move: "
+                    "follow the owner's moves")
+
+    @field_validator("recovery")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a strategy is named twice")
+        return value
+
+
+class GroupMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    servers: list[str] = Field(min_length=1, max_length=8,
+                               description="the new servers' onions (distinct)")
 
 
 class GroupInvite(BaseModel):
@@ -322,12 +348,14 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
         return _contact_call(lambda m: m.cancel(_onion(onion), msg_id), missing=409)
 
     # -- groups ----------------------------------------------------------------------------
-    @v1.get("/groups", responses=error_responses(423))
+    @v1.get("/groups", response_model=list[GroupView], responses=error_responses(423))
     async def groups() -> list[dict[str, Any]]:
         return _groups().groups()
 
-    @v1.post("/groups", status_code=201, responses=error_responses(400, 423))
+    @v1.post("/groups", status_code=201, response_model=GroupView,
+             responses=error_responses(400, 423))
     async def create_group(body: GroupCreate) -> dict[str, Any]:
+        """Create a group on these servers, owned by us (only we may move it)."""
         servers = [_onion(s) for s in body.servers]
         return await _group_call(_groups().create(body.name, servers))
 
@@ -335,13 +363,41 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
     async def invites() -> list[dict[str, Any]]:
         return _groups().invites()
 
-    @v1.post("/groups/invites/{gid}/accept", responses=error_responses(400, 423))
+    @v1.post("/groups/invites/{gid}/accept", response_model=GroupView,
+             responses=error_responses(400, 423))
     async def accept_invite(gid: GroupId) -> dict[str, Any]:
         return await _group_call(_groups().accept_invite(gid))
 
-    @v1.get("/groups/{gid}", responses=error_responses(404, 423))
+    @v1.get("/groups/{gid}", response_model=GroupView, responses=error_responses(404, 423))
     async def group(gid: GroupId) -> dict[str, Any]:
+        """The group: servers, epoch, and recovery status (gaps found, recovered and how,
+        open with the reason and the next attempt)."""
         return _group_sync(lambda g: g.group(gid), missing=404)
+
+    @v1.patch("/groups/{gid}", response_model=GroupView, responses=error_responses(404, 423))
+    async def patch_group(gid: GroupId, body: GroupPatch) -> dict[str, Any]:
+        """Switch the group's recovery strategies (kept across restarts)."""
+        if body.recovery is None:
+            return _group_sync(lambda g: g.group(gid), missing=404)
+        recovery = list(body.recovery)
+        return _group_sync(lambda g: g.set_recovery(gid, recovery), missing=404)
+
+    @v1.post("/groups/{gid}/move", response_model=GroupView,
+             responses=error_responses(400, 403, 404, 423))
+    async def move_group(gid: GroupId, body: GroupMove) -> dict[str, Any]:
+        """Move the group to other servers (its owner only: 403 otherwise). Their bundles
+        are fetched and pinned, and a signed MOVE is posted to the old and the new servers;
+        members follow it. 400 if a server cannot be reached or pinned."""
+        servers = [_onion(s) for s in body.servers]
+        groups_ = _groups()
+        if not groups_.store.has("groups", gid):
+            raise HTTPException(404, f"no group {gid}")
+        try:
+            return await groups_.moves.move(gid, servers)
+        except GroupForbiddenError as exc:
+            raise HTTPException(403, str(exc)) from exc
+        except GroupError as exc:
+            raise HTTPException(400, str(exc)) from exc
 
     @v1.post("/groups/{gid}/invite", status_code=202, responses=error_responses(400, 423))
     async def invite(gid: GroupId, body: GroupInvite) -> dict[str, Any]:
@@ -355,7 +411,8 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
     async def post(gid: GroupId, body: TextIn) -> dict[str, Any]:
         return _group_sync(lambda g: g.post(gid, body.text))
 
-    @v1.get("/groups/{gid}/messages", responses=error_responses(404, 423))
+    @v1.get("/groups/{gid}/messages", response_model=GroupHistory,
+            responses=error_responses(404, 423))
     async def history(gid: GroupId,
                       limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
         return _group_sync(lambda g: g.history(gid, limit), missing=404)

@@ -14,6 +14,7 @@ from nyth.config import parse_host_port
 from nyth.mailbox_traffic import TrafficPolicy
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import normalize_onion
+from nyth.proto.recovery import RecoveryPolicy
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.publisher import OnionPublisher, PublisherStatus
 from nyth.tor.socks import forget_onion_failures, onion_http_client
@@ -79,9 +80,11 @@ class Engine:
             self._spawn(publisher.run())
             socks = self.socks
             self.groups = GroupService(profile, self.events, self.messenger,
-                                       self.group_http_factory(), self.retry)
+                                       self.group_http_factory(), self.retry,
+                                       policy=self.recovery_policy())
             self.groups.on_onion_failure = self.forget_onion_failures
             self.groups.tokens.http_factory = isolated_http_factory(socks)
+            self.groups.recovery.node = self.node
             mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
                 profile, self.events,
@@ -107,6 +110,10 @@ class Engine:
         socks = self.socks
         return with_test_reader(lambda: onion_http_client(socks, timeout=120.0),
                                 self.settings.test_reader_label)
+
+    def recovery_policy(self) -> RecoveryPolicy:
+        return RecoveryPolicy(first_delay_ms=int(self.settings.recovery_grace_seconds * 1000),
+                              heads_every_ms=int(self.settings.recovery_heads_seconds * 1000))
 
     def _traffic(self) -> TrafficPolicy:
         mean = self.settings.mailbox_post_delay_seconds

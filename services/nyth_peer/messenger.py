@@ -17,6 +17,7 @@ from typing import Any
 
 from nyth.errors import NythError
 from nyth.proto.delivery import DeliveryState, RetryPolicy
+from nyth.proto.group_sync import SYNC_KINDS
 from nyth.proto.p2p import (
     ContactRequest,
     Envelope,
@@ -68,6 +69,10 @@ class Messenger:
         self.retry = retry
         self.node: P2PNode | None = None
         self.on_invite: Any = None  # set by the group service: (onion, body) -> None
+        # Set by the group service: group sync messages (onion, envelope) -> None, and P2P
+        # sessions coming up or going down (onion, state) -> None, for gap recovery.
+        self.on_group_sync: Any = None
+        self.on_session: Any = None
         self.on_onion_failure: Any = None  # set by the engine
         self.mailbox: Any = None  # MailboxService, when our profile uses one (set by the engine)
         self.mailbox_after = 60.0  # seconds a contact must be unreachable before we use its mailbox
@@ -448,6 +453,8 @@ class Messenger:
         if state == "connected":
             self._unreachable_since.pop(onion, None)
         self.events.publish("connection", onion=onion, state=state, reason=reason)
+        if self.on_session is not None:
+            self.on_session(onion, state)
         if state == "connected" and onion in self._wake:
             # A contact that reaches us is reachable: deliver what waits for it now.
             for row in self.store.list("outbox"):
@@ -468,6 +475,14 @@ class Messenger:
             return self._handle(onion, envelope, via_mailbox=True)
 
     def _handle(self, onion: str, envelope: Envelope, via_mailbox: bool = False) -> bool:
+        if envelope.kind in SYNC_KINDS:
+            # Group sync goes to recovery whoever sends it (members need not be contacts),
+            # which answers only members. Fire-and-forget: no outbox, no "seen" row, and
+            # never an ack, so a non-member learns nothing from what we make of it. Through
+            # a mailbox it is meaningless (it is about sessions): consumed and dropped.
+            if self.on_group_sync is not None and not via_mailbox:
+                self.on_group_sync(onion, envelope)
+            return via_mailbox
         seen = f"seen:{onion}"
         msg_id = envelope.msg_id.hex()
         if self.store.has(seen, msg_id):

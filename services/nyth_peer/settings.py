@@ -61,6 +61,14 @@ class PeerSettings(DevModeSettings):
                     "mailbox; unset: download everything and test locally (it learns nothing).")
     retry_initial_seconds: float = Field(2.0, gt=0, le=3600)
     retry_cap_seconds: float = Field(300.0, gt=0, le=86_400)
+    recovery_grace_seconds: float = Field(
+        15.0, ge=0.1, le=3600,
+        description="How long a gap in a group's history waits for the servers' ordinary "
+                    "streams before recovery starts (re-fetch, other servers, members).")
+    recovery_heads_seconds: float = Field(
+        60.0, ge=1, le=3600,
+        description="Tell each online member of a group our newest messages (GROUP_HEADS) "
+                    "at most this often, and at least this often while it stays online.")
     log_level: str = "info"
 
     # Test hook (NYTH_DEV_MODE only): name ourselves to group servers in the

@@ -149,9 +149,9 @@ async def test_honest_history_is_unadjusted_and_survives_a_restart(profile: Prof
     assert reloaded.history(gid.hex())["messages"] == history  # from the store alone
 
 
-async def test_a_v2_group_syncs_and_a_move_is_not_handled_yet(profile: Profile) -> None:
-    """Invites v2 join as before; the peer does not follow moves yet (nyth.proto.group_control
-    is not wired in), so a MOVE in the backlog is dropped, as every v2 blob was before."""
+async def test_a_v2_group_syncs_and_follows_its_owners_move(profile: Profile) -> None:
+    """Invites v2 join as before; a MOVE by the owner joins the DAG (shown as a move in
+    history) and is followed: the epoch and the invite we would hand out change."""
     invite = Invite.create("friends", BOB.public_key, (BUNDLE,))
     gid = invite.group_id
     move, _ = seal_group_move(BOB, invite.key, gid, timestamp_ms=int(time.time() * 1000),
@@ -162,9 +162,15 @@ async def test_a_v2_group_syncs_and_a_move_is_not_handled_yet(profile: Profile) 
                                FAST)
         service._join(invite)
         try:
-            await until(lambda: len(service.history(gid.hex())["messages"]) == 3, "the backlog")
+            await until(lambda: len(service.history(gid.hex())["messages"]) == 4, "the backlog")
         finally:
             await service.stop()
-    assert [m["body"] for m in service.history(gid.hex())["messages"]] == ["one", "two", "three"]
+    history = service.history(gid.hex())["messages"]
+    assert [m["body"] for m in history if m["kind"] == "text"] == ["one", "two", "three"]
+    [moved] = [m for m in history if m["kind"] == "move"]
+    assert moved["move"] == {"epoch": 1, "servers": [SERVER.onion]}
+    view = service.group(gid.hex())
+    assert (view["version"], view["epoch"], view["servers"]) == (2, 1, [SERVER.onion])
     row = profile.store.get("groups", gid.hex())
-    assert row is not None and Invite.decode(base64.b64decode(row["invite"])) == invite
+    assert row is not None and Invite.decode(base64.b64decode(row["invite"])).epoch == 1
+    assert any(e["type"] == "group_moved" for e in events.recent)

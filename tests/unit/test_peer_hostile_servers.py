@@ -30,6 +30,7 @@ from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE, seal_record
 from nyth.proto.p2p import Envelope, MessageKind, encode_text, new_msg_id
 from nyth_peer import groups as groups_module
 from nyth_peer import mailbox as mailbox_module
+from nyth_peer import server_sync
 from nyth_peer.events import EventBus
 from nyth_peer.groups import GroupService
 from nyth_peer.mailbox import MailboxError, MailboxService
@@ -150,7 +151,7 @@ async def test_an_oversized_page_is_the_server_failing(profile: Profile) -> None
         reason = await failure_reason(service)
         await until(lambda: len(server.seen("GET", "/v1/blobs")) >= 2, "a retry")
         await service.stop()
-    assert f"{SERVER.onion[:8]}….onion sent more than {groups_module.PAGE_ANSWER_BYTES:,} bytes " \
+    assert f"{SERVER.onion[:8]}….onion sent more than {server_sync.PAGE_ANSWER_BYTES:,} bytes " \
            "for a page of blobs" in reason
     assert all(reply.sent < 32 << 20 for reply in server.replies)
 
@@ -186,7 +187,7 @@ async def test_an_endless_stream_line_is_dropped_and_reconnected(profile: Profil
         reason = await failure_reason(service)
         await until(lambda: len(server.seen("GET", "/v1/blobs/stream")) >= 2, "a reconnection")
         await service.stop()
-    assert f"line longer than {groups_module.STREAM_MAX_LINE:,} bytes" in reason
+    assert f"line longer than {server_sync.STREAM_MAX_LINE:,} bytes" in reason
     assert all(reply.sent < 32 << 20 for reply in server.replies)
 
 
@@ -198,7 +199,7 @@ async def test_endless_data_lines_are_dropped(profile: Profile) -> None:
         service, _ = await joined(profile, server)
         reason = await failure_reason(service)
         await service.stop()
-    assert f"event larger than {groups_module.STREAM_MAX_EVENT:,} bytes" in reason
+    assert f"event larger than {server_sync.STREAM_MAX_EVENT:,} bytes" in reason
 
 
 async def test_a_malformed_blob_event_is_the_server_failing(profile: Profile) -> None:
@@ -229,8 +230,8 @@ async def test_a_silent_stream_is_dropped_and_reconnected(profile: Profile) -> N
 
 
 def test_the_stream_idle_deadline_spans_several_server_keep_alives() -> None:
-    assert groups_module.SERVER_KEEPALIVE_SECONDS == 15.0
-    assert groups_module.STREAM_IDLE_SECONDS >= 3 * groups_module.SERVER_KEEPALIVE_SECONDS
+    assert server_sync.SERVER_KEEPALIVE_SECONDS == 15.0
+    assert server_sync.STREAM_IDLE_SECONDS >= 3 * server_sync.SERVER_KEEPALIVE_SECONDS
 
 
 async def test_an_oversized_post_answer_keeps_the_post_queued(profile: Profile) -> None:

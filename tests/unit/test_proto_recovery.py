@@ -525,6 +525,26 @@ def test_the_mover_carries_history_to_the_new_servers() -> None:
     assert isinstance(follow, FollowMove) and follow.carry == (root.hash,)
 
 
+def test_a_group_that_does_not_follow_moves_records_the_move_as_ignored() -> None:
+    g = Group(replace(EXACT, follow_moves=False))
+    the_move = g.move(ALICE, 1, [1, 2])
+    assert g.ingest(the_move, FromServer(S0, "1-0"), T0) == []
+    status = g.rec.status()
+    assert (status.epoch, status.servers) == (0, (S0, S1))
+    assert status.moves_ignored == ((the_move.hash, "following moves is off for this group"),)
+
+
+def test_recovered_by_names_how_a_recent_gap_was_filled() -> None:
+    g = Group()
+    root = g.text(ALICE)
+    child = g.text(ALICE, (root.hash,))
+    g.ingest(child, FromServer(S0, "2-0"), T0)
+    assert g.rec.recovered_by(root.hash) is None
+    g.ingest(root, FromServer(S1, "1-0"), T0 + 1)
+    assert g.rec.recovered_by(root.hash) == RecoveredBy(Method.SERVER, S1)
+    assert g.rec.recovered_by(child.hash) is None
+
+
 @pytest.mark.parametrize(("author", "epoch", "why"), [
     (BOB, 5, "not signed by the group's owner"),
     (ALICE, 1, "already followed"),

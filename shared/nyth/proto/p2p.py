@@ -7,7 +7,8 @@ Byte layouts (big-endian):
 
 The receiver acks every message id, including duplicates (the ack may have been lost),
 and delivers each id to the user once. Kinds GROUP_HEADS..GROUP_NOT_SERVED carry group
-sync bodies (nyth.proto.group_sync), exchanged only between members of a group.
+sync bodies (nyth.proto.group_sync), exchanged only between members of a group; they are
+fire-and-forget: never acked, never retried.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ member saw what it may not have.
 
 Moves (nyth.proto.group_control): a MOVE passed to on_message is offered to the group's
 GroupServers; when followed, FollowMove tells the adapter the new servers, the old ones to
-drain and which messages to re-post; StopReading ends a drain.
+drain and which messages to re-post; StopReading ends a drain. With
+RecoveryPolicy.follow_moves off, a MOVE is only recorded as ignored.
 
 State is in memory only: after a restart the adapter builds a new GroupRecovery from the
 DAG, which finds the gaps again (counted from then on).
@@ -208,6 +209,9 @@ class RecoveryPolicy:
     max_leads: int = 64
     max_leads_per_member: int = MAX_HEADS + 1
     keep_recovered: int = 64
+    # Off: MOVEs are kept in the DAG but not followed (shown in moves_ignored); the member
+    # stays on its servers. A group switch ("move" among its recovery strategies).
+    follow_moves: bool = True
     answer_budget: int = 2 * MAX_PULL
     answer_window_ms: int = 60_000
 
@@ -536,6 +540,13 @@ class GroupRecovery:
         return PullAnswer(request.hashes[:n], request.hashes[n:], None)
 
     # -- status ----------------------------------------------------------------------------
+    def recovered_by(self, message_hash: bytes) -> RecoveredBy | None:
+        """How this message filled a gap, if it did lately (among the keep_recovered newest)."""
+        for gap in reversed(self._recent):
+            if gap.hash == message_hash:
+                return gap.recovered_by
+        return None
+
     def seen_by(self, post_hash: bytes) -> frozenset[str]:
         """Members whose messages name this post as a parent (implicit acks)."""
         return frozenset(o for o in map(onion_from_public_key, self.dag.acknowledged_by(post_hash))
@@ -782,6 +793,9 @@ class GroupRecovery:
 
     # -- moves -----------------------------------------------------------------------------
     def _offer_move(self, message: GroupMessage, source: Source, now_ms: int) -> None:
+        if not self.policy.follow_moves:
+            self._moves_ignored.append((message.hash, "following moves is off for this group"))
+            return
         outcome = self.servers.offer(message, now_ms)
         if isinstance(outcome, MoveIgnored):
             self._moves_ignored.append((message.hash, outcome.reason))
