@@ -51,6 +51,7 @@ class GroupReceiver:
             except NythError as exc:
                 log.info("malformed message in group %s: %s", gid[:8], exc)
                 continue
+            self.groups.recovery.count_blob(gid)
             self.store(gid, message, {"server": onion}, FromServer(onion, cursor))
             return
 

@@ -105,6 +105,15 @@ def policy_for(base: RecoveryPolicy, strategies: Iterable[str]) -> RecoveryPolic
                                follow_moves=MOVE in names)
 
 
+@dataclasses.dataclass
+class Cost:
+    """A group's traffic since the peer started (in memory, like the gap counts)."""
+
+    blobs_read: int = 0
+    p2p_messages: int = 0
+    p2p_bytes: int = 0
+
+
 class RecoveryDriver:
     def __init__(self, groups: GroupService, policy: RecoveryPolicy,
                  heads_every: float | None = None) -> None:
@@ -123,6 +132,7 @@ class RecoveryDriver:
         self._timer: asyncio.Task[None] | None = None
         self._next_announce = 0.0
         self.dropped = 0  # sync messages that were malformed or not for a group of ours
+        self._costs: dict[str, Cost] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,6 +193,21 @@ class RecoveryDriver:
                     held.append(decode_wire(machine.gid, wire))
         for message in sorted(held, key=lambda m: (m.timestamp_ms, m.hash)):
             self.on_message(gid, message, Local())
+
+    def cost(self, gid: str) -> Cost:
+        return self._costs.get(gid) or Cost()
+
+    def count_blob(self, gid: str) -> None:
+        """A blob of this group came from a server (first copy, repeat or re-read)."""
+        self._costs.setdefault(gid, Cost()).blobs_read += 1
+
+    def _count_p2p(self, body: bytes) -> None:
+        # Every sync message starts with the group id (nyth.proto.group_sync).
+        gid = body[:16].hex()
+        if gid in self.machines:
+            cost = self._costs.setdefault(gid, Cost())
+            cost.p2p_messages += 1
+            cost.p2p_bytes += len(body)
 
     def status(self, gid: str) -> RecoveryStatus | None:
         machine = self.machines.get(gid)
@@ -272,6 +297,7 @@ class RecoveryDriver:
         if machine is None:
             self.dropped += 1  # not a group of ours: silence tells a prober nothing
             return
+        self._count_p2p(envelope.body)
         now = _now_ms()
         if isinstance(sync, GroupPull):
             self._answer(gid, machine, onion, sync, now)
@@ -356,6 +382,7 @@ class RecoveryDriver:
             try:
                 session = await self.node.session_for(onion, timeout=SEND_TIMEOUT)
                 await session.send(Envelope(new_msg_id(), kind, _now_ms(), body))
+                self._count_p2p(body)
             except (OnionConnectError, ConnectionError, OSError) as exc:
                 reason = exc.reason if isinstance(exc, OnionConnectError) else f"connection lost: {exc}"
                 # Fire-and-forget: what waited is dropped; PULLs are failed so their gaps

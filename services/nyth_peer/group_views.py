@@ -8,6 +8,7 @@ documents every field); the functions build them from the group service's state.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from nyth.proto.group import GroupKind, Invite
@@ -54,6 +55,17 @@ class IgnoredMove(BaseModel):
     reason: str
 
 
+class RecoveryCost(BaseModel):
+    """What this group's traffic cost since the peer started: what recovery adds on top of
+    one download of each message (the recovery experiment reads these)."""
+
+    blobs_read: int = Field(description="this group's blobs downloaded from its servers, "
+                                        "copies from a second server and re-reads included")
+    p2p_messages: int = Field(description="group sync messages (HEADS, PULL, PART, NOT_SERVED) "
+                                          "sent and received")
+    p2p_bytes: int = Field(description="their bodies' bytes")
+
+
 class RecoveryView(BaseModel):
     strategies: list[str] = Field(description="this group's recovery strategies, in order")
     found: int = Field(description="gaps found since the peer started")
@@ -62,6 +74,7 @@ class RecoveryView(BaseModel):
     recent: list[GapInfo] = Field(description="recovered gaps, newest first")
     untracked: int = Field(description="open gaps beyond the tracking limit, picked up later")
     moves_ignored: list[IgnoredMove] = Field(description="moves not followed, and why")
+    cost: RecoveryCost
 
 
 class DrainingServer(BaseModel):
@@ -169,7 +182,8 @@ def group_view(groups: GroupService, row: dict[str, Any]) -> dict[str, Any]:
     status = groups.recovery.status(gid)
     recovery: dict[str, Any] = {
         "strategies": groups.recovery.strategies(row), "found": 0, "recovered": {}, "open": [],
-        "recent": [], "untracked": 0, "moves_ignored": []}
+        "recent": [], "untracked": 0, "moves_ignored": [],
+        "cost": dataclasses.asdict(groups.recovery.cost(gid))}
     if status is not None:
         recovery.update(
             found=status.found, recovered=dict(status.recovered),
