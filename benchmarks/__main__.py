@@ -1,4 +1,4 @@
-"""``python -m benchmarks {group-server,p2p,devnet,fmd,mailbox,tokens,all}``: run, print a results
+"""``python -m benchmarks {group-server,p2p,devnet,fmd,mailbox,tokens,recovery,all}``: run, print a results
 table."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "all"])
+    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "recovery", "all"])
     parser.add_argument("-n", type=int, default=200, help="round trips for p2p (default 200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("stem").setLevel(logging.WARNING)
-    every = ["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens"]
+    every = ["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "recovery"]
     names = every if args.which == "all" else [args.which]
     tables = []
     for name in names:
@@ -37,6 +37,9 @@ def main() -> int:
         elif name == "tokens":
             from benchmarks import tokens
             results = tokens.run()
+        elif name == "recovery":
+            from benchmarks import recovery
+            results = recovery.run()
         else:
             from benchmarks import devnet_startup
             results = devnet_startup.run()
