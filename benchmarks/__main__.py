@@ -11,7 +11,8 @@ import time
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
-    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "recovery", "all"])
+    parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens",
+                                          "recovery", "all"])
     parser.add_argument("-n", type=int, default=200, help="round trips for p2p (default 200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
