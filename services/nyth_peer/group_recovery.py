@@ -209,6 +209,20 @@ class RecoveryDriver:
             cost.p2p_messages += 1
             cost.p2p_bytes += len(body)
 
+    def totals(self, gid: str) -> dict[str, Any]:
+        """Gaps found and recovered (by method) since we joined: counted here, on disk, as
+        the machine's own counts start again at every restart (and count the gaps still
+        open then a second time)."""
+        row = self.groups.store.get("recovery_totals", gid) or {}
+        return {"found": row.get("found", 0), "recovered": dict(row.get("recovered", {}))}
+
+    def _count(self, gid: str, *, found: int = 0, method: str | None = None) -> None:
+        totals = self.totals(gid)
+        totals["found"] += found
+        if method is not None:
+            totals["recovered"][method] = totals["recovered"].get(method, 0) + 1
+        self.groups.store.put("recovery_totals", gid, totals)
+
     def status(self, gid: str) -> RecoveryStatus | None:
         machine = self.machines.get(gid)
         return machine.status() if machine is not None else None
@@ -228,18 +242,21 @@ class RecoveryDriver:
         if machine is None:
             return
         announced = self._announced[gid]
-        found = [p for p in message.parents if p not in machine.dag and p not in announced]
+        found = [p for p in dict.fromkeys(message.parents)  # a parent may be named twice
+                 if p not in machine.dag and p not in announced]
         actions = machine.on_message(message, source, _now_ms())
         if message.hash in announced:
             announced.discard(message.hash)
             self._recovered(gid, machine, message, source)
+        found = found[:max(0, MAX_ANNOUNCED_GAPS - len(announced))]
+        if found:
+            self._count(gid, found=len(found))
         for parent in found:
-            if len(announced) < MAX_ANNOUNCED_GAPS:
-                announced.add(parent)
-                self.groups.events.publish("group_gap_found", group=gid, hash=parent.hex(),
-                                           via=_via(source))
-                log.info("group %s…: gap %s… found via %s", gid[:8], parent.hex()[:8],
-                         _via(source)[:15])
+            announced.add(parent)
+            self.groups.events.publish("group_gap_found", group=gid, hash=parent.hex(),
+                                       via=_via(source))
+            log.info("group %s…: gap %s… found via %s", gid[:8], parent.hex()[:8],
+                     _via(source)[:15])
         if message.kind == GroupKind.MOVE:
             self.groups.moves.save_servers(gid, machine.servers)
         self._run(gid, actions)
@@ -250,6 +267,7 @@ class RecoveryDriver:
                    source: Source) -> None:
         how = machine.recovered_by(message.hash) or _how(source)
         view = recovered_view(self.groups, how)
+        self._count(gid, method=view["method"])
         self.groups.receiver.mark_recovered(gid, message.hash, view)
         self.groups.events.publish("group_gap_recovered", group=gid, hash=message.hash.hex(),
                                    recovered_by=view)

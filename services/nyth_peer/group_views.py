@@ -68,8 +68,9 @@ class RecoveryCost(BaseModel):
 
 class RecoveryView(BaseModel):
     strategies: list[str] = Field(description="this group's recovery strategies, in order")
-    found: int = Field(description="gaps found since the peer started")
-    recovered: dict[str, int] = Field(description="gaps recovered since the peer started, by method")
+    found: int = Field(description="gaps found since we joined (kept across restarts)")
+    recovered: dict[str, int] = Field(
+        description="gaps recovered since we joined, by method (kept across restarts)")
     open: list[GapInfo] = Field(description="gaps still open, oldest first")
     recent: list[GapInfo] = Field(description="recovered gaps, newest first")
     untracked: int = Field(description="open gaps beyond the tracking limit, picked up later")
@@ -181,12 +182,11 @@ def group_view(groups: GroupService, row: dict[str, Any]) -> dict[str, Any]:
     owner = onion_from_public_key(invite.owner) if invite.owner else None
     status = groups.recovery.status(gid)
     recovery: dict[str, Any] = {
-        "strategies": groups.recovery.strategies(row), "found": 0, "recovered": {}, "open": [],
+        "strategies": groups.recovery.strategies(row), **groups.recovery.totals(gid), "open": [],
         "recent": [], "untracked": 0, "moves_ignored": [],
         "cost": dataclasses.asdict(groups.recovery.cost(gid))}
     if status is not None:
         recovery.update(
-            found=status.found, recovered=dict(status.recovered),
             open=[_gap(groups, g) for g in status.open],
             recent=[_gap(groups, g) for g in status.recent], untracked=status.untracked,
             moves_ignored=[{"hash": h.hex(), "reason": r} for h, r in status.moves_ignored])

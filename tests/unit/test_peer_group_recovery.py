@@ -202,6 +202,14 @@ async def test_a_gap_on_one_server_is_filled_from_another(profiles: Any) -> None
     assert row["recovered_by"]["method"] == "server" and row["body"] == "one"
     kinds = [e["type"] for e in service.events.recent]
     assert "group_gap_found" in kinds and "group_gap_recovered" in kinds
+    # The counts, and how the gap was filled, outlive the peer.
+    events = EventBus()
+    reloaded = GroupService(service.profile, events, Messenger(service.profile, events, FAST),
+                            routed({}), FAST)
+    assert reloaded.group(gid)["recovery"]["recovered"] == {"server": 1}
+    assert reloaded.group(gid)["recovery"]["found"] == 1
+    [row] = [m for m in reloaded.history(gid)["messages"] if m["hash"] == m1.hash.hex()]
+    assert row["recovered_by"]["source"] == SERVER_B.onion
 
 
 async def test_a_gap_is_filled_by_re_reading_the_same_server(profiles: Any) -> None:
