@@ -59,6 +59,44 @@ def _post(peer: PeerHandle, gid: str, text: str) -> None:
         c.post(f"/v1/groups/{gid}/messages", {"text": text})
 
 
+def _posted(peers: list[PeerHandle], gid: str, texts: set[str]) -> bool:
+    """Every post in `texts` has left its author (the server answered 201, dropped or not)."""
+    for p in peers:
+        mine = [m for m in _history(p, gid)["messages"] if m["body"] in texts and m["state"] != "received"]
+        if any(m["state"] != "posted" for m in mine):
+            return False
+    return True
+
+
+def _post_rounds(posters: list[PeerHandle], gid: str, texts: set[str], rounds: int,
+                 faulted: Any, what: str, max_rounds: int = 20) -> None:
+    """Posts `rounds` rounds, then more until `faulted()` says the server's fault hit at
+    least one post. Which posts a seeded fault hits depends on the blobs, which are
+    random: 18 posts at 20 % all escape it once in 55 runs, 60 once in 650,000."""
+    round_ = 0
+    while True:
+        for p in posters:
+            text = f"{p.name} {round_}"
+            _post(p, gid, text)
+            texts.add(text)
+        round_ += 1
+        if round_ < rounds:
+            continue
+        wait_until(lambda: _posted(posters, gid, texts), 120, what="every post to be sent",
+                   state=lambda: [(m["body"], m["state"], m["reason"]) for p in posters
+                                  for m in _history(p, gid)["messages"] if m["state"] == "queued"])
+        if faulted():
+            return
+        assert round_ < max_rounds, f"the server's fault hit none of {len(texts)} posts ({what})"
+
+
+def _metric(server: ServiceHandle, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in {server.name}'s metrics")
+
+
 def _view(peer: PeerHandle, gid: str) -> dict[str, Any]:
     with peer.client() as c:
         return dict(c.get(f"/v1/groups/{gid}"))
@@ -112,17 +150,13 @@ def _same_order(peers: list[PeerHandle], gid: str) -> None:
 def test_posts_a_server_drops_are_pulled_from_members(devnet: Devnet) -> None:
     (server,), peers, gid = _group(devnet, ["alice", "bob", "carol"],
                                    {"gs": {**FAULTY, "NYTH_FAULT_DROP_FRACTION": "0.2"}})
-    texts = set()
-    for round_ in range(6):
-        for p in peers:
-            text = f"{p.name} {round_}"
-            _post(p, gid, text)
-            texts.add(text)
+    texts: set[str] = set()
+    _post_rounds(peers, gid, texts, 6, what="drop",
+                 faulted=lambda: _metric(server, "nyth_group_fault_dropped_total") > 0)
     wait_until(lambda: _all_have(peers, gid, texts), 240,
                what="every member to hold every post", state=lambda: _progress(peers, gid, texts))
     dropped = len(texts) - _blob_count(server)
-    if dropped == 0:
-        pytest.skip("the server happened to drop none of this run's posts")
+    assert dropped > 0
     _same_order(peers, gid)
     # Each dropped post reached the two members who are not its author only P2P (as a
     # gap's recovery, or pulled after HEADS announced it): a server never had it.
@@ -151,15 +185,10 @@ def test_a_member_the_server_withholds_from_recovers_alone(devnet: Devnet) -> No
     texts = {"carol here"}
     wait_until(lambda: _all_have(peers, gid, texts), 120, what="carol's first post",
                state=lambda: _progress(peers, gid, texts))
-    for round_ in range(5):
-        for p in (alice, bob):
-            text = f"{p.name} {round_}"
-            _post(p, gid, text)
-            texts.add(text)
+    _post_rounds([alice, bob], gid, texts, 5, what="withhold",
+                 faulted=lambda: _blob_count(server, reader="x") < _blob_count(server))
     wait_until(lambda: _all_have(peers, gid, texts), 240,
                what="every member to hold every post", state=lambda: _progress(peers, gid, texts))
-    if _blob_count(server, reader="x") == _blob_count(server):
-        pytest.skip("the server happened to withhold none of this run's posts")
     withheld = _blob_count(server) - _blob_count(server, reader="x")
     found = {p.name: _view(p, gid)["recovery"]["found"] for p in peers}
     assert found["alice"] == found["bob"] == 0, found
