@@ -38,7 +38,7 @@ class GroupReceiver:
             self._groups = self.groups.store.list("groups")
         return [g for g in self._groups if onion in read_servers(g)]
 
-    def ingest(self, onion: str, cursor: str, blob: bytes) -> None:
+    def ingest(self, onion: str, cursor: str, blob: bytes, *, counted: bool = True) -> None:
         if len(blob) != BLOB_SIZE:
             log.info("server %s… sent a %d-byte blob; ignored", onion[:8], len(blob))
             return
@@ -51,7 +51,8 @@ class GroupReceiver:
             except NythError as exc:
                 log.info("malformed message in group %s: %s", gid[:8], exc)
                 continue
-            self.groups.recovery.count_blob(gid)
+            if counted:
+                self.groups.recovery.count_blob(gid)
             self.store(gid, message, {"server": onion}, FromServer(onion, cursor))
             return
 

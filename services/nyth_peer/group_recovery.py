@@ -110,6 +110,7 @@ class Cost:
     """A group's traffic since the peer started (in memory, like the gap counts)."""
 
     blobs_read: int = 0
+    reread_blobs: int = 0
     p2p_messages: int = 0
     p2p_bytes: int = 0
 
@@ -198,8 +199,13 @@ class RecoveryDriver:
         return self._costs.get(gid) or Cost()
 
     def count_blob(self, gid: str) -> None:
-        """A blob of this group came from a server (first copy, repeat or re-read)."""
+        """A blob of this group came from a server's main read (first copy or a repeat)."""
         self._costs.setdefault(gid, Cost()).blobs_read += 1
+
+    def _count_reread(self, gid: str) -> None:
+        # Every blob a re-read downloads, whichever group it belongs to, is what this
+        # group's recovery cost.
+        self._costs.setdefault(gid, Cost()).reread_blobs += 1
 
     def _count_p2p(self, body: bytes) -> None:
         # Every sync message starts with the group id (nyth.proto.group_sync).
@@ -353,7 +359,8 @@ class RecoveryDriver:
         for action in actions:
             if isinstance(action, Refetch):
                 done = functools.partial(self._reread_done, gid, action.server, action.token)
-                self.groups.sync.reread(action.server, action.after_cursor, done)
+                self.groups.sync.reread(action.server, action.after_cursor, done,
+                                        on_blob=functools.partial(self._count_reread, gid))
             elif isinstance(action, Pull):
                 log.info("group %s…: asking member %s… for %d messages", gid[:8],
                          action.member[:8], len(action.request.hashes))

@@ -60,7 +60,9 @@ class RecoveryCost(BaseModel):
     one download of each message (the recovery experiment reads these)."""
 
     blobs_read: int = Field(description="this group's blobs downloaded from its servers, "
-                                        "copies from a second server and re-reads included")
+                                        "copies from a second server included")
+    reread_blobs: int = Field(description="blobs (of any group) downloaded again by this "
+                                          "group's recovery re-reads")
     p2p_messages: int = Field(description="group sync messages (HEADS, PULL, PART, NOT_SERVED) "
                                           "sent and received")
     p2p_bytes: int = Field(description="their bodies' bytes")

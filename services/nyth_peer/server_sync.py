@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import httpx
 from nyth.config import OnionServiceSettings
@@ -60,7 +60,11 @@ SERVER_KEEPALIVE_SECONDS = float(OnionServiceSettings.model_fields["keepalive_se
 STREAM_IDLE_SECONDS = 4 * SERVER_KEEPALIVE_SECONDS
 _CURSOR = re.compile(CURSOR_PATTERN)
 
-Ingest = Callable[[str, str, bytes], None]
+class Ingest(Protocol):
+    """Takes one blob a server sent; `counted` is False for a recovery re-read, whose
+    blobs are charged to the group that asked for it instead."""
+
+    def __call__(self, onion: str, cursor: str, blob: bytes, *, counted: bool = True) -> None: ...
 BundleCheck = Callable[[str, bytes], Any]
 BundleFetch = Callable[[httpx.AsyncClient, str], Any]
 
@@ -191,7 +195,8 @@ class ServerSync:
         return cursor
 
     async def _read_pages(self, http: httpx.AsyncClient, onion: str, after: str, *,
-                          keep_cursor: bool, max_pages: int | None = None) -> None:
+                          keep_cursor: bool, max_pages: int | None = None,
+                          on_blob: Callable[[], None] | None = None) -> None:
         """Pages of blobs after `after` to the end; keep_cursor: remember where we are (the
         main read), else leave the stored cursor alone (a re-read)."""
         pages = 0
@@ -207,7 +212,9 @@ class ServerSync:
                 raise UntrustedResponseError(f"{answer.server} says more blobs wait after "
                                              f"{after} but does not move its cursor")
             for item in page.blobs:
-                self._ingest(onion, item.id, item.blob)
+                if on_blob is not None:
+                    on_blob()
+                self._ingest(onion, item.id, item.blob, counted=keep_cursor)
             if keep_cursor:
                 self.store.put("cursors", onion, {"cursor": page.next})
             after = page.next
@@ -241,20 +248,23 @@ class ServerSync:
                 self.store.put("cursors", onion, {"cursor": event.id})
 
     # -- re-reads for recovery -------------------------------------------------------------
-    def reread(self, onion: str, after: str, done: Callable[[str | None], None]) -> None:
+    def reread(self, onion: str, after: str, done: Callable[[str | None], None],
+               on_blob: Callable[[], None] | None = None) -> None:
         """Read onion's blobs after `after` to the end (bounded), apart from the main read
-        and without moving its cursor; then done(None), or done(why it failed)."""
-        task = asyncio.ensure_future(self._reread(onion, after, done))
+        and without moving its cursor; on_blob() for each blob downloaded; then
+        done(None), or done(why it failed)."""
+        task = asyncio.ensure_future(self._reread(onion, after, done, on_blob))
         self._rereads.add(task)
         task.add_done_callback(self._rereads.discard)
         task.add_done_callback(_log_crash)
 
-    async def _reread(self, onion: str, after: str, done: Callable[[str | None], None]) -> None:
+    async def _reread(self, onion: str, after: str, done: Callable[[str | None], None],
+                      on_blob: Callable[[], None] | None) -> None:
         error: str | None = None
         try:
             async with self._new_http() as http:
                 await self._read_pages(http, onion, after, keep_cursor=False,
-                                       max_pages=MAX_REREAD_PAGES)
+                                       max_pages=MAX_REREAD_PAGES, on_blob=on_blob)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -226,6 +226,9 @@ async def test_a_gap_is_filled_by_re_reading_the_same_server(profiles: Any) -> N
     assert done[0]["recovered_by"] == {"method": "refetch", "source": SERVER_A.onion, "name": None}
     # The re-read left the main cursor where the live stream had it.
     assert service.store.get("cursors", SERVER_A.onion) == {"cursor": "1-0"}
+    # What it cost: the main read's blob, and both blobs again, charged to the re-read.
+    cost = service.group(gid)["recovery"]["cost"]
+    assert cost["reread_blobs"] == 2 and cost["blobs_read"] >= 1 and cost["p2p_messages"] == 0
 
 
 async def test_a_gap_is_pulled_from_a_member_who_is_not_a_contact(profiles: Any) -> None:
@@ -256,6 +259,11 @@ async def test_a_gap_is_pulled_from_a_member_who_is_not_a_contact(profiles: Any)
     assert MessageKind.GROUP_PULL in kinds and MessageKind.GROUP_PART in kinds
     # Nothing of it went through either messenger's outbox.
     assert alice.store.list("outbox") == [] and carol.store.list("outbox") == []
+    # Each side counts the sync messages it sent and received for the group: at least the
+    # PULL and the PART (HEADS may have gone too).
+    for side in (alice, carol):
+        cost = side.group(gid)["recovery"]["cost"]
+        assert cost["p2p_messages"] >= 2 and cost["p2p_bytes"] > len(m1.wire), cost
 
 
 async def test_pulls_from_non_members_and_oversized_pulls_get_nothing(profiles: Any) -> None:

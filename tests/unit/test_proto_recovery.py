@@ -473,6 +473,15 @@ def test_heads_lead_to_a_single_pull_of_what_we_lack() -> None:
     assert g.rec.next_wakeup() is None  # forgotten after one try
 
 
+def test_heads_lead_to_no_pull_without_the_member_strategy() -> None:
+    g = Group(replace(EXACT, strategies=(Strategy.REFETCH, Strategy.SERVER)))
+    g.rec.on_member_online(ALICE.onion, T0)
+    news = g.text(ALICE)
+    assert g.rec.on_heads(ALICE.onion, GroupHeads(GID, 0, None, (news.hash,)), T0) == []
+    assert g.rec.next_wakeup() is None
+    assert g.rec.tick(T0 + FIRST) == []
+
+
 def test_a_lead_that_arrives_by_server_is_not_pulled() -> None:
     g = Group()
     g.rec.on_member_online(ALICE.onion, T0)

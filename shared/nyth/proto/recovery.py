@@ -419,8 +419,12 @@ class GroupRecovery:
             return []
         if heads.epoch < self.servers.epoch:
             self._send_heads(member, now_ms)  # it lags behind a move: tell it ours
-        wanted = list(heads.heads)
-        if heads.epoch > self.servers.epoch and heads.move_hash is not None:
+        # What a member holds and we lack is pulled from it only with the member strategy
+        # on; a move it names, whenever moves are followed (how an offline member learns
+        # of one when the old servers are gone).
+        wanted = list(heads.heads) if Strategy.MEMBER in self.policy.strategies else []
+        if (heads.epoch > self.servers.epoch and heads.move_hash is not None
+                and self.policy.follow_moves):
             wanted.insert(0, heads.move_hash)
         mine = sum(1 for lead in self._leads.values() if lead.member == member)
         for h in wanted:
