@@ -108,10 +108,15 @@ def _make_groups(owner: PeerHandle, others: list[PeerHandle], servers: list[Serv
             groups[name] = made["id"]
     for other in others:
         with other.client() as c:
-            for gid in groups.values():
+            for name, gid in groups.items():
                 wait_until(lambda c=c, gid=gid: any(i["id"] == gid for i in c.get("/v1/groups/invites")),
                            120, what=f"{other.name} to receive invite {gid[:8]}")
                 c.post(f"/v1/groups/invites/{gid}/accept")
+                # Strategies are each member's own choice: every member runs the one
+                # under test.
+                strategies = STRATEGIES[name][0]
+                if strategies is not None:
+                    c.request("PATCH", f"/v1/groups/{gid}", json={"recovery": strategies})
     return groups
 
 
