@@ -76,12 +76,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A group's recovery strategies (the API's names): the three of nyth.proto.recovery, and
-# "move": follow the owner's moves. All on by default; the list's order is the order
-# strategies are tried in.
+# "move": follow the owner's moves. A list's order is the order strategies are tried in.
 StrategyName = Literal["refetch", "server", "member", "move"]
 STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 MOVE = "move"
 assert STRATEGIES == (*(str(s) for s in Strategy), MOVE)
+# All on by default, in the order the recovery experiment (docs/recovery.md) supports:
+# another server and members fill dropped posts; a re-read of the same server never did
+# and costs a download of everything after the cursor, so it comes last (it still helps
+# when a stream, not the server, lost a message).
+DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("server", "member", "refetch", "move")
 # P2P messages waiting per member: a PULL's whole answer (≤ 64 parts) twice over.
 MAX_QUEUED = 160
 SEND_TIMEOUT = 60.0
@@ -170,7 +174,7 @@ class RecoveryDriver:
     @staticmethod
     def strategies(row: dict[str, Any]) -> list[str]:
         chosen = row.get("recovery")
-        return list(STRATEGIES) if chosen is None else list(chosen)
+        return list(DEFAULT_STRATEGIES) if chosen is None else list(chosen)
 
     def set_strategies(self, gid: str, strategies: list[str]) -> None:
         machine = self.machines.get(gid)

@@ -375,7 +375,7 @@ async def test_patch_refuses_what_is_not_a_list_of_distinct_strategies(
     gid = service._join(Invite.create("club", BOB.public_key, (BUNDLES[SERVER_A.onion],)))["id"]
     answer = await client.patch(f"/v1/groups/{gid}", json=body)
     assert answer.status_code == 422, answer.text
-    assert service.group(gid)["recovery"]["strategies"] == ["refetch", "server", "member", "move"]
+    assert service.group(gid)["recovery"]["strategies"] == ["server", "member", "refetch", "move"]
 
 
 async def test_patch_switches_strategies_and_they_are_kept(api: Any) -> None:

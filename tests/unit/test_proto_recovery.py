@@ -47,7 +47,15 @@ INVITE = Invite("club", KEY, (SIGNED[0], SIGNED[1]), ALICE.public_key)  # ALICE 
 GID = INVITE.group_id
 T0 = 10_000_000_000
 FIRST = 15_000
-EXACT = RecoveryPolicy(jitter=0.0)
+# The scenarios below were written for this order (re-read first); the default order is
+# tested on its own.
+EXACT = RecoveryPolicy(jitter=0.0, strategies=(Strategy.REFETCH, Strategy.SERVER, Strategy.MEMBER))
+
+
+def test_the_default_order_is_other_servers_then_members_then_a_re_read() -> None:
+    # docs/recovery.md: a re-read of the same server never recovered a dropped post and
+    # downloads everything after its cursor, so it is tried last.
+    assert RecoveryPolicy().strategies == (Strategy.SERVER, Strategy.MEMBER, Strategy.REFETCH)
 
 
 class Group:

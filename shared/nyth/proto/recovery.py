@@ -194,7 +194,8 @@ Action = Refetch | Pull | SendHeads | Ingest | FollowMove | StopReading
 
 @dataclass(frozen=True)
 class RecoveryPolicy:
-    strategies: tuple[Strategy, ...] = (Strategy.REFETCH, Strategy.SERVER, Strategy.MEMBER)
+    # The peer's default order (docs/recovery.md says why).
+    strategies: tuple[Strategy, ...] = (Strategy.SERVER, Strategy.MEMBER, Strategy.REFETCH)
     first_delay_ms: int = 15_000
     backoff_ms: tuple[int, ...] = (60_000, 300_000, 1_800_000, 3_600_000)
     jitter: float = 0.2
