@@ -149,7 +149,9 @@ def _held(member: PeerHandle, gid: str, wanted: set[str]) -> int:
 
 
 def _measure(members: list[PeerHandle], groups: dict[str, str], hashes: dict[str, set[str]],
-             drop: float, costs_before: dict[tuple[str, str], dict[str, int]]) -> list[Outcome]:
+             drop: float) -> list[Outcome]:
+    """Waits for every member to hold every post (or WAIT_S); each group's figures. Each
+    phase's groups are new, so their costs count from zero."""
     started = time.monotonic()
     complete: dict[str, float] = {}
     while time.monotonic() - started < WAIT_S and len(complete) < len(groups):
@@ -169,11 +171,9 @@ def _measure(members: list[PeerHandle], groups: dict[str, str], hashes: dict[str
         for m in members:
             view = _client_get(m, f"/v1/groups/{gid}")
             cost = view["recovery"]["cost"]
-            before = costs_before.get((m.name, gid), {})
-            extra += (cost["blobs_read"] + cost["reread_blobs"]
-                      - before.get("blobs_read", 0) - before.get("reread_blobs", 0))
-            p2p += cost["p2p_messages"] - before.get("p2p_messages", 0)
-            p2p_bytes += cost["p2p_bytes"] - before.get("p2p_bytes", 0)
+            extra += cost["blobs_read"] + cost["reread_blobs"]
+            p2p += cost["p2p_messages"]
+            p2p_bytes += cost["p2p_bytes"]
             for how, n in view["recovery"]["recovered"].items():
                 recovered[how] = recovered.get(how, 0) + n
         # blobs_read counts every blob of this group downloaded; one per held post and
@@ -203,7 +203,7 @@ def run() -> Results:
             servers = _start_servers(net, drop, servers)
             groups = _make_groups(members[0], members[1:], servers, drop)
             hashes = _post_all(members, groups, honest)
-            phase = _measure(members, groups, hashes, drop, {})
+            phase = _measure(members, groups, hashes, drop)
             for o in phase:
                 done = (f"{o.complete_after_s:.1f} s" if o.complete_after_s is not None
                         else f"> {WAIT_S:.0f} s")
