@@ -125,18 +125,20 @@ async def test_bodies_up_to_the_limit_pass(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
 
 
-async def test_middleware_alone_on_a_raw_asgi_app() -> None:
-    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+async def _length_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """A bare ASGI app that answers the length of the body it read."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
-    transport = httpx.ASGITransport(app=MaxBodySizeMiddleware(raw_app, 10))
+
+async def test_middleware_alone_on_a_raw_asgi_app() -> None:
+    transport = httpx.ASGITransport(app=MaxBodySizeMiddleware(_length_echo, 10))
 
     def chunks(n: int) -> Iterator[bytes]:
         for _ in range(n):
@@ -150,18 +152,8 @@ async def test_middleware_alone_on_a_raw_asgi_app() -> None:
 
 
 async def test_a_path_can_have_a_limit_of_its_own() -> None:
-    async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": str(len(body)).encode()})
-
     transport = httpx.ASGITransport(
-        app=MaxBodySizeMiddleware(raw_app, 10, path_limits={"/big": 20}))
+        app=MaxBodySizeMiddleware(_length_echo, 10, path_limits={"/big": 20}))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         assert (await c.post("/big", content=b"x" * 20)).text == "20"
         too_big = await c.post("/big", content=b"x" * 21)
@@ -171,7 +163,7 @@ async def test_a_path_can_have_a_limit_of_its_own() -> None:
         chunked = await c.post("/big", content=_aiter(iter([b"x" * 15, b"x" * 15])))
         assert chunked.status_code == 413
     with pytest.raises(ValueError):
-        MaxBodySizeMiddleware(raw_app, 10, path_limits={"/x": -1})
+        MaxBodySizeMiddleware(_length_echo, 10, path_limits={"/x": -1})
 
 
 async def _aiter(items: Iterator[bytes]) -> AsyncIterator[bytes]:
