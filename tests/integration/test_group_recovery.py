@@ -17,8 +17,8 @@ import pytest
 from nyth.proto.identity import public_key_from_onion
 from nyth.runtime.devnet import Devnet, PeerHandle, ServiceHandle, wait_until
 
-from tests.fixtures.stack import befriend
 from tests.fixtures.stack import group_history as _history
+from tests.fixtures.stack import start_group_on
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,29 +29,9 @@ FAULTY = {"NYTH_DEV_MODE": "true", "NYTH_FAULT_SEED": "9"}
 def _group(devnet: Devnet, names: list[str], servers: dict[str, dict[str, str]],
            peer_env: dict[str, dict[str, str]] | None = None, on: int | None = None
            ) -> tuple[list[ServiceHandle], list[PeerHandle], str]:
-    """Group servers and peers; the first peer befriends the others, creates a group on
-    the first `on` servers (default: all) and invites them, and they join. Returns
-    (servers, peers, group id)."""
-    handles = [devnet.add_group_server(name, **env) for name, env in servers.items()]
-    peers = [devnet.add_peer(n, **QUICK, **(peer_env or {}).get(n, {})) for n in names]
-    for handle in handles:
-        handle.wait_online()
-    for p in peers:
-        p.wait_online()
-    owner, *others = peers
-    for other in others:
-        befriend(owner, other)
-    with owner.client() as c:
-        group = c.post("/v1/groups", {"name": "friends",
-                                      "servers": [h.onion for h in handles[:on]]})
-        for other in others:
-            c.post(f"/v1/groups/{group['id']}/invite", {"contact": other.onion})
-    for other in others:
-        with other.client() as c:
-            wait_until(lambda c=c: any(i["id"] == group["id"] for i in c.get("/v1/groups/invites")),
-                       90, what=f"{other.name} to receive the invite")
-            c.post(f"/v1/groups/invites/{group['id']}/accept")
-    return handles, peers, group["id"]
+    """start_group_on with every peer's recovery timers shortened (QUICK)."""
+    env = {n: {**QUICK, **(peer_env or {}).get(n, {})} for n in names}
+    return start_group_on(devnet, names, servers, env, on)
 
 
 def _post(peer: PeerHandle, gid: str, text: str) -> None:
