@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from nyth.config import parse_host_port
+from nyth.healthz import onion_from_healthz
 from nyth.mailbox_traffic import TrafficPolicy
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import normalize_onion
@@ -183,14 +184,10 @@ class Engine:
         url = self.settings.mailbox_healthz
         if not url:
             return None
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
-            for _ in range(60):
-                try:
-                    return normalize_onion((await http.get(url)).json()["onion"])
-                except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                    await asyncio.sleep(1)
-        log.warning("no mailbox: %s did not tell its onion within a minute", url)
-        return None
+        onion = await onion_from_healthz(url)
+        if onion is None:
+            log.warning("no mailbox: %s did not tell its onion within a minute", url)
+        return onion
 
     def forget_onion_failures(self) -> None:
         """After a failed onion lookup tor avoids those directories for minutes; a service

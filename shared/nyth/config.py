@@ -20,13 +20,16 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nyth.proto.identity import normalize_onion
 
 ENV_PREFIX = "NYTH_"
 # A secret file larger than this is certainly a misconfiguration (a key file, a log...),
@@ -110,6 +113,37 @@ def _normalize_host_port(text: str) -> str:
 
 HostPort = Annotated[str, AfterValidator(_normalize_host_port)]
 """A "host:port" string, validated and normalized."""
+
+MAX_LIST_ITEMS = 16
+
+
+def _split_list(value: Any) -> Any:
+    """A comma-separated environment value as a list (blank items dropped)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _onions(values: list[str]) -> list[str]:
+    onions = [normalize_onion(v) for v in values]
+    if len(set(onions)) != len(onions):
+        raise ValueError("an onion is named twice")
+    return onions
+
+
+def _urls(values: list[str]) -> list[str]:
+    for value in values:
+        if not value.startswith(("http://", "https://")) or len(value) > 300:
+            raise ValueError(f"expected an http(s) URL of at most 300 characters, got {value!r}")
+    return values
+
+
+OnionList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
+                      Field(max_length=MAX_LIST_ITEMS), AfterValidator(_onions)]
+"""Onion addresses, comma-separated in the environment (".onion" optional)."""
+UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
+                    Field(max_length=MAX_LIST_ITEMS), AfterValidator(_urls)]
+"""http(s) URLs, comma-separated in the environment."""
 
 
 class NythSettings(BaseSettings):

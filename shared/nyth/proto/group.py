@@ -14,9 +14,11 @@ inner = wire | zero padding to 2008 bytes, where *wire* = signed part | signatur
     v2 (any kind):   0x02 | kind (u8) | author (32) | timestamp ms (u64) | n parents (u8, ≤ 8)
                      | parents (n × 32) | body length (u16, ≤ 1643) | body
 
-v2 kinds (GroupKind): TEXT = 1 (body UTF-8, 1..1643 bytes), MOVE = 2 (body a Move, below).
-Kind 0 is refused; kinds 3..255 are kept as opaque DAG nodes (a later version's control
-messages must not look like gaps to this one): body "", `kind` the number. Text is sealed
+v2 kinds (GroupKind): TEXT = 1 (body UTF-8, 1..1643 bytes), MOVE = 2 (body a Move, below),
+DIRECTORY = 3 (body a chunk of a discovery index's directory, nyth.proto.discovery; only
+the index's public directory group uses it). Kind 0 is refused; other kinds are kept as
+opaque DAG nodes (a later version's control messages must not look like gaps to this
+one): body "", `kind` the number; `data` always holds the raw body. Text is sealed
 as v1, so clients that know only v1 keep reading it; only control messages use v2.
 
 signature = ed25519 by author over  "nyth-group-msg-v1" | group id (16) | signed part. Message
@@ -110,6 +112,9 @@ MAX_INVITE_V2_BYTES = _INVITE_V2_FIXED + MAX_NAME_BYTES + MAX_SERVERS * (1 + MAX
 class GroupKind(enum.IntEnum):
     TEXT = 1
     MOVE = 2
+    # A chunk of a discovery index's signed directory (nyth.proto.discovery), posted by
+    # the index into its public directory group; ordinary groups keep it as an opaque node.
+    DIRECTORY = 3
 
 
 def _utf8(text: str) -> bytes:
@@ -197,6 +202,8 @@ class GroupMessage:
     # signed part | signature, as served to members P2P; b"" for a message rebuilt from
     # storage that did not keep it. The hash covers it, so it takes no part in equality.
     wire: bytes = field(default=b"", repr=False, compare=False)
+    # The raw body of any kind (the UTF-8 of a text, a Move, a directory chunk…).
+    data: bytes = field(default=b"", repr=False, compare=False)
 
 
 def _signed_part(version: int, kind: int, author: bytes, timestamp_ms: int,
@@ -246,6 +253,18 @@ def seal_group_move(identity: Identity, key: bytes, gid: bytes, *, timestamp_ms:
     the mover posts it to the old and the new servers."""
     return _seal(identity, key, gid, version=_VERSION_2, kind=GroupKind.MOVE,
                  timestamp_ms=timestamp_ms, parents=parents, data=move.encode())
+
+
+def seal_group_data(identity: Identity, key: bytes, gid: bytes, *, kind: GroupKind,
+                    timestamp_ms: int, parents: Sequence[bytes],
+                    data: bytes) -> tuple[bytes, GroupMessage]:
+    """Build, sign and encrypt a v2 message of a binary kind (DIRECTORY)."""
+    if kind in (GroupKind.TEXT, GroupKind.MOVE):
+        raise ValueError("text and moves have their own sealing functions")
+    if len(data) > MAX_BODY_BYTES_V2:
+        raise DecodeError(f"a group message body is at most {MAX_BODY_BYTES_V2} bytes")
+    return _seal(identity, key, gid, version=_VERSION_2, kind=kind,
+                 timestamp_ms=timestamp_ms, parents=parents, data=data)
 
 
 def seal_wire(key: bytes, wire: bytes) -> bytes:
@@ -329,7 +348,7 @@ def _parse(gid: bytes, data: bytes, *, padded: bool) -> GroupMessage:
     with contextlib.suppress(ValueError):
         kind = GroupKind(kind)
     return GroupMessage(author, timestamp_ms, parents, text, _message_hash(gid, signed, signature),
-                        kind, move, signed + signature)
+                        kind, move, signed + signature, bytes(body))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,18 @@ from nyth.tor.privnet import PrivateTorNetwork
 
 # What the devnet's group servers run with unless told otherwise.
 GROUP_SERVER_DEFAULTS = {"NYTH_TOKENS_REQUIRED": "true", "NYTH_TOKEN_POW_BITS": "12"}
+# A discovery index that measures often and asks little work, so the devnet and tests see
+# probes, audits and directories within seconds (production defaults: minutes to hours).
+DISCOVERY_DEFAULTS = {
+    "NYTH_ADVERT_POW_BITS": "8",
+    "NYTH_PROBE_INTERVAL_SECONDS": "3",
+    "NYTH_AUDIT_INTERVAL_SECONDS": "10",
+    "NYTH_DIRECTORY_INTERVAL_SECONDS": "2",
+    "NYTH_PUBLISH_INTERVAL_SECONDS": "5",
+    "NYTH_ADVERT_MIN_GAP_SECONDS": "1",
+}
+# Key file names the services' settings use (service_onion needs them before a start).
+DISCOVERY_KEY_FILE = "discovery.key"
 
 
 def _secret_file(directory: Path, name: str) -> Path:
@@ -161,6 +173,18 @@ class Devnet:
     def add_mailbox(self, name: str = "mailbox", **env: str) -> ServiceHandle:
         """A mailbox service (offline first contact, FMD detection)."""
         return self._add_redis_service("nyth_mailbox", name, env)
+
+    def add_discovery(self, name: str = "discovery", *, directory_servers: list[str],
+                      **env: str) -> ServiceHandle:
+        """A discovery index posting its directory into a public group on
+        directory_servers (group server onions). Servers advertise to it when started with
+        NYTH_DISCOVERY_INDEXES=<its onion>: `index_onion(name)` tells it before it starts."""
+        return self._add_redis_service(
+            "nyth_discovery", name,
+            {**DISCOVERY_DEFAULTS, "NYTH_DIRECTORY_SERVERS": ",".join(directory_servers), **env})
+
+    def index_onion(self, name: str = "discovery") -> str:
+        return self.service_onion(name, DISCOVERY_KEY_FILE)
 
     def service_onion(self, name: str, key_file: str) -> str:
         """The onion the Redis-backed service `name` will publish, before it first starts:
