@@ -22,8 +22,9 @@ def up(
     peers: Annotated[str, typer.Option(help="comma-separated demo peer names")] = "alice,bob",
     relays: Annotated[int, typer.Option(min=1, max=8, help="relays besides the 3 authorities")] = 2,
 ) -> None:
-    """Start redis-server, a private Tor network, a tor gateway, a group server and demo
-    peers; print how to reach them; stop everything on Ctrl-C."""
+    """Start redis-server, a private Tor network, a tor gateway, a group server, a
+    mailbox, a discovery index and demo peers; print how to reach them; stop everything
+    on Ctrl-C."""
     names = [n.strip() for n in peers.split(",") if n.strip()]
     started = time.monotonic()
     devnet = Devnet(directory.resolve())
@@ -36,17 +37,30 @@ def up(
     try:
         with console.status("starting redis-server and a private Tor network…"):
             devnet.start_infrastructure()
-        with console.status("starting the group server and peers…"):
-            server = devnet.add_group_server()
-            handles = [devnet.add_peer(name) for name in names]
-            server.wait_online()
-            for handle in handles:
+        with console.status("starting the group server, mailbox, discovery index and peers…"):
+            # Servers advertise to the index and peers read it: its onion is known (its
+            # key made) before it starts; it needs the group server's onion for its
+            # directory group, so it starts last.
+            index = devnet.index_onion()
+            mailbox_onion = devnet.service_onion("mailbox", "mailbox.key")
+            server = devnet.add_group_server(NYTH_DISCOVERY_INDEXES=index,
+                                             NYTH_OPERATOR_LABEL="devnet")
+            mailbox = devnet.add_mailbox(NYTH_DISCOVERY_INDEXES=index,
+                                         NYTH_OPERATOR_LABEL="devnet")
+            handles = [devnet.add_peer(name, NYTH_MAILBOX=mailbox_onion,
+                                       NYTH_DISCOVERY_INDEXES=index,
+                                       NYTH_DISCOVERY_REFRESH_SECONDS="10")
+                       for name in names]
+            discovery = devnet.add_discovery(directory_servers=[server.wait_online()])
+            for handle in (mailbox, discovery, *handles):
                 handle.wait_online()
         # Plain lines, not a table: onion addresses must survive copy-paste whole.
         for handle in handles:
             console.print(f"peer {handle.name}: {handle.onion}.onion  API {handle.api_url}  "
                           f"token file {directory}/secrets/{handle.name}.api-token", soft_wrap=True)
-        console.print(f"group server: {server.onion}.onion  (local {server.url})", soft_wrap=True)
+        for service in (server, mailbox, discovery):
+            console.print(f"{service.name}: {service.onion}.onion  (local {service.url})",
+                          soft_wrap=True)
         console.print(f"up in {time.monotonic() - started:.1f} s. Try:")
         first = handles[0]
         console.print(f"  export NYTH_API_URL={first.api_url} "
@@ -55,6 +69,7 @@ def up(
         if len(handles) > 1:
             console.print(f"  nyth contact add {handles[1].onion} --text hello", soft_wrap=True)
         console.print(f"  nyth group create friends --server {server.onion}", soft_wrap=True)
+        console.print("  nyth discover   (servers as the index measured them)")
         console.print("Ctrl-C stops everything.")
         while True:
             time.sleep(3600)

@@ -130,6 +130,8 @@ class Policy:
     candidates allow, then by rank (busier-answering, better-audited, faster first)."""
 
     k: int = 2
+    # Fewer than k eligible servers still make a group (each choice says so) down to this.
+    minimum: int = 1
     min_availability: float = 0.8
     min_probes: int = 3
     prefer_known: bool = True
@@ -143,7 +145,7 @@ class Choice:
 
 
 class NotEnoughServers(Exception):
-    """Fewer eligible servers than the policy wants; the message says which fell out."""
+    """Fewer eligible servers than the policy's minimum; the message says which fell out."""
 
 
 def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
@@ -185,8 +187,11 @@ def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
                 why.append(f"operator {label!r}")
             chosen.append(Choice(s.onion, "; ".join([*why, s.reason])))
             operators.add(label)
+    shortfall = (f"the policy wants {policy.k} group servers and only {len(chosen)} "
+                 f"{'is' if len(chosen) == 1 else 'are'} eligible"
+                 + (f" (not eligible: {'; '.join(refused)})" if refused else ""))
+    if len(chosen) < policy.minimum:
+        raise NotEnoughServers(shortfall)
     if len(chosen) < policy.k:
-        raise NotEnoughServers(
-            f"the policy wants {policy.k} group servers and only {len(chosen)} are eligible"
-            + (f" (not eligible: {'; '.join(refused)})" if refused else ""))
+        chosen = [Choice(c.onion, f"{c.reason}; {shortfall}") for c in chosen]
     return chosen
