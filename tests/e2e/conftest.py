@@ -21,8 +21,8 @@ from nyth.runtime.devnet import wait_until
 from tests.fixtures.require import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("tor-network", "tor-gateway", "redis", "mailbox-redis", "group-server", "mailbox",
-            "alice", "bob")
+SERVICES = ("tor-network", "tor-gateway", "redis", "mailbox-redis", "discovery-redis",
+            "group-server", "mailbox", "discovery", "alice", "bob")
 
 
 def _compose(project: str, *args: str, env: dict[str, str] | None = None,
@@ -135,7 +135,11 @@ def stack(nyth_image: str, docker_client: Any) -> Iterator[Stack]:
            "NYTH_MAILBOX_AFTER_SECONDS": "3",
            # Short, so the test does not wait minutes; what they protect is tested in
            # tests/integration/test_mailbox_unlinkable.py.
-           "NYTH_MAILBOX_POST_DELAY_SECONDS": "1", "NYTH_MAILBOX_CARD_GAP_SECONDS": "3"}
+           "NYTH_MAILBOX_POST_DELAY_SECONDS": "1", "NYTH_MAILBOX_CARD_GAP_SECONDS": "3",
+           # The index at test pace: servers measured within seconds, not minutes.
+           "NYTH_PROBE_INTERVAL_SECONDS": "3", "NYTH_DIRECTORY_INTERVAL_SECONDS": "2",
+           "NYTH_PUBLISH_INTERVAL_SECONDS": "10", "NYTH_ADVERT_POW_BITS": "10",
+           "NYTH_DISCOVERY_REFRESH_SECONDS": "5"}
     up = _compose(project, "up", "-d", env=env, check=False, timeout=900)
     s = Stack(project, env, docker_client, {})
     try:

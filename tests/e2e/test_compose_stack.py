@@ -7,8 +7,10 @@ pass alone, in any selection and in any order."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from nyth.runtime.devnet import wait_until
@@ -68,6 +70,8 @@ _SECRETS = {
     "tor-gateway": {"/secrets/tor/control-password"},
     "redis": set(),
     "mailbox-redis": set(),
+    "discovery-redis": set(),
+    "discovery": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
     "group-server": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
     "mailbox": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
     "alice": {"/secrets/own/passphrase", "/secrets/tor/control-password"},
@@ -131,8 +135,47 @@ def test_containers_are_confined(stack):
     # Each Redis is reachable from its own service only.
     assert reach("group-server", "redis", 6379) == "open"
     assert reach("mailbox", "mailbox-redis", 6379) == "open"
+    assert reach("discovery", "discovery-redis", 6379) == "open"
     assert reach("group-server", "mailbox-redis", 6379) != "open"
     assert reach("mailbox", "redis", 6379) != "open"
+    for other in ("group-server", "mailbox"):
+        assert reach(other, "discovery-redis", 6379) != "open", other
+    assert reach("discovery", "redis", 6379) != "open"
+    assert reach("discovery", "mailbox-redis", 6379) != "open"
+
+
+def test_a_peer_container_creates_a_group_with_auto(stack, friends):
+    """The group server and mailbox advertise themselves to the discovery container,
+    which measures them; alice's container, with the CLI alone, creates a group on a
+    server the policy picked, says why, and the group works."""
+    alice, bob = friends
+    server = stack.group_server_onion()
+
+    def measured() -> dict[str, Any] | None:
+        with alice.client() as ca:
+            view = ca.get("/v1/discovery")
+        row = next((s for s in view["servers"] if s["onion"] == server), None)
+        return view if row and row["state"] == "up" and row["probes"] >= 3 else None
+    wait_until(measured, 240, interval=2, what="alice to see the group server measured up",
+               state=lambda: alice.client().get("/v1/discovery"))
+    result = stack.container("alice").exec_run(
+        ["/opt/nyth/bin/nyth", "--json", "group", "create", "auto-e2e", "--auto"],
+        environment={"NYTH_API_URL": "http://alice-api:8700",
+                     "NYTH_API_TOKEN_FILE": "/data/api-token"})
+    assert result.exit_code == 0, result.output.decode()
+    made = json.loads(result.output.decode())
+    assert [c["onion"] for c in made["choice"]] == [server]
+    assert "up:" in made["choice"][0]["reason"], made["choice"]
+    gid = made["id"]
+    with alice.client() as ca, bob.client() as cb:
+        ca.post(f"/v1/groups/{gid}/invite", {"contact": bob.onion})
+        wait_until(lambda: any(i["id"] == gid for i in cb.get("/v1/groups/invites")),
+                   180, what="bob to receive the invite to the auto group")
+        cb.post(f"/v1/groups/invites/{gid}/accept")
+        post = ca.post(f"/v1/groups/{gid}/messages", {"text": "on an auto-chosen server"})
+    wait_until(lambda: post["hash"] in {m["hash"] for m in _history(bob, gid)}, 180,
+               what="bob to read alice's post on the auto-chosen server",
+               state=lambda: _history(bob, gid))
 
 
 def test_p2p_message_and_group_post(friends, group):
