@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nyth.errors import NythError
 from nyth.proto.discovery import NO_LATENCY, AuditState, Entry, ServerKind
+from nyth.proto.identity import normalize_onion
 
 DOWN_AFTER = 2
 LOST, NEVER, DOWN, UP = "lost", "never", "down", "up"
@@ -110,8 +112,10 @@ def disagreements(views: Mapping[str, Standing], indexes: Iterable[str]) -> list
 
 
 def worst(views: Mapping[str, Standing]) -> Standing:
-    """The most cautious view of a server when indexes disagree: the lowest standing."""
-    return min(views.values(), key=lambda s: (s.sort_key[0], s.availability))
+    """The most cautious view of a server when indexes disagree: the lowest standing
+    (the view `rank` would put last)."""
+    # sort_key grows as standing falls: the worst view is its maximum.
+    return max(views.values(), key=lambda s: s.sort_key)
 
 
 def _short(onion: str) -> str:
@@ -144,7 +148,7 @@ class Choice:
     reason: str
 
 
-class NotEnoughServers(Exception):
+class NotEnoughServers(NythError):
     """Fewer eligible servers than the policy's minimum; the message says which fell out."""
 
 
@@ -152,10 +156,11 @@ def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
            policy: Policy = Policy()) -> list[Choice]:
     """Pick policy.k group servers from ranked standings (best first; one per server,
     e.g. `worst` of what several indexes say)."""
-    known = set(known)
+    known = {normalize_onion(o) for o in known}
+    group_servers = [s for s in standings if s.kind is ServerKind.GROUP_SERVER]
     eligible: list[Standing] = []
     refused: list[str] = []
-    for s in standings:
+    for s in group_servers:
         if s.kind is not ServerKind.GROUP_SERVER:
             continue
         if s.state != UP:
@@ -177,10 +182,13 @@ def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
             if any(c.onion == s.onion for c in chosen):
                 continue
             label = s.entry.label
-            if policy.distinct_operators and not second_pass and label and label in operators:
+            is_known = policy.prefer_known and s.onion in known
+            # A server the user already relies on is never passed over for its operator.
+            if (policy.distinct_operators and not second_pass and not is_known and label
+                    and label in operators):
                 continue
-            why = ["already used by you" if s.onion in known and policy.prefer_known else
-                   f"rank {standings.index(s) + 1} of {len(standings)}"]
+            why = ["already used by you" if is_known else
+                   f"rank {group_servers.index(s) + 1} of {len(group_servers)} group servers"]
             if second_pass and label in operators:
                 why.append(f"shares operator {label!r}: no other eligible operator left")
             elif label:
