@@ -52,7 +52,9 @@ def up(
                                        NYTH_DISCOVERY_REFRESH_SECONDS="10")
                        for name in names]
             discovery = devnet.add_discovery(directory_servers=[server.wait_online()])
-            for handle in (mailbox, discovery, *handles):
+            mailbox.wait_online()
+            discovery.wait_online()
+            for handle in handles:
                 handle.wait_online()
         # Plain lines, not a table: onion addresses must survive copy-paste whole.
         for handle in handles:
