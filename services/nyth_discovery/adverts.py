@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, Response
-from nyth.errors import AuthenticationError, DecodeError, NythError
+from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto import discovery
 from nyth.proto.discovery import Advert, DirectoryRefused
 from nyth.web import error_json
@@ -141,9 +141,10 @@ class AdvertDesk:
                 raise Refusal(409, "bundle_mismatch",
                               f"{where} does not serve a {advert.kind.label} bundle of its "
                               f"own: {exc}") from None
-            except NythError as exc:
-                raise Refusal(502, "unreachable",
-                              f"{where} answered GET /v1/bundle with garbage: {exc}") from None
+            except Exception as exc:
+                # Anything else the server managed (garbage, oversize) is its failure.
+                raise Refusal(502, "unreachable", f"{where} answered GET /v1/bundle with "
+                                                  f"garbage: {self.reach.reason(exc)}") from None
         if discovery.bundle_hash(bundle) != advert.bundle_sha256:
             raise Refusal(409, "bundle_mismatch",
                           f"the advert names a bundle with SHA-256 {advert.bundle_sha256.hex()}"

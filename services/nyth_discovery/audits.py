@@ -51,7 +51,7 @@ from redis.exceptions import RedisError
 from nyth_discovery import policy
 from nyth_discovery.keyed_tasks import KeyedTasks
 from nyth_discovery.policy import Audit, Canary, Listing
-from nyth_discovery.reach import DEADLINE, Reach
+from nyth_discovery.reach import DEADLINE, REQUEST_ERRORS, Reach
 from nyth_discovery.storage import DiscoveryStore
 
 log = logging.getLogger("nyth_discovery.audits")
@@ -84,6 +84,9 @@ def digest(*parts: bytes) -> str:
 
 class CanaryTarget(Protocol):
     @property
+    def onion(self) -> str: ...
+
+    @property
     def max_age(self) -> int: ...
 
     @property
@@ -103,6 +106,10 @@ class GroupServerTarget:
     client: GroupServerClient
     bundle: ServerBundle
     purse: TokenPurse
+
+    @property
+    def onion(self) -> str:
+        return self.client.onion
 
     @property
     def max_age(self) -> int:
@@ -229,8 +236,10 @@ class Auditor:
                 self.not_before[listing.onion] = time.time() + min(RETRY_AFTER, self.interval)
                 self.reach.failed()
             await self.store.save_audit(listing.onion, audit)
-        except (RedisError, NythError) as exc:
-            log.warning("audit of %s….onion failed: %s", listing.onion[:8], exc)
+        except Exception as exc:
+            # A last guard: a hostile server's answer must never end the auditor.
+            log.warning("audit of %s….onion failed: %s", listing.onion[:8],
+                        self.reach.reason(exc))
 
     def target(self, listing: Listing, http: httpx.AsyncClient) -> CanaryTarget:
         if listing.kind is ServerKind.GROUP_SERVER:
@@ -246,7 +255,7 @@ class Auditor:
     async def check(self, target: CanaryTarget, audit: Audit, canary: Canary) -> Audit:
         try:
             found = await target.first_after(cursor_before(canary.cursor))
-        except (NythError, ValueError, httpx.HTTPError, OSError, TimeoutError) as exc:
+        except REQUEST_ERRORS as exc:
             AUDITS.labels("inconclusive").inc()
             return policy.after_check(audit, canary, "failed", time.time(),
                                       max_age=target.max_age, max_count=target.max_count,
@@ -258,8 +267,9 @@ class Auditor:
         after = policy.after_check(audit, canary, outcome, now, max_age=target.max_age,
                                    max_count=target.max_count)
         if outcome == "lost":
-            log.warning("%s lost a canary %.0f s after it was posted (promised %d s)",
-                        canary.cursor, now - canary.posted_at, target.max_age)
+            log.warning("%s….onion lost a canary (%s) at most %.0f s after it was posted; "
+                        "its bundle promises %d s", target.onion[:8], canary.cursor,
+                        now - canary.posted_at, target.max_age)
         AUDITS.labels(outcome if outcome != "kept" else
                       "kept" if after.passed > audit.passed else "check_passed").inc()
         return after
@@ -269,7 +279,7 @@ class Auditor:
         try:
             cursor, canary_digest = await target.post()
             Cursor.parse(cursor)
-        except (NythError, ValueError, httpx.HTTPError, OSError, TimeoutError) as exc:
+        except REQUEST_ERRORS as exc:
             AUDITS.labels("post_failed").inc()
             return replace(audit, last_posted_at=posted_at, inconclusive=audit.inconclusive + 1,
                            last_error=self.reach.reason(exc))

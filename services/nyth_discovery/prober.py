@@ -12,14 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from nyth.errors import NythError
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from nyth_discovery import policy
 from nyth_discovery.keyed_tasks import KeyedTasks
 from nyth_discovery.policy import Listing, Probe
-from nyth_discovery.reach import Reach
+from nyth_discovery.reach import REQUEST_ERRORS, Reach
 from nyth_discovery.storage import DiscoveryStore
 
 log = logging.getLogger("nyth_discovery.prober")
@@ -37,7 +36,7 @@ async def probe_once(reach: Reach, listing: Listing,
     at = int(clock())
     try:
         served = await reach.fetch_bundle(listing.kind, listing.onion, "probe")
-    except (NythError, ValueError) as exc:
+    except REQUEST_ERRORS as exc:
         return Probe(at, False, int((time.monotonic() - started) * 1000), reach.reason(exc))
     latency = int((time.monotonic() - started) * 1000)
     if served != listing.bundle:

@@ -19,6 +19,7 @@ from nyth.proto.discovery import MAX_BUNDLE_IN_ENTRY, ServerKind
 from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.socks import forget_onion_failures, onion_connect_error, onion_http_client
 from pydantic import PlainValidator
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
 log = logging.getLogger("nyth_discovery.reach")
 
@@ -27,6 +28,10 @@ log = logging.getLogger("nyth_discovery.reach")
 DEADLINE = 30.0
 BUNDLE_ANSWER_BYTES = b64_len(MAX_BUNDLE_IN_ENTRY) + JSON_SLACK
 NEWNYM_GAP = 10.0
+# httpx-socks lets python-socks' own errors through (tor's onion replies among them).
+CONNECT_ERRORS = (httpx.HTTPError, OSError, ProxyError, ProxyConnectionError, ProxyTimeoutError)
+# Everything a request to a listed server may fail with, its answer's faults included.
+REQUEST_ERRORS = (NythError, ValueError, TimeoutError, *CONNECT_ERRORS)
 
 
 class _BundleAnswer(StrictModel):
@@ -67,11 +72,12 @@ class Reach:
         """Why a request to a server failed, short and printable."""
         if isinstance(exc, Unreachable):
             return discovery.short_error(str(exc))
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            return f"no answer within {DEADLINE:.0f} s"
-        if isinstance(exc, httpx.ProxyError | httpx.ConnectError) and self.socks is not None:
+        if isinstance(exc, ProxyError | ProxyConnectionError | httpx.ProxyError
+                      | httpx.ConnectError) and self.socks is not None:
             return discovery.short_error(
                 onion_connect_error(exc, socks=self.socks, target="the server").reason)
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            return f"no answer within {DEADLINE:.0f} s"
         if isinstance(exc, AuthenticationError | DecodeError):
             return discovery.short_error(f"invalid bundle: {exc}")
         text = str(exc) or type(exc).__name__
@@ -95,7 +101,7 @@ class Reach:
                     max_bytes=BUNDLE_ANSWER_BYTES, deadline=DEADLINE, what="bundle")
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise Unreachable(self.reason(exc), timeout=True) from None
-        except (httpx.HTTPError, OSError) as exc:
+        except CONNECT_ERRORS as exc:
             raise Unreachable(self.reason(exc)) from None
         if answer.status_code != 200:
             raise Unreachable(f"GET /v1/bundle {answer.failure()}")

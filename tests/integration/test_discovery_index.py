@@ -114,6 +114,9 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
         yield Net(devnet, index, index_bundle, servers)
         for handle in (index, *servers.values()):
             print(f"--- {handle.name} log tail ---\n{handle.process.log_tail(30)}")
+        # A 5xx, or a background task that crashed, shows as a traceback in its log.
+        log = (devnet.base_dir / "discovery" / "service.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
 
 
 # -- adverts ----------------------------------------------------------------------------------

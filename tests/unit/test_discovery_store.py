@@ -266,6 +266,7 @@ async def test_a_changed_bundle_of_the_same_server_is_a_failed_probe(store: Disc
 class FakeTarget:
     """A server that keeps canaries until `forget_at` (index time), or never fails."""
 
+    onion: str = "a" * 56
     max_age: int = 100
     max_count: int = 1000
     kept: dict[str, str] = field(default_factory=dict)
