@@ -69,7 +69,7 @@ def advert_routes() -> APIRouter:
             "server's bundle over Tor during the request: it must be a bundle of the "
             "advertised kind for that onion, with the SHA-256 the advert names. One advert "
             "per onion per advert_min_gap (429 otherwise). A renewal keeps first_seen."),
-        responses={**error_responses(403, 409, 422, 502, 503),
+        responses={**error_responses(400, 403, 409, 422, 502, 503),
                    429: {"model": ErrorResponse,
                          "description": "The same onion submitted too recently (Retry-After)"},
                    504: {"model": ErrorResponse,
