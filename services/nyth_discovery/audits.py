@@ -207,13 +207,14 @@ class Auditor:
         """Start audit work on servers with a check due, or due a new canary while up."""
         listings = await self.store.listings()
         statuses = await self.store.statuses()
+        audits = await self.store.audits()
         started: list[str] = []
         for onion, listing in listings.items():
             if len(self.inflight) >= CONCURRENCY:
                 break
             if onion in self.inflight or self.not_before.get(onion, 0) > now:
                 continue
-            audit = await self.store.audit(onion)
+            audit = audits.get(onion, Audit())
             status = statuses.get(onion)
             up = status is not None and status.last_ok_at > 0 and not status.consecutive_failures
             if policy.due_checks(audit, now) or (up and policy.new_canary_due(

@@ -118,18 +118,23 @@ class DiscoveryStore:
         raw = await self.redis.hget(self.audit_key, onion)
         return Audit() if raw is None else Audit.from_json(json.loads(raw))
 
+    async def audits(self) -> dict[str, Audit]:
+        raw: dict[Any, Any] = await self.redis.hgetall(self.audit_key)
+        return {k.decode(): Audit.from_json(json.loads(v)) for k, v in raw.items()}
+
     async def measurements(self) -> list[Measurements]:
         """Every listed server with what was measured of it."""
         listings = await self.listings()
         statuses = await self.statuses()
-        audits: dict[Any, Any] = await self.redis.hgetall(self.audit_key)
-        out = []
-        for onion, listing in listings.items():
-            raw_audit = audits.get(onion.encode())
-            audit = Audit() if raw_audit is None else Audit.from_json(json.loads(raw_audit))
-            out.append(Measurements(listing, await self.probes(onion), statuses.get(onion),
-                                    audit))
-        return out
+        audits = await self.audits()
+        onions = list(listings)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for onion in onions:
+                pipe.lrange(self._probes_key(onion), 0, self.probe_window - 1)
+            windows = await pipe.execute()
+        return [Measurements(listings[onion], [Probe(**json.loads(p)) for p in window],
+                             statuses.get(onion), audits.get(onion, Audit()))
+                for onion, window in zip(onions, windows, strict=True)]
 
     # -- measurements -----------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ jitter, latency percentiles, audit check times and verdicts, entries and epochs.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
+import time
+from pathlib import Path
 
 import pytest
 from nyth.proto import discovery
@@ -195,3 +198,45 @@ def test_publish_when_new_changed_or_due() -> None:
 def test_listing_round_trips_through_json() -> None:
     item = listing()
     assert Listing.from_json(item.to_json()) == item
+
+
+# -- the index's bundle -------------------------------------------------------------------------
+
+
+def test_the_index_bundle_is_resigned_only_when_it_changes(tmp_path: Path) -> None:
+    from nyth.runtime.onion_service import load_or_issue_bundle
+    from nyth_discovery.index_bundle import load_or_create_group_key, wanted_bundle
+    from nyth_discovery.settings import DiscoverySettings
+
+    identity = Identity.generate()
+    servers = [Identity.generate().onion]
+    settings = DiscoverySettings(data_dir=tmp_path, key_passphrase="x",  # type: ignore[arg-type]
+                                 directory_servers=servers)
+    key = load_or_create_group_key(tmp_path / "group.key")
+    assert load_or_create_group_key(tmp_path / "group.key") == key
+    log = logging.getLogger("test")
+    path = tmp_path / "index_bundle.bin"
+    first = load_or_issue_bundle(path, identity, wanted_bundle(settings, identity, key, servers),
+                                 log)
+    time.sleep(1.1)  # a new issued_at alone must not re-sign
+    assert load_or_issue_bundle(path, identity, wanted_bundle(settings, identity, key, servers),
+                                log) == first
+    more = settings.model_copy(update={"advert_pow_bits": 12})
+    changed = load_or_issue_bundle(path, identity, wanted_bundle(more, identity, key, servers),
+                                   log)
+    assert changed != first
+    assert discovery.IndexBundle.verify(changed, identity.onion).advert_pow_bits == 12
+
+
+def test_settings_need_directory_servers(tmp_path: Path) -> None:
+    from nyth.config import ConfigError, load_settings
+    from nyth.runtime.devnet import DISCOVERY_KEY_FILE
+    from nyth_discovery.settings import DiscoverySettings
+
+    with pytest.raises(ConfigError, match="NYTH_DIRECTORY_SERVERS"):
+        load_settings(DiscoverySettings, data_dir=tmp_path, key_passphrase="x")
+    settings = load_settings(DiscoverySettings, data_dir=tmp_path, key_passphrase="x",
+                             directory_servers_healthz="http://gs:8080/healthz")
+    assert (settings.listen_port, settings.stream_key, settings.advert_pow_bits) == (
+        8082, "nyth:discovery", 20)
+    assert DiscoverySettings.key_file == DISCOVERY_KEY_FILE  # the devnet names it early
