@@ -204,14 +204,15 @@ def test_listing_round_trips_through_json() -> None:
 
 
 def test_the_index_bundle_is_resigned_only_when_it_changes(tmp_path: Path) -> None:
+    from nyth.config import load_settings
     from nyth.runtime.onion_service import load_or_issue_bundle
     from nyth_discovery.index_bundle import load_or_create_group_key, wanted_bundle
     from nyth_discovery.settings import DiscoverySettings
 
     identity = Identity.generate()
     servers = [Identity.generate().onion]
-    settings = DiscoverySettings(data_dir=tmp_path, key_passphrase="x",  # type: ignore[arg-type]
-                                 directory_servers=servers)
+    settings = load_settings(DiscoverySettings, data_dir=tmp_path, key_passphrase="x",
+                             directory_servers=servers)
     key = load_or_create_group_key(tmp_path / "group.key")
     assert load_or_create_group_key(tmp_path / "group.key") == key
     log = logging.getLogger("test")
