@@ -134,7 +134,7 @@ class AdvertDesk:
             try:
                 bundle = await self.reach.fetch_bundle(advert.kind, advert.onion, "advert")
             except Unreachable as exc:
-                self.reach.failed()
+                # No NEWNYM here (the prober's business): an advert is anyone's to send.
                 raise Refusal(504 if exc.timeout else 502, "unreachable",
                               f"could not fetch the bundle of {where}: {exc}") from None
             except (DecodeError, AuthenticationError) as exc:

@@ -55,6 +55,7 @@ class Reach:
     socks: SocksEndpoint | None
     control: ControlEndpoint | None = None
     _last_newnym: float = field(default=0.0, init=False)
+    _newnym: asyncio.Future[None] | None = field(default=None, init=False)
 
     @property
     def available(self) -> bool:
@@ -87,7 +88,10 @@ class Reach:
         if self.control is None or time.monotonic() - self._last_newnym < NEWNYM_GAP:
             return
         self._last_newnym = time.monotonic()
+        # Kept referenced until done (the loop holds tasks weakly); best effort: a gateway
+        # that is down shows in every probe's reason anyway.
         task = asyncio.ensure_future(forget_onion_failures(self.control))
+        self._newnym = task
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def fetch_bundle(self, kind: ServerKind, onion: str, purpose: str) -> bytes:
