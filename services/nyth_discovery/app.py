@@ -138,5 +138,7 @@ def create_app(settings: DiscoverySettings) -> FastAPI:
     app.include_router(server_routes())
     app.include_router(operations_routes())
     answer_redis_errors(app, log)
-    install_common(app, SERVICE, max_body_bytes=ADVERT_B64 + 512)
+    # The only body is an advert's JSON; the slack lets a malformed one be told what is
+    # wrong with it (422) instead of only that it is too long.
+    install_common(app, SERVICE, max_body_bytes=ADVERT_B64 + 8192)
     return app
