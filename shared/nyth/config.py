@@ -256,6 +256,10 @@ class OnionServiceSettings(NythSettings):
     tor_control: HostPort | None = Field(
         None, description="tor gateway control port; when unset, no onion is published."
     )
+    tor_socks: HostPort | None = Field(
+        None, description="tor gateway SOCKS port, for a service that reaches other onions "
+                          "(the discovery index probing servers, servers advertising to it)."
+    )
     tor_control_password: SecretStr | None = None
     tor_control_password_file: Path | None = None
     onion_target: HostPort | None = Field(
