@@ -258,8 +258,8 @@ class OnionServiceSettings(NythSettings):
         None, description="tor gateway control port; when unset, no onion is published."
     )
     tor_socks: HostPort | None = Field(
-        None, description="tor gateway SOCKS port, for requests this service makes to onions "
-                          "(adverts to discovery indexes); when unset, it makes none."
+        None, description="tor gateway SOCKS port, for a service that reaches other onions "
+                          "(the discovery index probing servers, servers advertising to it)."
     )
     tor_control_password: SecretStr | None = None
     tor_control_password_file: Path | None = None

@@ -189,6 +189,11 @@ class OnionService(Generic[SettingsT]):
     def start(self, stream: RetainedStream[Any]) -> None:
         """Trim the stream by age, and publish the onion when tor is configured."""
         self.spawn(self._trim_loop(stream), "age-trim")
+        self.publish_onion()
+
+    def publish_onion(self) -> None:
+        """Publish the onion through tor's control port, when one is configured (start
+        does it; a service without a retained stream calls it alone)."""
         if self.settings.tor_control:
             self._start_publisher()
 
