@@ -22,7 +22,7 @@ Advert (ADVERT_SIZE = 225 bytes):
     onion key, the advert's bytes before the nonce; bits from the index bundle.
     expires - issued is 1 s .. MAX_ADVERT_LIFETIME.
 
-Index bundle (what a peer pins on first use; 122 + 32 n bytes):
+Index bundle (what a peer pins on first use; 146 + 32 n bytes):
 
     magic "NYTHIDX1" (8) | index onion key (32) | advert pow bits (u8, ≤ MAX_POW_BITS)
     | directory group key (32) | issued at (u64) | n (u8, 1..8)
@@ -59,6 +59,9 @@ Chunk (body of a DIRECTORY group message, and one page of GET /v1/directory):
     epoch (u64) | SHA-256 of the whole signed directory (32) | index (u16) | count (u16)
     | data (1..CHUNK_DATA bytes; every chunk but the last exactly CHUNK_DATA)
 
+    A complete set is the directory: its data joined must hash to the digest and carry
+    the chunks' epoch in its header (so an old directory cannot be relabelled newer).
+
 Decoders raise DecodeError with what was wrong; signatures AuthenticationError. Whether a
 directory is acceptable *now* (stale, rolled back, another index) is `accept_directory`'s
 decision, whose DirectoryRefused says why.
@@ -68,6 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import struct
 import time
@@ -193,7 +197,8 @@ def decode_label(data: bytes) -> str:
 
 
 def _check_error(text: str) -> bytes:
-    data = text.encode("ascii", errors="replace")
+    # Not encode(errors="replace"): "é" would be written as "?", and decode as another entry.
+    data = text.encode("ascii") if text.isascii() else b"\0"
     if len(data) > MAX_ERROR or not all(0x20 <= b < 0x7F for b in data):
         raise DecodeError(f"an entry's last error must be printable ASCII of at most "
                           f"{MAX_ERROR} bytes")
@@ -413,8 +418,9 @@ class Entry:
             if not 0 <= getattr(self, name) <= NO_LATENCY:
                 raise DecodeError(f"entry {name} out of range")
 
-    @property
+    @functools.cached_property
     def verified_bundle(self) -> ServerBundle | MailboxBundle:
+        # Verified once (at construction), not at every look at the entry's onion.
         return verify_server_bundle(self.kind, self.bundle)
 
     @property
@@ -510,6 +516,13 @@ class Directory:
         magic, key, epoch, issued, expires, n = _DIR_HEAD.unpack_from(data)
         if magic != DIRECTORY_MAGIC:
             raise DecodeError("not a Nyth directory")
+        # The signature is always the last 64 bytes: check it before the entries, so a
+        # forged directory costs one verification, not one per entry's bundle.
+        try:
+            verify_signature(key, data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:])
+        except AuthenticationError:
+            raise AuthenticationError("the directory's signature does not verify with its "
+                                      "index's key (tampered or forged)") from None
         if n > MAX_ENTRIES:
             raise DecodeError(f"a directory holds at most {MAX_ENTRIES} entries")
         offset, entries = _DIR_HEAD.size, []
@@ -518,11 +531,6 @@ class Directory:
             entries.append(entry)
         if len(data) != offset + SIGNATURE_SIZE:
             raise DecodeError("bytes between the directory's entries and its signature")
-        try:
-            verify_signature(key, data[:offset], data[offset:])
-        except AuthenticationError:
-            raise AuthenticationError("the directory's signature does not verify with its "
-                                      "index's key (tampered or forged)") from None
         return cls(key, epoch, issued, expires, tuple(entries))
 
 
@@ -581,9 +589,18 @@ class Chunk:
         return cls(epoch, digest, index, count, bytes(data[_CHUNK_HEAD.size:]))
 
 
+def _directory_epoch(signed: bytes) -> int:
+    """The epoch in a directory's header (unchecked: the digest vouches for the bytes)."""
+    if len(signed) < _DIR_HEAD.size or not signed.startswith(DIRECTORY_MAGIC):
+        raise DecodeError("the chunks do not make up a Nyth directory")
+    return int(_DIR_HEAD.unpack_from(signed)[2])
+
+
 def chunk_directory(signed: bytes, epoch: int) -> list[Chunk]:
     if not 0 < len(signed) <= MAX_DIRECTORY_SIZE:
         raise DecodeError("not a directory's size")
+    if _directory_epoch(signed) != epoch:
+        raise DecodeError(f"the directory is epoch {_directory_epoch(signed)}, not {epoch}")
     digest = hashlib.sha256(signed).digest()
     parts = [signed[i: i + CHUNK_DATA] for i in range(0, len(signed), CHUNK_DATA)]
     return [Chunk(epoch, digest, i, len(parts), p) for i, p in enumerate(parts)]
@@ -598,6 +615,8 @@ class ChunkAssembler:
     """
 
     def __init__(self, floor: int = -1, max_sets: int = 4) -> None:
+        if max_sets < 1:
+            raise ValueError("an assembler keeps at least one set")
         self.floor = floor
         self.max_sets = max_sets
         self._sets: dict[tuple[int, bytes], dict[int, Chunk]] = {}
@@ -625,6 +644,9 @@ class ChunkAssembler:
         if hashlib.sha256(signed).digest() != chunk.digest:
             raise DecodeError(f"the chunks of epoch {chunk.epoch} do not hash to the digest "
                               "they name (tampered)")
+        if _directory_epoch(signed) != chunk.epoch:
+            raise DecodeError(f"chunks labelled epoch {chunk.epoch} carry the directory of "
+                              f"epoch {_directory_epoch(signed)}")
         return signed
 
 
@@ -632,10 +654,14 @@ def assemble(chunks: Iterable[Chunk]) -> bytes:
     """All the chunks of one directory (e.g. every page from an index), joined and checked
     against their digest; DecodeError when incomplete, mixed or tampered."""
     assembler = ChunkAssembler(max_sets=1)
-    result = None
+    result, first = None, None
     for chunk in chunks:
         if result is not None:
             raise DecodeError("more chunks than the directory has")
+        first = first or chunk
+        if (chunk.epoch, chunk.digest) != (first.epoch, first.digest):
+            raise DecodeError(f"chunks of more than one directory (epoch {first.epoch} and "
+                              f"epoch {chunk.epoch}, or another digest)")
         result = assembler.add(chunk)
     if result is None:
         raise DecodeError("the directory's chunks are incomplete")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nyth.errors import NythError
 from nyth.proto.discovery import NO_LATENCY, AuditState, Entry, ServerKind
 
 DOWN_AFTER = 2
@@ -110,8 +111,10 @@ def disagreements(views: Mapping[str, Standing], indexes: Iterable[str]) -> list
 
 
 def worst(views: Mapping[str, Standing]) -> Standing:
-    """The most cautious view of a server when indexes disagree: the lowest standing."""
-    return min(views.values(), key=lambda s: (s.sort_key[0], s.availability))
+    """The most cautious view of a server when indexes disagree: the lowest standing
+    (the view `rank` would put last)."""
+    # sort_key grows as standing falls: the worst view is its maximum.
+    return max(views.values(), key=lambda s: s.sort_key)
 
 
 def _short(onion: str) -> str:
@@ -142,7 +145,7 @@ class Choice:
     reason: str
 
 
-class NotEnoughServers(Exception):
+class NotEnoughServers(NythError):
     """Fewer eligible servers than the policy wants; the message says which fell out."""
 
 
