@@ -474,7 +474,7 @@ def discover(kind: Annotated[str | None, typer.Option(
     where it does; where indexes disagree; and each index's state."""
     if kind not in (None, "group-server", "mailbox"):
         raise typer.BadParameter("--kind is group-server or mailbox")
-    result = call("GET", "/v1/discovery", **({"kind": kind} if kind else {}))
+    result = call("GET", "/v1/discovery", kind=kind) if kind else call("GET", "/v1/discovery")
     if as_json or _state["json"]:
         show(result)
         return
