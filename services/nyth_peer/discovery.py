@@ -82,13 +82,13 @@ class Discovery:
         self.indexes = list(indexes)
         self.healthz = list(healthz)
         self.refresh_seconds = refresh_seconds
-        self.runtime: dict[str, dict[str, Any]] = {
-            o: {"state": "waiting", "reason": "not read yet"} for o in self.indexes}
+        self.runtime: dict[str, dict[str, Any]] = {}
         self.directories: dict[str, Directory] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._refreshes: set[asyncio.Task[None]] = set()
-        self._load()
+        for onion in self.indexes:
+            self._load(onion)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,27 +108,27 @@ class Discovery:
         task.add_done_callback(self._refreshes.discard)
         return task
 
-    def _load(self) -> None:
-        """The directories held, verified again: a row that no longer verifies (the rules
-        tightened) is dropped and read afresh."""
-        for onion in self.indexes:
-            row = self.store.get(TABLE, onion)
-            if row is None or not row.get("directory"):
-                continue
-            try:
-                self.directories[onion] = Directory.verify(base64.b64decode(row["directory"]))
-            except (DecodeError, AuthenticationError) as exc:
-                log.warning("the directory held for index %s… no longer verifies: %s",
-                            onion[:8], exc)
-            else:
-                self.runtime[onion] = {"state": "ok", "reason": "loaded from the profile"}
+    def _load(self, onion: str) -> None:
+        """The directory held for this index, verified again: one that no longer verifies
+        (the rules tightened) is left out and read afresh."""
+        self.runtime[onion] = {"state": "waiting", "reason": "not read yet"}
+        row = self.store.get(TABLE, onion)
+        if row is None or not row.get("directory"):
+            return
+        try:
+            self.directories[onion] = Directory.verify(base64.b64decode(row["directory"]))
+        except (DecodeError, AuthenticationError) as exc:
+            log.warning("the directory held for index %s… no longer verifies: %s",
+                        onion[:8], exc)
+        else:
+            self.runtime[onion] = {"state": "ok", "reason": "loaded from the profile"}
 
     async def _loop(self) -> None:
         for url in self.healthz:
             onion = await onion_from_healthz(url)
             if onion is not None and onion not in self.indexes:
                 self.indexes.append(onion)
-                self.runtime[onion] = {"state": "waiting", "reason": "not read yet"}
+                self._load(onion)
         while True:
             await self.refresh()
             spread = random.uniform(1 - REFRESH_JITTER, 1 + REFRESH_JITTER)
@@ -145,6 +145,15 @@ class Discovery:
         except Exception as exc:  # a bug must not stop the other indexes' refreshes
             log.exception("reading index %s… failed", onion[:8])
             self._set(onion, "failed", failure_text(exc))
+
+    def uses(self, server: str) -> list[str]:
+        """What reads this group server for discovery (for GET /v1/servers' used_for)."""
+        roles = []
+        for onion in self.indexes:
+            pinned = self.pins.pinned(INDEX, onion)
+            if pinned is not None and server in IndexBundle.verify(pinned).directory_onions:
+                roles.append(f"directory group of index {onion[:8]}…")
+        return roles
 
     # -- state -----------------------------------------------------------------------------
     def row(self, onion: str) -> dict[str, Any]:

@@ -177,6 +177,8 @@ class Engine:
             state = self.groups.server_state.get(onion)
             used_for = [f"group {g['name']}" for g in self.profile.store.list("groups")
                         if onion in g["servers"]]
+            if self.discovery is not None:
+                used_for += self.discovery.uses(onion)
         else:
             ours = onion == self.mailbox.mailbox_onion
             state = self.mailbox.state if ours else None
