@@ -34,7 +34,7 @@ import httpx
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError
 from nyth.healthz import onion_from_healthz
 from nyth.http_limits import UntrustedResponseError, bounded_request, printable
-from nyth.index_http import fetch_directory_page, fetch_index_bundle
+from nyth.index_http import failure_reason, fetch_directory_page, fetch_index_bundle
 from nyth.proto.directory_reader import Accepted, DirectoryGroupReader, accept_pages
 from nyth.proto.discovery import Directory, DirectoryRefused, IndexBundle
 
@@ -218,7 +218,7 @@ class Discovery:
             self._refused(onion, reason)
             return reason
         except Exception as exc:
-            return f"no directory from the index ({failure_text(exc)})"
+            return f"no directory from the index ({failure_reason(exc)})"
         self._keep(onion, accepted, INDEX_SOURCE)
         epoch = self.directories[onion].epoch
         self._set(onion, self._state_of(onion),
@@ -252,7 +252,7 @@ class Discovery:
             try:
                 await self._read_directory_server(onion, server, reader)
             except Exception as exc:
-                errors.append(f"{server[:8]}…: {failure_text(exc)}")
+                errors.append(f"{server[:8]}…: {failure_reason(exc)}")
         read = len(index.directory_onions) - len(errors)
         if reader.summary():
             self._refused(onion, reader.summary() or "")

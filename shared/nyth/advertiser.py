@@ -24,8 +24,7 @@ from pydantic import BaseModel, Field
 
 from nyth.config import AdvertiserSettings, OnionServiceSettings
 from nyth.healthz import onion_from_healthz
-from nyth.http_limits import printable
-from nyth.index_http import fetch_index_bundle, post_advert
+from nyth.index_http import failure_reason, fetch_index_bundle, post_advert
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.discovery import (
     Advert,
@@ -72,13 +71,6 @@ class _IndexState:
     expires_at: int | None = None
     accepted: int = 0
     next_attempt_at: float | None = None
-
-
-def _failure(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return printable(text, 300)
 
 
 class Advertiser:
@@ -171,7 +163,7 @@ class Advertiser:
                 held = self.states[onion].expires_at
                 still = (f" (the advert it holds expires at {held})"
                          if held and held > time.time() else "")
-                self._set(onion, RETRYING, _failure(exc) + still, time.time() + delay)
+                self._set(onion, RETRYING, failure_reason(exc) + still, time.time() + delay)
                 log.info("advert to %s….onion failed: %s", onion[:8], self.states[onion].reason)
                 await asyncio.sleep(delay)
                 continue

@@ -25,6 +25,7 @@ from nyth.http_limits import (
     b64_len,
     b64_validator,
     bounded_request,
+    printable,
 )
 from nyth.proto.discovery import (
     ADVERT_SIZE,
@@ -35,6 +36,7 @@ from nyth.proto.discovery import (
     IndexBundle,
 )
 from nyth.proto.group import MAX_SERVERS
+from nyth.tor.socks import describe_socks_reply, socks_reply_code
 
 # Through Tor to an index that died mid-rendezvous a request can hang without a socket
 # error: every request gets a hard deadline.
@@ -61,6 +63,18 @@ class _PageAnswer(StrictModel):
     page: int = Field(ge=0, lt=MAX_CHUNKS)
     pages: int = Field(ge=1, le=MAX_CHUNKS)
     chunk: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_CHUNK_SIZE))]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a request to an onion failed, in words: tor's SOCKS reply explained (python-socks
+    says only "Invalid reply code: 0XF2"), no answer in time, or the error itself
+    (cleaned: its text may quote the server's bytes)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {INDEX_DEADLINE:.0f} s"
+    code = socks_reply_code(exc)
+    if code is not None:
+        return f"tor: {describe_socks_reply(code)}"
+    return printable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 300)
 
 
 def index_url(onion: str, path: str) -> str:

@@ -6,8 +6,9 @@ servers by the default policy and says why, and the group works; with an index s
 peer reads and verifies its directory from the directory group, and refuses a forged
 and a tampered directory posted there while keeping the good one.
 
-One devnet for the module (servers take a while to publish their onions); the tests run
-in file order, the last one stopping index A.
+One devnet for the module (servers take a while to publish their onions). Tests may run
+in any order (pytest-randomly): the one that stops an index stops index C, which only the
+directory server advertises to and only carol reads.
 """
 
 from __future__ import annotations
@@ -47,20 +48,22 @@ class Net:
     devnet: Devnet
     index_a: ServiceHandle
     index_b: ServiceHandle
+    index_c: ServiceHandle
     servers: dict[str, ServiceHandle]
     alice: PeerHandle
     bob: PeerHandle
+    carol: PeerHandle
 
     def discovery(self, peer: PeerHandle | None = None) -> dict[str, Any]:
         with (peer or self.alice).client() as c:
             return dict(c.get("/v1/discovery"))
 
-    def refresh(self) -> dict[str, Any]:
-        with self.alice.client(timeout=200) as c:
+    def refresh(self, peer: PeerHandle) -> dict[str, Any]:
+        with peer.client(timeout=200) as c:
             return dict(c.post("/v1/discovery/refresh"))
 
-    def index_view(self, onion: str) -> dict[str, Any]:
-        return next(i for i in self.discovery()["indexes"] if i["onion"] == onion)
+    def index_view(self, peer: PeerHandle, onion: str) -> dict[str, Any]:
+        return next(i for i in self.discovery(peer)["indexes"] if i["onion"] == onion)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +72,14 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
     with running_devnet(tmp_path_factory.mktemp("discovery-peer"), tor_network, tor_gateway,
                         redis_server, flushed_db(redis_server)) as devnet:
         a, b = devnet.index_onion("idx-a"), devnet.index_onion("idx-b")
+        c = devnet.index_onion("idx-c")
         both = {"NYTH_DISCOVERY_INDEXES": f"{a},{b}", "NYTH_ADVERT_RETRY_CAP_SECONDS": "10"}
         servers = {
             # The directory group's server: no tokens, so this test can post there itself.
             "dir": devnet.add_group_server("dir", NYTH_TOKENS_REQUIRED="false",
-                                           NYTH_OPERATOR_LABEL="dir ops", **both),
+                                           NYTH_OPERATOR_LABEL="dir ops",
+                                           NYTH_DISCOVERY_INDEXES=f"{a},{b},{c}",
+                                           NYTH_ADVERT_RETRY_CAP_SECONDS="10"),
             "gs1": devnet.add_group_server("gs1", NYTH_OPERATOR_LABEL="alpha",
                                            NYTH_ADVERT_LIFETIME_SECONDS="20", **both),
             "gs2": devnet.add_group_server("gs2", NYTH_OPERATOR_LABEL="beta", **both),
@@ -87,15 +93,16 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
         directory = [servers["dir"].onion]
         index_a = devnet.add_discovery("idx-a", directory_servers=directory)
         index_b = devnet.add_discovery("idx-b", directory_servers=directory)
-        peer_env = {"NYTH_DISCOVERY_INDEXES": f"{a},{b}", "NYTH_DISCOVERY_REFRESH_SECONDS": "8"}
-        alice = devnet.add_peer("alice", **peer_env)
+        index_c = devnet.add_discovery("idx-c", directory_servers=directory)
+        alice = devnet.add_peer("alice", NYTH_DISCOVERY_INDEXES=f"{a},{b}",
+                                NYTH_DISCOVERY_REFRESH_SECONDS="8")
         bob = devnet.add_peer("bob")
-        for handle in (index_a, index_b):
+        carol = devnet.add_peer("carol", NYTH_DISCOVERY_INDEXES=c,
+                                NYTH_DISCOVERY_REFRESH_SECONDS="8")
+        for handle in (index_a, index_b, index_c, alice, bob, carol):
             handle.wait_online()
-        alice.wait_online()
-        bob.wait_online()
-        yield Net(devnet, index_a, index_b, servers, alice, bob)
-        for handle in (index_a, index_b, *servers.values()):
+        yield Net(devnet, index_a, index_b, index_c, servers, alice, bob, carol)
+        for handle in (index_a, index_b, index_c, *servers.values()):
             print(f"--- {handle.name} log tail ---\n{handle.process.log_tail(20)}")
 
 
@@ -107,7 +114,7 @@ def test_servers_advertise_and_renew(net: Net) -> None:
     a = net.index_a.onion
     # gs1's adverts live 20 s: renewed at half of it, every renewal accepted.
     renewed = wait_until(lambda: (h := _health(net.servers["gs1"])["adverts"][a])
-                         and h["accepted"] >= 2 and h, 150, interval=1,
+                         and h["accepted"] >= 2 and h["state"] == "listed" and h, 150, interval=1,
                          what="gs1's advert to index A to be renewed",
                          state=lambda: _health(net.servers["gs1"])["adverts"])
     assert renewed["state"] == "listed" and renewed["expires_at"] > time.time()
@@ -251,31 +258,35 @@ def _post_directory(net: Net, index: IndexBundle, signed: bytes, epoch: int,
 
 
 def test_index_down_directory_group_read_and_tampering_refused(net: Net) -> None:
-    a = net.index_a
+    a, carol = net.index_c, net.carol
     bundle = httpx.get(f"{a.url}/v1/bundle", trust_env=False, timeout=10).json()
     index = IndexBundle.verify(base64.b64decode(bundle["bundle"]), a.onion)
-    held = net.refresh()
-    held_epoch = next(i for i in held["indexes"] if i["onion"] == a.onion)["epoch"]
-    assert held_epoch is not None
-    # Wait until index A has posted a newer directory into its group than alice holds.
+    dir_onion = net.servers["dir"].onion
+    # The directory server advertises to index C; carol reads it listed there.
+    wait_until(lambda: [s["onion"] for s in net.refresh(carol)["servers"]] == [dir_onion], 240,
+               interval=5, what="carol to see the directory server listed by index C",
+               state=lambda: net.discovery(carol))
+    held_epoch = net.index_view(carol, a.onion)["epoch"]
+    # Wait until index C has posted a newer directory into its group than carol holds.
     wait_until(lambda: any((p["epoch"] or 0) > held_epoch and p["state"] == "published"
                            for p in _health(a)["publish"]), 120, interval=1,
-               what="index A to publish a newer directory", state=lambda: _health(a)["publish"])
+               what="index C to publish a newer directory", state=lambda: _health(a)["publish"])
     a.process.stop()
-    net.refresh()
-    view = wait_until(lambda: (v := net.index_view(a.onion))["source"] == "directory group"
-                      and v, 120, interval=5, what="alice to read A's directory group",
-                      state=lambda: (net.refresh(), net.index_view(a.onion))[1])
+    net.refresh(carol)
+    view = wait_until(lambda: (v := net.index_view(carol, a.onion))["source"] == "directory group"
+                      and v, 120, interval=5, what="carol to read C's directory group",
+                      state=lambda: (net.refresh(carol), net.index_view(carol, a.onion))[1])
     assert view["state"] == "ok" and view["epoch"] > held_epoch, view
-    assert "verified" in view["reason"] and view["directory_servers"] == [net.servers["dir"].onion]
+    assert "verified" in view["reason"] and view["directory_servers"] == [dir_onion]
     good = view["epoch"]
 
     def refused(words: str) -> dict[str, Any]:
         def seen() -> dict[str, Any] | None:
-            v = net.index_view(a.onion)
+            v = net.index_view(carol, a.onion)
             return v if v["last_refusal"] and words in v["last_refusal"] else None
-        return dict(wait_until(seen, 90, interval=5, what=f"alice to refuse: {words}",
-                               state=lambda: (net.refresh(), net.index_view(a.onion))[1]))
+        return dict(wait_until(seen, 90, interval=5, what=f"carol to refuse: {words}",
+                               state=lambda: (net.refresh(carol),
+                                              net.index_view(carol, a.onion))[1]))
 
     # A directory signed by another key, posted by it (the group key is public).
     forger = Identity.generate()
@@ -287,8 +298,8 @@ def test_index_down_directory_group_read_and_tampering_refused(net: Net) -> None
     # A real directory relabelled as a higher epoch, posted as the index itself.
     tampered = bytearray(_latest_in_group(net, index))
     tampered[EPOCH_AT: EPOCH_AT + 8] = (good + 20).to_bytes(8, "big")
-    _post_directory(net, index, bytes(tampered), good + 20, _index_identity(net, "idx-a"))
+    _post_directory(net, index, bytes(tampered), good + 20, _index_identity(net, "idx-c"))
     view = refused("signature does not verify")
     assert view["epoch"] == good and view["state"] == "ok" and view["source"] == "directory group"
     # Servers are still ranked from the good directory.
-    assert any(net.index_a.onion in s["listed_by"] for s in net.discovery()["servers"])
+    assert [s["onion"] for s in net.discovery(carol)["servers"]] == [dir_onion]
