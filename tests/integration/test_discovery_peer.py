@@ -99,8 +99,10 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
         bob = devnet.add_peer("bob")
         carol = devnet.add_peer("carol", NYTH_DISCOVERY_INDEXES=c,
                                 NYTH_DISCOVERY_REFRESH_SECONDS="8")
-        for handle in (index_a, index_b, index_c, alice, bob, carol):
-            handle.wait_online()
+        for index in (index_a, index_b, index_c):
+            index.wait_online()
+        for peer in (alice, bob, carol):
+            peer.wait_online()
         yield Net(devnet, index_a, index_b, index_c, servers, alice, bob, carol)
         for handle in (index_a, index_b, index_c, *servers.values()):
             print(f"--- {handle.name} log tail ---\n{handle.process.log_tail(20)}")
