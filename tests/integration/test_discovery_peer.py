@@ -141,10 +141,15 @@ def _ranked(net: Net) -> dict[str, Any] | None:
     return view
 
 
+def _wait_ranked(net: Net) -> dict[str, Any]:
+    """Every test that needs the servers measured waits for it (tests run in any order)."""
+    return dict(wait_until(lambda: _ranked(net), 300, interval=3,
+                           what="alice to see every group server up, measured by both indexes",
+                           state=lambda: net.discovery()))
+
+
 def test_peer_ranks_servers_and_shows_where_indexes_disagree(net: Net) -> None:
-    view = wait_until(lambda: _ranked(net), 300, interval=3,
-                      what="alice to see every group server up, measured by both indexes",
-                      state=lambda: net.discovery())
+    view = _wait_ranked(net)
     servers = {s["onion"]: s for s in view["servers"]}
     gs1 = servers[net.servers["gs1"].onion]
     assert gs1["kind"] == "group-server" and gs1["label"] == "alpha"
@@ -171,6 +176,7 @@ def _nyth(peer: PeerHandle, *args: str, columns: int = 80) -> str:
 
 
 def test_cli_discover_at_80_columns_and_json(net: Net) -> None:
+    _wait_ranked(net)
     out = _nyth(net.alice, "discover")
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
@@ -183,6 +189,7 @@ def test_cli_discover_at_80_columns_and_json(net: Net) -> None:
 
 def test_group_create_auto_picks_by_policy_and_the_group_works(net: Net) -> None:
     alice, bob = net.alice, net.bob
+    _wait_ranked(net)
     out = _nyth(alice, "group", "create", "friends", "--auto", columns=200)
     chosen = [line.split()[1].removesuffix(".onion") for line in out.splitlines()
               if line.strip().startswith("on ")]
