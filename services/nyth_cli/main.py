@@ -257,9 +257,28 @@ def cancel(onion: str, msg_id: str) -> None:
 
 # -- groups ----------------------------------------------------------------------------------
 @group_app.command("create")
-def group_create(name: str, server: Annotated[list[str], typer.Option(help="group server onion")]) -> None:
-    result = call("POST", "/v1/groups", {"name": name, "servers": server})
+def group_create(
+        name: str,
+        server: Annotated[list[str] | None, typer.Option(help="group server onion")] = None,
+        auto: Annotated[bool, typer.Option(
+            "--auto", help="choose the servers from the discovery directories")] = False,
+        k: Annotated[int | None, typer.Option(help="with --auto: how many servers")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Create a group on the servers named with --server, or on servers chosen for you by
+    the default policy with --auto (nyth discover shows what it chooses from)."""
+    if auto == bool(server):
+        raise typer.BadParameter("name servers with --server, or give --auto")
+    body: dict[str, Any] = {"name": name, "servers": server or [], "auto": auto}
+    if k is not None:
+        body["k"] = k
+    result = call("POST", "/v1/groups", body)
+    if as_json or _state["json"]:
+        show(result)
+        return
     console.print(f"group {result['id']} ({t(result['name'])})")
+    for chosen in result.get("choice") or []:
+        console.print(f"  on {chosen['onion']}.onion", highlight=False)
+        console.print(f"     why: {t(chosen['reason'])}", highlight=False)
 
 
 @group_app.command("list")
@@ -412,6 +431,74 @@ def mailbox() -> None:
     if result["expected_detections_per_day"] is not None:
         console.print(f"the mailbox expects ≈ {result['expected_detections_per_day']} detections/day "
                       f"for you (false-positive rate {result['false_positive_rate']:.2g})")
+
+
+# -- discovery -------------------------------------------------------------------------------
+def _seconds(ms: int | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}"
+
+
+def _server_lines(s: dict[str, Any]) -> list[str]:
+    """One server in an 80-column terminal: its figures, its full onion on a line of its
+    own (copyable), and why it ranks where it does."""
+    audit = s["audit"]
+    audit_text = {"kept": f"kept {audit['passed']}", "lost": "LOST"}.get(audit["state"], "none")
+    latency = f"{_seconds(s['latency_p50_ms'])}/{_seconds(s['latency_p95_ms'])}s"
+    head = (f"{s['rank']:>3} {t(s['kind']):<12} {t(s['state']):<5} "
+            f"{s['availability']:>4.0%} {s['probes_ok']:>4}/{s['probes']:<4} "
+            f"{latency:>12} {audit_text:<8} {t(s['label'][:16])}")
+    return [head, f"    {s['onion']}.onion", f"    why: {t(s['reason'])}"]
+
+
+def _index_lines(i: dict[str, Any]) -> list[str]:
+    lines = [f"  {i['onion']}.onion"]
+    if i["epoch"] is not None:
+        lines.append(f"    {t(i['state'])}: epoch {i['epoch']} from the {t(i['source'])}, read "
+                     f"{_when(i['fetched_at'])}, expires {_when(i['expires_at'])}, "
+                     f"{i['entries']} servers")
+    else:
+        lines.append(f"    {t(i['state'])}: no directory held")
+    if i["reason"]:
+        lines.append(f"    last refresh: {t(i['reason'])}")
+    if i["last_refusal"]:
+        lines.append(f"    [yellow]refused at {_when(i['refused_at'])}: "
+                     f"{t(i['last_refusal'])}[/yellow]")
+    return lines
+
+
+@app.command()
+def discover(kind: Annotated[str | None, typer.Option(
+                 help="group-server or mailbox")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Servers the discovery indexes measured, best ranked first, with why each ranks
+    where it does; where indexes disagree; and each index's state."""
+    if kind not in (None, "group-server", "mailbox"):
+        raise typer.BadParameter("--kind is group-server or mailbox")
+    result = call("GET", "/v1/discovery", kind=kind) if kind else call("GET", "/v1/discovery")
+    if as_json or _state["json"]:
+        show(result)
+        return
+    servers = result["servers"]
+    if servers:
+        console.print(f"{'#':>3} {'kind':<12} {'state':<5} {'up%':>4} {'answered':^9} "
+                      f"{'p50/p95':>12} {'audit':<8} label", style="bold", highlight=False)
+    for s in servers:
+        for line in _server_lines(s):
+            console.print(line, highlight=False)
+    if not servers:
+        console.print("no servers listed (yet): see the indexes' states below")
+    split = [s for s in servers if s["disagreements"]]
+    if split:
+        console.print("[bold]indexes disagree:[/bold]")
+    for s in split:
+        console.print(f"  {s['onion']}.onion", highlight=False)
+        for text in s["disagreements"]:
+            console.print(f"    {t(text)}", highlight=False)
+    console.print("[bold]indexes:[/bold]" if result["indexes"] else
+                  "no discovery index configured (NYTH_DISCOVERY_INDEXES)")
+    for index in result["indexes"]:
+        for line in _index_lines(index):
+            console.print(line, highlight=False)
 
 
 # -- pinned servers --------------------------------------------------------------------------

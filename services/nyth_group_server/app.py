@@ -23,7 +23,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from nyth.advertiser import Advertiser, AdvertsField, AdvertView
 from nyth.proto.bundle import ServerBundle
+from nyth.proto.discovery import ServerKind
 from nyth.proto.identity import Identity
 from nyth.proto.tokens import NO_TOKENS, TokenSecretKey
 from nyth.runtime.onion_service import (
@@ -33,6 +35,7 @@ from nyth.runtime.onion_service import (
     answer_redis_errors,
     check_cursor,
     event_stream_responses,
+    onion_status,
     redis_client,
     unseal,
 )
@@ -122,6 +125,7 @@ class GroupHealth(Health):
         None, description="The faults this server injects on purpose; null outside dev mode.")
     tokens_required: bool = Field(
         False, description="Whether every post needs a token (NYTH_TOKENS_REQUIRED).")
+    adverts: dict[str, AdvertView] | None = AdvertsField
 
 
 # -- state ------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class ServerState(OnionService[GroupServerSettings]):
     feed: LiveFeed
     faults: FaultPolicy
     tokens: TokenGate | None  # None: no tokens required
+    advertiser: Advertiser | None = None  # None: no discovery index configured
 
 
 def wanted_bundle(settings: GroupServerSettings, identity: Identity,
@@ -193,6 +198,11 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         state.start(store)
         if faults.forget_after_seconds is not None:
             state.spawn(faults.forget_loop(store, settings.trim_interval_seconds), "fault-forget")
+        state.advertiser = Advertiser.from_settings(
+            settings, ServerKind.GROUP_SERVER, identity, bundle,
+            ready=lambda: onion_status(state.publisher)[0] is not False)
+        if state.advertiser is not None:
+            state.spawn(state.advertiser.run(), "advertiser")
         log.info("group server %s.onion listening on %s:%d (blob %d B, keep %d blobs / %d s; "
                  "%s)", identity.onion, settings.listen_host, settings.listen_port,
                  settings.blob_size, settings.max_blobs, settings.max_age_seconds,
@@ -204,6 +214,8 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         try:
             yield
         finally:
+            if state.advertiser is not None:
+                state.advertiser.close()  # its proof of work runs in a thread
             await state.stop()
 
     app = FastAPI(
@@ -382,7 +394,8 @@ def _operations_routes() -> APIRouter:
         state = _server(request)
         return await state.health(GroupHealth, dev_mode=state.faults.dev_mode,
                                   faults=state.faults.view(),
-                                  tokens_required=state.tokens is not None)
+                                  tokens_required=state.tokens is not None,
+                                  adverts=state.advertiser.view() if state.advertiser else None)
 
     return router
 

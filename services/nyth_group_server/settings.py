@@ -16,7 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from nyth.config import MAX_U63, DevModeSettings, OnionServiceSettings, TestReaderLabel
+from nyth.config import (
+    MAX_U63,
+    AdvertiserSettings,
+    DevModeSettings,
+    OnionServiceSettings,
+    TestReaderLabel,
+)
 from nyth.proto.bundle import MAX_BLOB_SIZE
 from nyth.proto.tokens import MAX_POW_BITS
 from pydantic import Field, field_validator, model_validator
@@ -28,7 +34,7 @@ MAX_WITHHOLD_LABELS = 32
 MAX_FAULT_DELAY_MS = 60_000
 
 
-class GroupServerSettings(OnionServiceSettings, DevModeSettings):
+class GroupServerSettings(OnionServiceSettings, AdvertiserSettings, DevModeSettings):
     key_file: ClassVar[str] = "group_server.key"
     bundle_file: ClassVar[str] = "bundle.bin"
     dev_only_fields: ClassVar[tuple[str, ...]] = (

@@ -23,9 +23,11 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from nyth.advertiser import Advertiser, AdvertsField, AdvertView
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.http_limits import b64_len
 from nyth.proto.contact_card import CARD_SIZE, ContactCard
+from nyth.proto.discovery import ServerKind
 from nyth.proto.hashcash import U64_MAX
 from nyth.proto.identity import Identity, public_key_from_onion
 from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok
@@ -36,6 +38,7 @@ from nyth.runtime.onion_service import (
     answer_redis_errors,
     check_cursor,
     event_stream_responses,
+    onion_status,
     redis_client,
     unseal,
 )
@@ -205,6 +208,7 @@ class DetectPage(RecordPage):
 
 class Health(ServiceHealth):
     fmd: bool = Field(description="Whether detection (FMD) is available.")
+    adverts: dict[str, AdvertView] | None = AdvertsField
 
 
 # -- state --------------------------------------------------------------------------------
@@ -220,6 +224,7 @@ class MailboxState(OnionService[MailboxSettings]):
     store: MailboxStore
     notifier: Notifier
     detects_running: int = field(default=0, init=False)
+    advertiser: Advertiser | None = field(default=None, init=False)  # None: no index configured
 
 
 def wanted_bundle(settings: MailboxSettings, identity: Identity) -> MailboxBundle:
@@ -311,6 +316,11 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         app.state.nyth = state
         state.spawn(notifier.run(), "notifier")
         state.start(store)
+        state.advertiser = Advertiser.from_settings(
+            settings, ServerKind.MAILBOX, identity, bundle,
+            ready=lambda: onion_status(state.publisher)[0] is not False)
+        if state.advertiser is not None:
+            state.spawn(state.advertiser.run(), "advertiser")
         if fmd_module() is None:
             log.warning("nyth.proto.fmd is not available: tags are only length-checked and "
                         "detection answers 503")
@@ -322,6 +332,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             yield
         finally:
             notifier.close()
+            if state.advertiser is not None:
+                state.advertiser.close()  # its proof of work runs in a thread
             await state.stop()
 
     app = FastAPI(
@@ -518,7 +530,9 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         responses={503: {"model": Health, "description": "Redis is unreachable"}},
     )
     async def healthz(request: Request) -> Response:
-        return await server(request).health(Health, fmd=fmd_module() is not None)
+        state = server(request)
+        return await state.health(Health, fmd=fmd_module() is not None,
+                                  adverts=state.advertiser.view() if state.advertiser else None)
 
     async def invalid_input(request: Request, exc: Exception) -> Response:
         return error_json(422, str(exc))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from nyth.config import MAX_U63, OnionServiceSettings
+from nyth.config import MAX_U63, AdvertiserSettings, OnionServiceSettings
 from nyth.proto.mailbox_bundle import MAX_POW_BITS, MAX_RECORD_SIZE, MIN_RECORD_SIZE
 from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 from pydantic import Field
 
 
-class MailboxSettings(OnionServiceSettings):
+class MailboxSettings(OnionServiceSettings, AdvertiserSettings):
     key_file: ClassVar[str] = "mailbox.key"
     bundle_file: ClassVar[str] = "mailbox_bundle.bin"
 

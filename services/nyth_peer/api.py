@@ -15,12 +15,22 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from nyth.errors import AuthenticationError, DecodeError, RepinMismatchError
 from nyth.proto.contact_id import ContactId
+from nyth.proto.discovery import ServerKind
 from nyth.proto.identity import normalize_onion, public_key_from_onion
 from nyth.proto.p2p import MAX_TEXT_CHARS
+from nyth.proto.server_choice import NotEnoughServers
 from nyth.web import error_responses, install_common
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette.sse import EventSourceResponse
 
+from nyth_peer.discovery_views import (
+    ChoiceView,
+    DiscoveryView,
+    KindLabel,
+    NoDirectory,
+    choose_servers,
+    discovery_view,
+)
 from nyth_peer.engine import Engine
 from nyth_peer.group_recovery import STRATEGIES, StrategyName
 from nyth_peer.group_rows import GroupError, GroupForbiddenError
@@ -29,6 +39,10 @@ from nyth_peer.mailbox import MailboxError
 from nyth_peer.messenger import ContactError
 from nyth_peer.pins import UnknownServerError, UnusableBundleError
 from nyth_peer.profile import NoProfileError, Profile, ProfileExistsError
+
+# A refresh through Tor may take long (a dead index, then its directory group's servers):
+# the API answers by then with what it has, so a client's request never hangs on it.
+REFRESH_WAIT_SECONDS = 150.0
 
 Onion = Annotated[str, Path(min_length=56, max_length=62, description="v3 onion address")]
 GroupId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="group id (hex)")]
@@ -84,7 +98,19 @@ class TextIn(BaseModel):
 
 class GroupCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    servers: list[str] = Field(min_length=1, max_length=8, description="group server onions")
+    servers: list[str] = Field(
+        default_factory=list, max_length=8,
+        description="group server onions; or none, with auto")
+    auto: bool = Field(
+        False, description="choose the servers from the discovery indexes' directories by the "
+                           "default policy (docs/discovery.md) instead of naming them")
+    k: int | None = Field(None, ge=1, le=8,
+                          description="with auto: how many servers (default 2)")
+
+
+class GroupCreated(GroupView):
+    choice: list[ChoiceView] | None = Field(
+        None, description="with auto: the servers chosen and why each; null otherwise")
 
 
 class GroupPatch(BaseModel):
@@ -352,12 +378,32 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
     async def groups() -> list[dict[str, Any]]:
         return _groups().groups()
 
-    @v1.post("/groups", status_code=201, response_model=GroupView,
-             responses=error_responses(400, 423))
+    @v1.post("/groups", status_code=201, response_model=GroupCreated,
+             responses=error_responses(400, 409, 423))
     async def create_group(body: GroupCreate) -> dict[str, Any]:
-        """Create a group on these servers, owned by us (only we may move it)."""
+        """Create a group on these servers, owned by us (only we may move it). With
+        `auto`, the servers are chosen from the discovery directories held, by the default
+        policy, and `choice` says why each; 409 with the reason when no directory is held
+        or too few servers are eligible."""
+        if body.auto == bool(body.servers):
+            raise HTTPException(422, "name the servers or ask for auto, one of the two")
+        if body.k is not None and not body.auto:
+            raise HTTPException(422, "k goes with auto")
+        choice = None
         servers = [_onion(s) for s in body.servers]
-        return await _group_call(_groups().create(body.name, servers))
+        groups_ = _groups()
+        if body.auto:
+            e = unlocked()
+            assert e.discovery is not None
+            known = [o for g in groups_.store.list("groups") for o in g["servers"]]
+            try:
+                picked = choose_servers(e.discovery, k=body.k or 2, known=known)
+            except (NoDirectory, NotEnoughServers) as exc:
+                raise HTTPException(409, str(exc)) from exc
+            choice = [{"onion": c.onion, "reason": c.reason} for c in picked]
+            servers = [c.onion for c in picked]
+        view = await _group_call(groups_.create(body.name, servers))
+        return {**view, "choice": choice}
 
     @v1.get("/groups/invites", responses=error_responses(423))
     async def invites() -> list[dict[str, Any]]:
@@ -416,6 +462,28 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
     async def history(gid: GroupId,
                       limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
         return _group_sync(lambda g: g.history(gid, limit), missing=404)
+
+    # -- discovery -------------------------------------------------------------------------
+    @v1.get("/discovery", response_model=DiscoveryView, responses=error_responses(423))
+    async def discovery(kind: Annotated[KindLabel | None, Query(
+            description="only servers of this kind")] = None) -> dict[str, Any]:
+        """Each discovery index's state (directory epoch, where it was read from, the last
+        refusal and why) and the servers their directories list, ranked best first: state,
+        availability, probes, latency, retention audits, the limits each promises, and
+        where indexes disagree."""
+        e = unlocked()
+        assert e.discovery is not None
+        return discovery_view(e.discovery, ServerKind.parse(kind) if kind else None)
+
+    @v1.post("/discovery/refresh", response_model=DiscoveryView, responses=error_responses(423))
+    async def discovery_refresh() -> dict[str, Any]:
+        """Read every index now (falling back to its directory group), then answer as GET
+        /v1/discovery; after REFRESH_WAIT_SECONDS it answers anyway, the refresh going on."""
+        e = unlocked()
+        assert e.discovery is not None
+        task = e.discovery.refresh_now()
+        await asyncio.wait({task}, timeout=REFRESH_WAIT_SECONDS)
+        return discovery_view(e.discovery)
 
     # -- events ----------------------------------------------------------------------------
     @v1.get("/events", response_class=EventSourceResponse,

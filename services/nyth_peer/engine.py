@@ -20,6 +20,7 @@ from nyth.tor.endpoints import ControlEndpoint, SocksEndpoint
 from nyth.tor.publisher import OnionPublisher, PublisherStatus
 from nyth.tor.socks import forget_onion_failures, onion_http_client
 
+from nyth_peer.discovery import Discovery, isolated_client
 from nyth_peer.events import EventBus
 from nyth_peer.groups import GroupService, with_test_reader
 from nyth_peer.mailbox import MailboxService
@@ -45,6 +46,7 @@ class Engine:
         self.groups: GroupService | None = None
         self.mailbox: MailboxService | None = None
         self.node: P2PNode | None = None
+        self.discovery: Discovery | None = None
         self.onion_status: dict[str, Any] = {"state": "locked", "reason": "profile not unlocked"}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.retry = RetryPolicy(initial=settings.retry_initial_seconds,
@@ -101,6 +103,8 @@ class Engine:
             self.messenger.start(self.node)
             self.groups.start()
             self.mailbox.start()
+            self.discovery = self._discovery(profile)
+            self.discovery.start()
             self._spawn(self._greet_contacts())
             log.info("profile unlocked: %s.onion", profile.identity.onion)
             self.events.publish("profile", state="unlocked", onion=profile.identity.onion)
@@ -111,6 +115,17 @@ class Engine:
         socks = self.socks
         return with_test_reader(lambda: onion_http_client(socks, timeout=120.0),
                                 self.settings.test_reader_label)
+
+    def _discovery(self, profile: Profile) -> Discovery:
+        socks = self.socks
+        assert self.groups is not None
+        return Discovery(
+            profile.store,
+            isolated_client(lambda user, password: onion_http_client(
+                socks, timeout=120.0, username=user, password=password)),
+            self.groups.pin_server, indexes=self.settings.discovery_indexes,
+            healthz=self.settings.discovery_healthz,
+            refresh_seconds=self.settings.discovery_refresh_seconds)
 
     def recovery_policy(self) -> RecoveryPolicy:
         return RecoveryPolicy(first_delay_ms=int(self.settings.recovery_grace_seconds * 1000),
@@ -162,6 +177,8 @@ class Engine:
             state = self.groups.server_state.get(onion)
             used_for = [f"group {g['name']}" for g in self.profile.store.list("groups")
                         if onion in g["servers"]]
+            if self.discovery is not None:
+                used_for += self.discovery.uses(onion)
         else:
             ours = onion == self.mailbox.mailbox_onion
             state = self.mailbox.state if ours else None
@@ -246,6 +263,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.groups is not None:
             await self.groups.stop()
         if self.mailbox is not None:

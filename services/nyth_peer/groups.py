@@ -76,6 +76,16 @@ class _BundleAnswer(StrictModel):
     bundle: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_BUNDLE_SIZE))]
 
 
+async def fetch_server_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
+    """The bundle a group server presents now, unchecked (bounded, parsed strictly)."""
+    answer = await bounded_request(http, "GET", server_url(onion, "/v1/bundle"),
+                                   max_bytes=BUNDLE_ANSWER_BYTES, deadline=REQUEST_DEADLINE,
+                                   what="key bundle")
+    if answer.status_code != 200:
+        raise GroupError(f"{answer.server} {answer.failure()} to a bundle request")
+    return answer.parse(_BundleAnswer).bundle
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -224,14 +234,7 @@ class GroupService:
             raise GroupError(f"cannot fetch the key bundle of {onion}.onion: "
                              f"{printable(str(exc), 500)}") from exc
 
-    @staticmethod
-    async def _fetch_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
-        answer = await bounded_request(http, "GET", server_url(onion, "/v1/bundle"),
-                                       max_bytes=BUNDLE_ANSWER_BYTES, deadline=REQUEST_DEADLINE,
-                                       what="key bundle")
-        if answer.status_code != 200:
-            raise GroupError(f"{answer.server} {answer.failure()} to a bundle request")
-        return answer.parse(_BundleAnswer).bundle
+    _fetch_bundle = staticmethod(fetch_server_bundle)
 
     def _check_bundle(self, onion: str, presented: bytes) -> ServerBundle:
         """The verified, pinned bundle; BundleChangedError (state "bundle_changed") on a

@@ -1,4 +1,5 @@
-"""The pins this profile holds: group servers (table "pins") and mailboxes ("mailbox_pins").
+"""The pins this profile holds: group servers (table "pins"), mailboxes ("mailbox_pins")
+and discovery indexes ("index_pins").
 
 Pinning itself is `nyth.proto.pinning`. On top of it this keeps what a user needs to act
 on a refusal: the bundle the server presented instead (so a re-pin accepts exactly what
@@ -26,6 +27,7 @@ from nyth.errors import (
 )
 from nyth.proto import fmd
 from nyth.proto.bundle import ServerBundle
+from nyth.proto.discovery import IndexBundle
 from nyth.proto.group import BLOB_SIZE
 from nyth.proto.identity import normalize_onion
 from nyth.proto.mailbox_bundle import MailboxBundle
@@ -75,6 +77,9 @@ def _mailbox_unusable(bundle: MailboxBundle) -> str | None:
 GROUP = PinKind("group", "pins", ServerBundle.verify, _group_unusable)
 MAILBOX = PinKind("mailbox", "mailbox_pins", MailboxBundle.verify, _mailbox_unusable)
 KINDS = {kind.name: kind for kind in (GROUP, MAILBOX)}
+# Discovery indexes (nyth_peer.discovery): pinned like servers, listed apart from them (an
+# index is not a server a group or a mailbox uses).
+INDEX = PinKind("index", "index_pins", IndexBundle.verify, lambda bundle: None)
 
 
 def _b64(data: bytes) -> str:

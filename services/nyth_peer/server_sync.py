@@ -74,7 +74,7 @@ class _BlobItem(StrictModel):
     blob: Annotated[bytes, PlainValidator(b64_validator(size=BLOB_SIZE))]
 
 
-class _BlobPage(StrictModel):
+class BlobPage(StrictModel):
     blobs: list[_BlobItem] = Field(max_length=PAGE)
     next: str = Field(pattern=CURSOR_PATTERN)
     more: bool
@@ -206,7 +206,7 @@ class ServerSync:
                 max_bytes=PAGE_ANSWER_BYTES, deadline=REQUEST_DEADLINE, what="page of blobs")
             if answer.status_code != 200:
                 raise ServerReadError(f"{answer.server} {answer.failure()} to a fetch")
-            page = answer.parse(_BlobPage)
+            page = answer.parse(BlobPage)
             if page.more and page.next == after:
                 # Would have us ask for the same page again and again.
                 raise UntrustedResponseError(f"{answer.server} says more blobs wait after "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from nyth.config import DevModeSettings, HostPort, TestReaderLabel
+from nyth.config import DevModeSettings, HostPort, OnionList, TestReaderLabel, UrlList
 from pydantic import Field, SecretStr
 
 
@@ -69,6 +69,16 @@ class PeerSettings(DevModeSettings):
         60.0, ge=1, le=3600,
         description="Tell each online member of a group our newest messages (GROUP_HEADS) "
                     "at most this often, and at least this often while it stays online.")
+    discovery_indexes: OnionList = Field(
+        default_factory=list,
+        description="Discovery indexes to read the directory of measured servers from "
+                    "(onions, comma-separated); each is pinned on first use.")
+    discovery_healthz: UrlList = Field(
+        default_factory=list,
+        description="Instead of (or beside) NYTH_DISCOVERY_INDEXES: /healthz URLs of indexes "
+                    "deployed beside this peer; their onions are read from there at start.")
+    discovery_refresh_seconds: float = Field(
+        300.0, ge=1, le=86_400, description="How often each index's directory is read again.")
     log_level: str = "info"
 
     # Test hook (NYTH_DEV_MODE only): name ourselves to group servers in the

@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nyth.proto.discovery import MAX_ADVERT_LIFETIME, encode_label
 from nyth.proto.identity import normalize_onion
 
 ENV_PREFIX = "NYTH_"
@@ -332,3 +333,40 @@ class OnionServiceSettings(NythSettings):
     def passphrase(self) -> str:
         assert self.key_passphrase is not None
         return self.key_passphrase.get_secret_value()
+
+
+class AdvertiserSettings(NythSettings):
+    """A server that asks discovery indexes to list it (nyth.advertiser): the group server
+    and the mailbox mix this in beside OnionServiceSettings."""
+
+    discovery_indexes: OnionList = Field(
+        default_factory=list,
+        description="Onions of the discovery indexes to advertise this server to.")
+    discovery_healthz: UrlList = Field(
+        default_factory=list,
+        description="Instead of (or beside) NYTH_DISCOVERY_INDEXES: /healthz URLs of indexes "
+                    "deployed beside this server; their onions are read from there at start.")
+    operator_label: str = Field(
+        "", description="Who runs this server, as indexes list it (a claim, shown as such; at "
+                        "most 32 bytes of printable UTF-8). Spreads users' choices over operators.")
+    advert_lifetime_seconds: int = Field(
+        86_400, ge=10, le=MAX_ADVERT_LIFETIME,
+        description="How long one advert lists the server; it is renewed at half of it.")
+    advert_retry_cap_seconds: float = Field(
+        300.0, ge=1, le=86_400,
+        description="Longest wait between attempts to advertise to an index that failed.")
+
+    @field_validator("operator_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        encode_label(value)  # DecodeError is a ValueError: pydantic reports its message
+        return value
+
+    @model_validator(mode="after")
+    def _adverts_need_tor(self) -> AdvertiserSettings:
+        # Adverts go to onions only; without a SOCKS port none could ever leave.
+        if (self.discovery_indexes or self.discovery_healthz) and \
+                getattr(self, "tor_socks", "") is None:
+            raise ValueError("NYTH_DISCOVERY_INDEXES / NYTH_DISCOVERY_HEALTHZ need NYTH_TOR_SOCKS "
+                             "(adverts reach indexes through tor)")
+        return self
