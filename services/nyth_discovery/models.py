@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nyth.http_limits import b64_len
+from nyth.proto import discovery
 from nyth.proto.discovery import ADVERT_SIZE
 from nyth.runtime.onion_service import Health
 from pydantic import BaseModel, Field
@@ -41,7 +42,9 @@ class DirectoryPage(BaseModel):
     digest: str = Field(description="Hex SHA-256 of the whole signed directory.")
     page: int
     pages: int
-    chunk: str = Field(description="Base64 of one encoded Chunk (as in the directory group).")
+    chunks: list[str] = Field(
+        description=f"Base64 of up to {discovery.CHUNKS_PER_PAGE} encoded Chunks, in order "
+                    "(each as in the directory group): chunks page·n .. page·n + n - 1.")
 
 
 class ServerView(BaseModel):

@@ -92,28 +92,28 @@ def directory_routes() -> APIRouter:
 
     @router.get(
         "/v1/directory", response_model=DirectoryPage,
-        summary="One chunk of the latest signed directory (as posted in the directory group)",
-        description="Fetch pages 0..pages-1 of one epoch and reassemble them "
+        summary="One page of chunks of the latest signed directory (as in the directory group)",
+        description="Fetch pages 0..pages-1 of one epoch and reassemble their chunks "
                     "(nyth.proto.discovery.assemble); the digest names the whole.",
         responses=error_responses(404, 422, 503),
     )
     async def get_directory(
         request: Request,
-        page: Annotated[int, Query(ge=0, le=discovery.MAX_CHUNKS - 1,
-                                   description="Chunk index, from 0")] = 0,
+        page: Annotated[int, Query(ge=0, le=discovery.MAX_PAGES - 1,
+                                   description="Page number, from 0")] = 0,
     ) -> Response:
         stored = await _state(request).store.directory()
         if stored is None:
             return error_json(503, "no directory issued yet; retry in a minute",
                               headers={"Retry-After": "10"})
         chunks = discovery.chunk_directory(stored.signed, stored.epoch)
-        if page >= len(chunks):
-            return error_json(404, f"epoch {stored.epoch} has {len(chunks)} pages "
-                                   f"(0..{len(chunks) - 1}); page {page} does not exist")
-        chunk = chunks[page]
-        return JSONResponse(DirectoryPage(epoch=stored.epoch, digest=chunk.digest.hex(),
-                                          page=page, pages=len(chunks),
-                                          chunk=_b64(chunk.encode())).model_dump())
+        pages = discovery.page_count(len(chunks))
+        if page >= pages:
+            return error_json(404, f"epoch {stored.epoch} has {pages} pages "
+                                   f"(0..{pages - 1}); page {page} does not exist")
+        return JSONResponse(DirectoryPage(
+            epoch=stored.epoch, digest=chunks[0].digest.hex(), page=page, pages=pages,
+            chunks=[_b64(c.encode()) for c in discovery.page_of(chunks, page)]).model_dump())
 
     return router
 

@@ -104,8 +104,11 @@ class GroupCreate(BaseModel):
     auto: bool = Field(
         False, description="choose the servers from the discovery indexes' directories by the "
                            "default policy (docs/discovery.md) instead of naming them")
-    k: int | None = Field(None, ge=1, le=8,
-                          description="with auto: how many servers (default 2)")
+    k: int | None = Field(
+        None, ge=1, le=8,
+        description="with auto: exactly this many servers (409 if fewer are eligible); "
+                    "unset: the policy's 2, or fewer when fewer are eligible (each choice "
+                    "then says so)")
 
 
 class GroupCreated(GroupView):
@@ -397,7 +400,7 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
             assert e.discovery is not None
             known = [o for g in groups_.store.list("groups") for o in g["servers"]]
             try:
-                picked = choose_servers(e.discovery, k=body.k or 2, known=known)
+                picked = choose_servers(e.discovery, k=body.k, known=known)
             except (NoDirectory, NotEnoughServers) as exc:
                 raise HTTPException(409, str(exc)) from exc
             choice = [{"onion": c.onion, "reason": c.reason} for c in picked]

@@ -230,15 +230,15 @@ class Discovery:
         """The index's current directory, accepted; None when it is the one held."""
         held_epoch, held_digest = self._held(onion)
         for _ in range(PAGE_ATTEMPTS):
-            first, pages = await fetch_directory_page(http, onion, 0)
+            chunks, pages = await fetch_directory_page(http, onion, 0)
+            first = chunks[0]
             if first.digest == held_digest:
                 return None
-            chunks = [first]
             for page in range(1, pages):
-                chunk, _ = await fetch_directory_page(http, onion, page)
-                if (chunk.epoch, chunk.digest) != (first.epoch, first.digest):
+                more, _ = await fetch_directory_page(http, onion, page)
+                if (more[0].epoch, more[0].digest) != (first.epoch, first.digest):
                     break  # a new directory was issued meanwhile: read it from page 0
-                chunks.append(chunk)
+                chunks.extend(more)
             else:
                 return accept_pages(chunks, index, now=int(time.time()), held_epoch=held_epoch)
         raise UntrustedResponseError(f"the index changed its directory during each of "

@@ -157,9 +157,12 @@ def discovery_view(discovery: Discovery, kind: ServerKind | None = None) -> dict
             "servers": servers}
 
 
-def choose_servers(discovery: Discovery, *, k: int, known: Iterable[str]) -> list[Choice]:
-    """k group servers by the default policy (docs/discovery.md) from the valid
-    directories held; NoDirectory, or server_choice.NotEnoughServers, say why not."""
+def choose_servers(discovery: Discovery, *, k: int | None,
+                   known: Iterable[str]) -> list[Choice]:
+    """Group servers by the default policy (docs/discovery.md) from the valid directories
+    held: k of them when the user asked for k (NotEnoughServers if fewer are eligible),
+    else the policy's 2, or fewer, each saying so, when fewer are eligible. NoDirectory,
+    or server_choice.NotEnoughServers, say why not."""
     now = time.time()
     valid = {o: d for o, d in discovery.directories.items() if d.expires_at > now}
     if not valid:
@@ -169,4 +172,5 @@ def choose_servers(discovery: Discovery, *, k: int, known: Iterable[str]) -> lis
         raise NoDirectory(f"cannot choose servers: {held}")
     standings = [standing for standing, _ in ranked(valid)]
     return [Choice(c.onion, printable(c.reason, 500))
-            for c in choose(standings, known=known, policy=Policy(k=k))]
+            for c in choose(standings, known=known,
+                            policy=Policy() if k is None else Policy(k=k, minimum=k))]

@@ -19,6 +19,7 @@ from pydantic import Field, PlainValidator
 from nyth.errors import DecodeError
 from nyth.http_limits import (
     ERROR_BODY_BYTES,
+    ITEM_SLACK,
     JSON_SLACK,
     StrictModel,
     UntrustedResponseError,
@@ -29,11 +30,13 @@ from nyth.http_limits import (
 )
 from nyth.proto.discovery import (
     ADVERT_SIZE,
+    CHUNKS_PER_PAGE,
     MAX_CHUNK_SIZE,
-    MAX_CHUNKS,
     MAX_INDEX_BUNDLE_SIZE,
+    MAX_PAGES,
     Chunk,
     IndexBundle,
+    page_count,
 )
 from nyth.proto.group import MAX_SERVERS
 from nyth.tor.socks import describe_socks_reply, socks_reply_code
@@ -45,8 +48,8 @@ INDEX_DEADLINE = 30.0
 # pow bits and the index's onion; all but the bundle are ignored (the bundle says it all).
 BUNDLE_ANSWER_BYTES = (b64_len(MAX_INDEX_BUNDLE_SIZE) + MAX_SERVERS * 70 + b64_len(32)
                        + JSON_SLACK)
-# GET /v1/directory?page=N: one chunk plus its epoch, digest and page numbers.
-PAGE_ANSWER_BYTES = b64_len(MAX_CHUNK_SIZE) + JSON_SLACK
+# GET /v1/directory?page=N: up to CHUNKS_PER_PAGE chunks plus epoch, digest, page numbers.
+PAGE_ANSWER_BYTES = CHUNKS_PER_PAGE * (b64_len(MAX_CHUNK_SIZE) + ITEM_SLACK) + JSON_SLACK
 # POST /v1/adverts: a small acknowledgement; its content is not used.
 ADVERT_ANSWER_BYTES = ERROR_BODY_BYTES
 
@@ -60,9 +63,10 @@ class _BundleAnswer(StrictModel):
 
 
 class _PageAnswer(StrictModel):
-    page: int = Field(ge=0, lt=MAX_CHUNKS)
-    pages: int = Field(ge=1, le=MAX_CHUNKS)
-    chunk: Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_CHUNK_SIZE))]
+    page: int = Field(ge=0, lt=MAX_PAGES)
+    pages: int = Field(ge=1, le=MAX_PAGES)
+    chunks: list[Annotated[bytes, PlainValidator(b64_validator(max_size=MAX_CHUNK_SIZE))]] = \
+        Field(min_length=1, max_length=CHUNKS_PER_PAGE)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -94,10 +98,12 @@ async def fetch_index_bundle(http: httpx.AsyncClient, onion: str) -> bytes:
     return data
 
 
-async def fetch_directory_page(http: httpx.AsyncClient, onion: str, page: int) -> tuple[Chunk, int]:
-    """Page `page` of the index's current directory: (its chunk, the number of pages).
-    The chunk's own index and count must be the page's: an index that numbers them
-    otherwise is refused here, before the chunk reaches an assembler."""
+async def fetch_directory_page(http: httpx.AsyncClient, onion: str,
+                               page: int) -> tuple[list[Chunk], int]:
+    """Page `page` of the index's current directory: (its chunks, the number of pages).
+    The chunks' own indexes must be the page's (CHUNKS_PER_PAGE of them from
+    page · CHUNKS_PER_PAGE, fewer on the last page only), all of one directory: an index
+    that numbers them otherwise is refused here, before a chunk reaches an assembler."""
     answer = await bounded_request(http, "GET", index_url(onion, "/v1/directory"),
                                    params={"page": page}, max_bytes=PAGE_ANSWER_BYTES,
                                    deadline=INDEX_DEADLINE, what="directory page")
@@ -105,14 +111,20 @@ async def fetch_directory_page(http: httpx.AsyncClient, onion: str, page: int) -
         raise IndexAnswerError(f"{answer.server} {answer.failure()} to a directory request")
     parsed = answer.parse(_PageAnswer)
     try:
-        chunk = Chunk.decode(parsed.chunk)
+        chunks = [Chunk.decode(data) for data in parsed.chunks]
     except DecodeError as exc:
         raise UntrustedResponseError(f"{answer.server} sent a malformed chunk: {exc}") from None
-    if (chunk.index, chunk.count) != (page, parsed.pages) or parsed.page != page:
+    first = page * CHUNKS_PER_PAGE
+    count = chunks[0].count
+    expected = list(range(first, min(first + CHUNKS_PER_PAGE, count)))
+    if ([c.index for c in chunks] != expected or parsed.page != page
+            or page_count(count) != parsed.pages
+            or any((c.epoch, c.digest, c.count) != (chunks[0].epoch, chunks[0].digest, count)
+                   for c in chunks)):
         raise UntrustedResponseError(
-            f"{answer.server} answered page {page} with chunk {chunk.index} of {chunk.count} "
-            f"(page {parsed.page} of {parsed.pages})")
-    return chunk, parsed.pages
+            f"{answer.server} answered page {page} of {parsed.pages} with chunks "
+            f"{[c.index for c in chunks][:4]}… of {count}, not chunks {first}.. of one directory")
+    return chunks, parsed.pages
 
 
 async def post_advert(http: httpx.AsyncClient, onion: str, advert: bytes) -> None:

@@ -252,10 +252,9 @@ def test_the_directory_is_published_into_the_public_group(net: Net) -> None:
     # The same kind of directory over HTTP, page by page.
     with net.http() as http:
         first = http.get("/v1/directory", params={"page": 0}).json()
-        chunks = [Chunk.decode(base64.b64decode(first["chunk"]))]
-        for page in range(1, first["pages"]):
-            chunks.append(Chunk.decode(base64.b64decode(
-                http.get("/v1/directory", params={"page": page}).json()["chunk"])))
+        pages = [first] + [http.get("/v1/directory", params={"page": page}).json()
+                           for page in range(1, first["pages"])]
+        chunks = [Chunk.decode(base64.b64decode(c)) for p in pages for c in p["chunks"]]
         beyond = http.get("/v1/directory", params={"page": first["pages"]})
     over_http = discovery.accept_directory(discovery.assemble(chunks), index_key=index_key,
                                            now=int(time.time()))

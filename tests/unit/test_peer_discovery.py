@@ -25,6 +25,8 @@ from nyth.proto.discovery import (
     IndexBundle,
     ServerKind,
     chunk_directory,
+    page_count,
+    page_of,
 )
 from nyth.proto.group import GroupKind, seal_group_data
 from nyth.proto.identity import Identity
@@ -106,8 +108,8 @@ class Net:
             page = int(request.url.params["page"])
             chunks = chunk_directory(self.signed, self.epoch)
             return answer(200, {"epoch": self.epoch, "digest": chunks[0].digest.hex(),
-                                "page": page, "pages": len(chunks),
-                                "chunk": b64(chunks[page].encode())})
+                                "page": page, "pages": page_count(len(chunks)),
+                                "chunks": [b64(c.encode()) for c in page_of(chunks, page)]})
         assert host == f"{DIR_SERVER.onion}.onion"
         if path == "/v1/bundle":
             return answer(200, {"bundle": b64(server_bundle(DIR_SERVER))})
