@@ -8,7 +8,9 @@ and a tampered directory posted there while keeping the good one.
 
 One devnet for the module (servers take a while to publish their onions). Tests may run
 in any order (pytest-randomly): the one that stops an index stops index C, which only the
-directory server advertises to and only carol reads.
+directory server advertises to and only carol reads; the one that stops a server stops
+"fading", which advertises to index A and to the slow index D (one probe an hour), read
+by dave alone.
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ class Net:
     index_a: ServiceHandle
     index_b: ServiceHandle
     index_c: ServiceHandle
+    index_d: ServiceHandle
     servers: dict[str, ServiceHandle]
     alice: PeerHandle
     bob: PeerHandle
     carol: PeerHandle
+    dave: PeerHandle
 
     def discovery(self, peer: PeerHandle | None = None) -> dict[str, Any]:
         with (peer or self.alice).client() as c:
@@ -72,7 +76,7 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
     with running_devnet(tmp_path_factory.mktemp("discovery-peer"), tor_network, tor_gateway,
                         redis_server, flushed_db(redis_server)) as devnet:
         a, b = devnet.index_onion("idx-a"), devnet.index_onion("idx-b")
-        c = devnet.index_onion("idx-c")
+        c, d = devnet.index_onion("idx-c"), devnet.index_onion("idx-d")
         both = {"NYTH_DISCOVERY_INDEXES": f"{a},{b}", "NYTH_ADVERT_RETRY_CAP_SECONDS": "10"}
         servers = {
             # The directory group's server: no tokens, so this test can post there itself.
@@ -87,6 +91,10 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
             "lonely": devnet.add_group_server("lonely", NYTH_DISCOVERY_INDEXES=a,
                                               NYTH_ADVERT_RETRY_CAP_SECONDS="10"),
             "mailbox": devnet.add_mailbox("mailbox", NYTH_POW_BITS="4", **both),
+            # Measured by a fast index (A) and a slow one (D): once stopped, A says down
+            # while D still says up.
+            "fading": devnet.add_group_server("fading", NYTH_DISCOVERY_INDEXES=f"{a},{d}",
+                                              NYTH_ADVERT_RETRY_CAP_SECONDS="10"),
         }
         for handle in servers.values():
             handle.wait_online()
@@ -94,17 +102,21 @@ def net(tmp_path_factory: pytest.TempPathFactory, tor_network: PrivateTorNetwork
         index_a = devnet.add_discovery("idx-a", directory_servers=directory)
         index_b = devnet.add_discovery("idx-b", directory_servers=directory)
         index_c = devnet.add_discovery("idx-c", directory_servers=directory)
+        index_d = devnet.add_discovery("idx-d", directory_servers=directory,
+                                       NYTH_PROBE_INTERVAL_SECONDS="3600")
         alice = devnet.add_peer("alice", NYTH_DISCOVERY_INDEXES=f"{a},{b}",
                                 NYTH_DISCOVERY_REFRESH_SECONDS="8")
         bob = devnet.add_peer("bob")
         carol = devnet.add_peer("carol", NYTH_DISCOVERY_INDEXES=c,
                                 NYTH_DISCOVERY_REFRESH_SECONDS="8")
-        for index in (index_a, index_b, index_c):
+        dave = devnet.add_peer("dave", NYTH_DISCOVERY_INDEXES=f"{a},{d}",
+                               NYTH_DISCOVERY_REFRESH_SECONDS="8")
+        for index in (index_a, index_b, index_c, index_d):
             index.wait_online()
-        for peer in (alice, bob, carol):
+        for peer in (alice, bob, carol, dave):
             peer.wait_online()
-        yield Net(devnet, index_a, index_b, index_c, servers, alice, bob, carol)
-        for handle in (index_a, index_b, index_c, *servers.values()):
+        yield Net(devnet, index_a, index_b, index_c, index_d, servers, alice, bob, carol, dave)
+        for handle in (index_a, index_b, index_c, index_d, *servers.values()):
             print(f"--- {handle.name} log tail ---\n{handle.process.log_tail(20)}")
 
 
@@ -133,6 +145,7 @@ def _ranked(net: Net) -> dict[str, Any] | None:
     view = net.discovery()
     servers = {s["onion"]: s for s in view["servers"]}
     group = [net.servers[n].onion for n in ("dir", "gs1", "gs2", "lonely")]
+    # ("fading" is left out: another test stops it.)
     if not all(o in servers and servers[o]["state"] == "up" and servers[o]["probes"] >= 3
                for o in group):
         return None
@@ -165,6 +178,30 @@ def test_peer_ranks_servers_and_shows_where_indexes_disagree(net: Net) -> None:
     with net.alice.client() as c:
         mailboxes = c.get("/v1/discovery", kind="mailbox")["servers"]
     assert [s["onion"] for s in mailboxes] == [net.servers["mailbox"].onion]
+
+
+def test_a_stopped_server_seen_down_by_one_index_and_up_by_another(net: Net) -> None:
+    """Index A probes every few seconds, index D once an hour: after the server stops, A
+    says down and D still up. Dave sees the disagreement, and the cautious (worst) view."""
+    fading, a, d = net.servers["fading"], net.index_a.onion, net.index_d.onion
+
+    def row() -> dict[str, Any] | None:
+        net.refresh(net.dave)
+        return next((s for s in net.discovery(net.dave)["servers"]
+                     if s["onion"] == fading.onion), None)
+
+    wait_until(lambda: (r := row()) and r["state"] == "up" and sorted(r["listed_by"])
+               == sorted([a, d]), 240, interval=3,
+               what="dave to see 'fading' up, listed by A and D", state=row)
+    fading.process.stop()
+    seen = wait_until(lambda: (r := row()) and any(x.startswith("state:")
+                                                   for x in r["disagreements"]) and r,
+                      120, interval=3, what="dave to see A and D disagree about 'fading'",
+                      state=row)
+    assert seen["state"] == "down", seen
+    assert "down" in seen["reason"], seen
+    state_line = next(x for x in seen["disagreements"] if x.startswith("state:"))
+    assert f"{a[:8]}… says down" in state_line and f"{d[:8]}… says up" in state_line, state_line
 
 
 def _nyth(peer: PeerHandle, *args: str, columns: int = 80) -> str:
