@@ -15,6 +15,7 @@ from nyth.peer_client import ApiError, PeerClient
 from nyth.proto.identity import normalize_onion
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
@@ -466,6 +467,13 @@ def _index_lines(i: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _print_hanging(line: str) -> None:
+    """A line whose wrapped continuation keeps its indent, so a long reason stays under
+    its server instead of running back to column 0."""
+    indent = len(line) - len(line.lstrip(" "))
+    console.print(Padding(line[indent:], (0, 0, 0, indent), expand=False), highlight=False)
+
+
 @app.command()
 def discover(kind: Annotated[str | None, typer.Option(
                  help="group-server or mailbox")] = None,
@@ -484,7 +492,7 @@ def discover(kind: Annotated[str | None, typer.Option(
                       f"{'p50/p95':>12} {'audit':<8} label", style="bold", highlight=False)
     for s in servers:
         for line in _server_lines(s):
-            console.print(line, highlight=False)
+            _print_hanging(line)
     if not servers:
         console.print("no servers listed (yet): see the indexes' states below")
     split = [s for s in servers if s["disagreements"]]
@@ -493,12 +501,12 @@ def discover(kind: Annotated[str | None, typer.Option(
     for s in split:
         console.print(f"  {s['onion']}.onion", highlight=False)
         for text in s["disagreements"]:
-            console.print(f"    {t(text)}", highlight=False)
+            _print_hanging(f"    {t(text)}")
     console.print("[bold]indexes:[/bold]" if result["indexes"] else
                   "no discovery index configured (NYTH_DISCOVERY_INDEXES)")
     for index in result["indexes"]:
         for line in _index_lines(index):
-            console.print(line, highlight=False)
+            _print_hanging(line)
 
 
 # -- pinned servers --------------------------------------------------------------------------
