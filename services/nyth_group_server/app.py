@@ -229,7 +229,8 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.include_router(_group_routes(settings))
+    app.include_router(_bundle_routes(settings))
+    app.include_router(_blob_routes(settings))
     if settings.tokens_required:
         app.include_router(token_routes())
     app.include_router(_operations_routes())
@@ -245,10 +246,8 @@ def _server(request: Request) -> ServerState:
     return state
 
 
-def _group_routes(settings: GroupServerSettings) -> APIRouter:
+def _bundle_routes(settings: GroupServerSettings) -> APIRouter:
     router = APIRouter(tags=["group"])
-    # Who reads: always None outside dev mode (see nyth_group_server.faults).
-    Reader = Annotated[str | None, Depends(reader_dependency(settings.dev_mode))]
 
     @router.get("/v1/bundle", response_model=BundleResponse,
                 summary="The server's signed key bundle and the limits it enforces")
@@ -261,6 +260,14 @@ def _group_routes(settings: GroupServerSettings) -> APIRouter:
             tokens_required=state.tokens is not None,
             token_pow_bits=settings.token_pow_bits if state.tokens is not None else 0,
         )
+
+    return router
+
+
+def _blob_routes(settings: GroupServerSettings) -> APIRouter:
+    router = APIRouter(tags=["group"])
+    # Who reads: always None outside dev mode (see nyth_group_server.faults).
+    Reader = Annotated[str | None, Depends(reader_dependency(settings.dev_mode))]
 
     @router.post(
         "/v1/blobs", status_code=201, response_model=PostResponse,

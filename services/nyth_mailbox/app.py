@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.advertiser import Advertiser, AdvertsField, AdvertView
 from nyth.errors import AuthenticationError, DecodeError
@@ -347,31 +347,61 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    RecordBody = record_body_model(settings.record_size)
+    app.include_router(_bundle_routes(settings))
+    app.include_router(_card_routes(settings))
+    app.include_router(_record_routes(settings))
+    app.include_router(_detection_routes(settings))
+    app.include_router(_operations_routes())
+    answer_redis_errors(app, log)
+    app.add_exception_handler(InvalidInput, _invalid_input)
+    app.add_exception_handler(DetectionUnavailable, _no_detection)
+    # The largest body is a record: base64 of tag and ciphertext plus JSON framing.
+    install_common(app, SERVICE,
+                   max_body_bytes=b64_len(settings.record_size) + b64_len(TAG_SIZE) + 4096)
+    return app
 
-    def server(request: Request) -> MailboxState:
-        state: MailboxState = request.app.state.nyth
-        return state
 
-    @app.get("/v1/bundle", response_model=BundleResponse, tags=["mailbox"],
-             summary="The mailbox's signed bundle and the limits it enforces")
+def _server(request: Request) -> MailboxState:
+    state: MailboxState = request.app.state.nyth
+    return state
+
+
+async def _invalid_input(request: Request, exc: Exception) -> Response:
+    return error_json(422, str(exc))
+
+
+async def _no_detection(request: Request, exc: Exception) -> Response:
+    return error_json(503, "detection is not available on this mailbox (no FMD module)")
+
+
+def _bundle_routes(settings: MailboxSettings) -> APIRouter:
+    router = APIRouter(tags=["mailbox"])
+
+    @router.get("/v1/bundle", response_model=BundleResponse,
+                summary="The mailbox's signed bundle and the limits it enforces")
     async def get_bundle(request: Request) -> BundleResponse:
-        state = server(request)
+        state = _server(request)
         return BundleResponse(
             bundle=_b64(state.bundle), onion=state.identity.onion, tag_size=TAG_SIZE,
             record_size=settings.record_size, max_records=settings.max_records,
             max_age_seconds=settings.max_age_seconds, pow_bits=settings.pow_bits,
         )
 
-    @app.put(
-        "/v1/cards/{onion}", response_model=CardResponse, tags=["cards"],
+    return router
+
+
+def _card_routes(settings: MailboxSettings) -> APIRouter:
+    router = APIRouter(tags=["cards"])
+
+    @router.put(
+        "/v1/cards/{onion}", response_model=CardResponse,
         summary="Publish (or renew) the contact card of an onion",
         description="Only cards that verify for this onion, are unexpired and carry the "
                     "bundle's proof of work (`nonce`) are stored; the newest issued_at wins.",
         responses=error_responses(400, 403, 409, 422, 429, 503),
     )
     async def put_card(request: Request, onion: OnionPath, body: CardBody) -> Response:
-        state = server(request)
+        state = _server(request)
         data = _b64decode(body.card, "card")
         now = int(time.time())
         try:
@@ -398,11 +428,11 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         return JSONResponse(CardResponse(card=body.card, issued_at=card.issued_at,
                                          expires_at=card.expires_at).model_dump())
 
-    @app.get("/v1/cards/{onion}", response_model=CardResponse, tags=["cards"],
-             summary="The stored contact card of an onion (verify it yourself)",
-             responses=error_responses(404, 422, 503))
+    @router.get("/v1/cards/{onion}", response_model=CardResponse,
+                summary="The stored contact card of an onion (verify it yourself)",
+                responses=error_responses(404, 422, 503))
     async def get_card(request: Request, onion: OnionPath) -> Response:
-        state = server(request)
+        state = _server(request)
         public_key = public_key_from_onion(onion)
         data = await state.store.get_card(public_key)
         card = None
@@ -418,13 +448,20 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         return JSONResponse(CardResponse(card=_b64(data), issued_at=card.issued_at,
                                          expires_at=card.expires_at).model_dump())
 
-    @app.post(
-        "/v1/records", status_code=201, response_model=PostResponse, tags=["records"],
+    return router
+
+
+def _record_routes(settings: MailboxSettings) -> APIRouter:
+    router = APIRouter(tags=["records"])
+    RecordBody = record_body_model(settings.record_size)
+
+    @router.post(
+        "/v1/records", status_code=201, response_model=PostResponse,
         summary="Store one record (FMD tag + fixed-size ciphertext) with a proof of work",
         responses=error_responses(400, 403, 409, 413, 422, 503),
     )
     async def post_record(request: Request, body: RecordBody) -> Response:  # type: ignore[valid-type]
-        state = server(request)
+        state = _server(request)
         tag = _b64decode(body.tag, "tag")  # type: ignore[attr-defined]
         ciphertext = _b64decode(body.ciphertext, "ciphertext")  # type: ignore[attr-defined]
         nonce: int = body.nonce  # type: ignore[attr-defined]
@@ -453,8 +490,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         POSTED.inc()
         return JSONResponse({"id": str(cursor)}, status_code=201)
 
-    @app.get(
-        "/v1/records", response_model=RecordPage, tags=["records"],
+    @router.get(
+        "/v1/records", response_model=RecordPage,
         summary="Download everything: records after a cursor, oldest first, paged",
         responses=error_responses(422, 503),
     )
@@ -464,12 +501,18 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=settings.max_page,
                                     description="Page size")] = settings.max_page,
     ) -> RecordPage:
-        page = await server(request).store.read_after(Cursor.parse(after), limit)
+        page = await _server(request).store.read_after(Cursor.parse(after), limit)
         return RecordPage(records=[_item(r) for r in page.records], next=str(page.next),
                           more=page.more)
 
-    @app.post(
-        "/v1/detect", response_model=DetectPage, tags=["detection"],
+    return router
+
+
+def _detection_routes(settings: MailboxSettings) -> APIRouter:
+    router = APIRouter(tags=["detection"])
+
+    @router.post(
+        "/v1/detect", response_model=DetectPage,
         summary="Records after a cursor whose tags pass a delegated detection key",
         description=(
             f"Tests at most {settings.max_detect_scan} records per call; `next` is the last "
@@ -478,7 +521,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
         responses=error_responses(400, 422, 503),
     )
     async def post_detect(request: Request, body: DetectBody) -> Response:
-        state = server(request)
+        state = _server(request)
         key = _decode_detection_key(_b64decode(body.detection_key, "detection_key"))
         # Each call is up to max_detect_scan scalar-mult tests in a worker thread: refuse
         # at once when enough are running rather than queue unbounded CPU work.
@@ -496,8 +539,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
                           scanned=scanned)
         return JSONResponse(page.model_dump())
 
-    @app.post(
-        "/v1/detect/stream", tags=["detection"],
+    @router.post(
+        "/v1/detect/stream",
         summary="Server-Sent Events: matches for a detection key after the cursor, then live",
         description=(
             "Registers the detection key for the life of the stream. Each event has "
@@ -521,32 +564,26 @@ def create_app(settings: MailboxSettings) -> FastAPI:
                                    "detection_key and after in the JSON body")
         detection_key = _decode_detection_key(_b64decode(body.detection_key, "detection_key"))
         start = Cursor.parse(last_event_id if last_event_id is not None else body.after)
-        state = server(request)
+        state = _server(request)
         return state.event_stream(_match_events(state, detection_key, start),
                                   close_feed=state.notifier.close)
 
-    @app.get(
-        "/healthz", response_model=Health, tags=["operations"], summary="Liveness and Redis",
+    return router
+
+
+def _operations_routes() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get(
+        "/healthz", response_model=Health, summary="Liveness and Redis",
         responses={503: {"model": Health, "description": "Redis is unreachable"}},
     )
     async def healthz(request: Request) -> Response:
-        state = server(request)
+        state = _server(request)
         return await state.health(Health, fmd=fmd_module() is not None,
                                   adverts=state.advertiser.view() if state.advertiser else None)
 
-    async def invalid_input(request: Request, exc: Exception) -> Response:
-        return error_json(422, str(exc))
-
-    async def no_detection(request: Request, exc: Exception) -> Response:
-        return error_json(503, "detection is not available on this mailbox (no FMD module)")
-
-    answer_redis_errors(app, log)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(DetectionUnavailable, no_detection)
-    # The largest body is a record: base64 of tag and ciphertext plus JSON framing.
-    install_common(app, SERVICE,
-                   max_body_bytes=b64_len(settings.record_size) + b64_len(TAG_SIZE) + 4096)
-    return app
+    return router
 
 
 async def _match_events(state: MailboxState, key: Any,

@@ -1,0 +1,104 @@
+"""Contacts: requests, answers to them, and confirming a proposed mailbox change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from nyth.errors import DecodeError
+from nyth.proto.contact_id import ContactId
+from nyth.proto.p2p import MAX_TEXT_CHARS
+from nyth.web import error_responses
+from pydantic import BaseModel, ConfigDict, Field
+
+from nyth_peer.routes.common import Onion, Unlocked, check_onion, contact_call, messenger
+
+
+class ContactAdd(BaseModel):
+    onion: str | None = Field(None, min_length=56, max_length=80,
+                              description="the contact's onion address (reaches them only P2P)")
+    contact_id: str | None = Field(
+        None, min_length=10, max_length=200,
+        description="the contact identifier they shared (nyth1…): onion + mailbox, so a "
+                    "request reaches them even while they are offline")
+    text: str = Field("", max_length=MAX_TEXT_CHARS, description="a note sent with the request")
+
+
+class MailboxConfirm(BaseModel):
+    mailbox: str = Field(min_length=56, max_length=80, description=(
+        "the mailbox onion to use from now on: `mailbox_change.to` switches to the proposed "
+        "mailbox, `mailbox_change.from` keeps the current one and dismisses the proposal"))
+
+
+class MailboxChange(BaseModel):
+    from_: str = Field(alias="from", description="the mailbox onion in use (kept until you confirm)")
+    to: str = Field(description="the mailbox onion a contact id named for this contact")
+    since: float = Field(description="when the change was proposed (Unix seconds)")
+
+
+class ContactView(BaseModel):
+    """A contact. Other fields (request state, connection...) are passed through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    onion: str
+    status: str
+    mailbox: str | None = Field(None, description="the mailbox onion offline messages go to")
+    mailbox_change: MailboxChange | None = Field(
+        None, description="a different mailbox proposed by a contact id, not in use until "
+                          "you confirm it (POST /v1/contacts/{onion}/mailbox/confirm)")
+
+
+def contact_routes(unlocked: Unlocked) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/contacts", response_model=list[ContactView], response_model_by_alias=True,
+                responses=error_responses(423))
+    async def contacts() -> list[dict[str, Any]]:
+        return messenger(unlocked).contacts()
+
+    @router.post("/contacts", status_code=201, response_model=ContactView,
+                 response_model_by_alias=True, responses=error_responses(400, 423))
+    async def add_contact(body: ContactAdd) -> dict[str, Any]:
+        """Add a contact (a contact request). Adding a known contact by a contact id that
+        names another mailbox than the stored one changes nothing but `mailbox_change`."""
+        if (body.onion is None) == (body.contact_id is None):
+            raise HTTPException(422, "give exactly one of onion and contact_id")
+        if body.contact_id is not None:
+            try:
+                cid = ContactId.decode(body.contact_id)
+            except DecodeError as exc:
+                raise HTTPException(422, f"contact id: {exc}") from exc
+            return contact_call(unlocked, lambda m: m.add_contact(cid.onion, body.text,
+                                                                  cid.mailbox_onion))
+        onion = check_onion(body.onion or "")
+        return contact_call(unlocked, lambda m: m.add_contact(onion, body.text))
+
+    @router.get("/contacts/{onion}", response_model=ContactView, response_model_by_alias=True,
+                responses=error_responses(404, 423))
+    async def contact(onion: Onion) -> dict[str, Any]:
+        return contact_call(unlocked, lambda m: m.contact(check_onion(onion)), missing=404)
+
+    @router.post("/contacts/{onion}/mailbox/confirm", response_model=ContactView,
+                 response_model_by_alias=True, responses=error_responses(404, 409, 423))
+    async def confirm_mailbox(onion: Onion, body: MailboxConfirm) -> dict[str, Any]:
+        """Answer a proposed mailbox change (`mailbox_change` on the contact): name the
+        proposed mailbox to use it from now on, or the current one to keep it. Until then
+        offline messages keep going to the current mailbox. 409 if no change is waiting or
+        the mailbox named is neither; 404 for an unknown contact."""
+        contact_onion, mailbox = check_onion(onion), check_onion(body.mailbox)
+        if not messenger(unlocked).store.has("contacts", contact_onion):
+            raise HTTPException(404, f"no contact {contact_onion}.onion")
+        return contact_call(unlocked, lambda m: m.confirm_mailbox(contact_onion, mailbox),
+                            missing=409)
+
+    @router.post("/contacts/{onion}/accept", responses=error_responses(409, 423))
+    async def accept(onion: Onion) -> dict[str, Any]:
+        return contact_call(unlocked, lambda m: m.answer_request(check_onion(onion), True),
+                            missing=409)
+
+    @router.post("/contacts/{onion}/refuse", responses=error_responses(409, 423))
+    async def refuse(onion: Onion) -> dict[str, Any]:
+        return contact_call(unlocked, lambda m: m.answer_request(check_onion(onion), False),
+                            missing=409)
+
+    return router
