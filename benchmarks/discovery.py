@@ -251,11 +251,12 @@ def _sync(net: Devnet, index_handle: Any, server_onion: str, peers: list[PeerHan
         epoch = int(time.time() * 1000) + 10**9 + round_
         signed = Directory(index.public_key, epoch, now, now + 86400, entries).sign(index)
         size = len(signed)
-        chunks = _give_directory(net, index, signed, epoch, server_onion, bundle.group_key,
-                                 bundle.directory_group_id)
         if round_:
+            # Started before it gets the directory: an index issues one of its own at start.
             index_handle.process.start()
             index_handle.wait_online()
+        chunks = _give_directory(net, index, signed, epoch, server_onion, bundle.group_key,
+                                 bundle.directory_group_id)
         index_times.append(_refresh_until(from_index, epoch, "index"))
         index_handle.process.stop()
         group_times.append(_refresh_until(from_group, epoch, "directory group"))
