@@ -20,7 +20,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from nyth.proto import discovery
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.discovery import ADVERT_SIZE, Advert, IndexBundle, ServerKind
@@ -30,9 +29,9 @@ from nyth.runtime.devnet import wait_until
 from nyth.runtime.redis_server import RedisServer
 from nyth_discovery.launch import DiscoveryProcess
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.fixtures.redis import flushed_db
+from tests.fixtures.schemathesis_run import case_ids, cases, check_operation, load_schema
 from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
@@ -58,35 +57,22 @@ def index(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def api_schema(index: DiscoveryProcess) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_url(f"{index.base_url}/openapi.json")
-    schema.config.update(base_url=index.base_url)
-    return schema
+    return load_schema(index.base_url)
 
 
 OPERATIONS = [("/v1/bundle", "GET"), ("/v1/adverts", "POST"), ("/v1/directory", "GET"),
               ("/v1/servers", "GET"), ("/healthz", "GET"), ("/metrics", "GET")]
 WITH_INPUT = [("/v1/adverts", "POST"), ("/v1/directory", "GET"), ("/v1/servers", "GET")]
 NEEDS_MORE_THAN_SCHEMA = {("/v1/adverts", "POST"), ("/v1/directory", "GET")}
-CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
-    (path, method, GenerationMode.NEGATIVE) for path, method in WITH_INPUT]
+CASES = cases(OPERATIONS, WITH_INPUT)
 
 
-@pytest.mark.parametrize(("path", "method", "mode"), CASES,
-                         ids=[f"{m} {p} {g.value}" for p, m, g in CASES])
+@pytest.mark.parametrize(("path", "method", "mode"), CASES, ids=case_ids(CASES))
 def test_every_operation_conforms_and_never_fails(
     api_schema: schemathesis.BaseSchema, path: str, method: str, mode: GenerationMode
 ) -> None:
-    operation = api_schema[path][method]
-    excluded: list[schemathesis.CheckFunction] = (
-        [positive_data_acceptance] if (path, method) in NEEDS_MORE_THAN_SCHEMA else [])
-
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=100, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(excluded_checks=excluded)
-
-    run()
+    check_operation(api_schema, path, method, mode,
+                    needs_more_than_schema=(path, method) in NEEDS_MORE_THAN_SCHEMA)
 
 
 def test_the_schema_covers_every_route(index: DiscoveryProcess) -> None:

@@ -24,13 +24,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.fixtures.redis import flushed_db
+from tests.fixtures.schemathesis_run import case_ids, cases, check_operation, load_schema
 from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
@@ -68,8 +67,7 @@ def group_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def api_schema(group_server: GroupServerProcess) -> schemathesis.BaseSchema:
-    schema = schemathesis.openapi.from_url(f"{group_server.base_url}/openapi.json")
-    schema.config.update(base_url=group_server.base_url)
+    schema = load_schema(group_server.base_url)
     # 413 refuses a body over the limit before anything else is looked at (a spoilt
     # token header along with it, say): as good a refusal of invalid input as a 4xx.
     rejection = schema.config.checks.negative_data_rejection
@@ -88,17 +86,10 @@ def _requires_tokens(group_server: GroupServerProcess) -> bool:
                           trust_env=False).json()["tokens_required"])
 
 
-# schemathesis.pytest.from_fixture (its lazy-schema pytest integration) breaks on pytest 9
-# ('Function' object has no attribute '_nodeid'), so each operation's strategy is driven
-# with hypothesis directly; test_the_schema_covers_every_route keeps this list complete.
-# Negative cases exist only where there is input to spoil.
-CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
-    ("/v1/blobs", "POST", GenerationMode.NEGATIVE), ("/v1/blobs", "GET", GenerationMode.NEGATIVE),
-    ("/v1/tokens", "POST", GenerationMode.NEGATIVE)]
+CASES = cases(OPERATIONS, [("/v1/blobs", "POST"), ("/v1/blobs", "GET"), ("/v1/tokens", "POST")])
 
 
-@pytest.mark.parametrize(("path", "method", "mode"), CASES,
-                         ids=[f"{m} {p} {g.value}" for p, m, g in CASES])
+@pytest.mark.parametrize(("path", "method", "mode"), CASES, ids=case_ids(CASES))
 def test_every_operation_conforms_and_never_fails(
     api_schema: schemathesis.BaseSchema, group_server: GroupServerProcess, path: str,
     method: str, mode: GenerationMode
@@ -106,18 +97,8 @@ def test_every_operation_conforms_and_never_fails(
     tokens_required = _requires_tokens(group_server)
     if path == "/v1/tokens" and not tokens_required:
         pytest.skip("a server without tokens has no /v1/tokens")
-    operation = api_schema[path][method]
-    excluded: list[schemathesis.CheckFunction] = (
-        [positive_data_acceptance]
-        if tokens_required and (path, method) in NEEDS_MORE_THAN_SCHEMA else [])
-
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=100, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    def run(case: schemathesis.Case) -> None:
-        case.call_and_validate(excluded_checks=excluded)
-
-    run()
+    check_operation(api_schema, path, method, mode, needs_more_than_schema=tokens_required
+                    and (path, method) in NEEDS_MORE_THAN_SCHEMA)
 
 
 def test_the_schema_covers_every_route(api_schema: schemathesis.BaseSchema,
