@@ -84,14 +84,15 @@ class Stack:
     def group_server_onion(self) -> str:
         return self.wait_healthz("group-server", 8080, "onion_published")["onion"]
 
-    def group_server_blob_count(self) -> int:
-        code = ("import httpx;a='0';n=0\n"
+    def group_server_blob_ids(self) -> set[str]:
+        """Ids of every blob the group server holds (read inside its container)."""
+        code = ("import httpx;a='0';ids=[]\n"
                 "while True:\n"
                 " p=httpx.get('http://127.0.0.1:8080/v1/blobs',params={'after':a,'limit':1000}).json()\n"
-                " n+=len(p['blobs']);a=p['next']\n"
+                " ids+=[b['id'] for b in p['blobs']];a=p['next']\n"
                 " if not p['more']: break\n"
-                "print(n)")
-        return int(self.exec_python("group-server", code))
+                "print(' '.join(ids))")
+        return set(self.exec_python("group-server", code).split())
 
     def wait_healthz(self, service: str, port: int, flag: str, timeout: float = 180) -> dict[str, Any]:
         code = f"import httpx,json;print(json.dumps(httpx.get('http://127.0.0.1:{port}/healthz').json()))"

@@ -95,7 +95,7 @@ def test_bundle_is_signed_and_states_the_enforced_limits(launch: Launch) -> None
     assert health == {"status": "ok", "onion": body["onion"], "redis": "ok",
                       "onion_published": None, "onion_state": None, "onion_reason": None,
                       "reason": None, "dev_mode": False, "faults": None,
-                      "tokens_required": False}
+                      "tokens_required": False, "adverts": None}
 
     # Clients pin the exact bytes: a restart with the same limits must not re-sign.
     proc.restart()
