@@ -279,7 +279,7 @@ def group_create(
     console.print(f"group {result['id']} ({t(result['name'])})")
     for chosen in result.get("choice") or []:
         console.print(f"  on {chosen['onion']}.onion", highlight=False)
-        console.print(f"     why: {t(chosen['reason'])}", highlight=False)
+        _print_hanging(f"     why: {t(chosen['reason'])}")
 
 
 @group_app.command("list")
@@ -471,7 +471,8 @@ def _print_hanging(line: str) -> None:
     """A line whose wrapped continuation keeps its indent, so a long reason stays under
     its server instead of running back to column 0."""
     indent = len(line) - len(line.lstrip(" "))
-    console.print(Padding(line[indent:], (0, 0, 0, indent), expand=False), highlight=False)
+    console.print(Padding(line[indent:].rstrip(), (0, 0, 0, indent), expand=False),
+                  highlight=False)
 
 
 @app.command()
