@@ -32,10 +32,10 @@ import base64
 import os
 import secrets
 import socket
+import statistics
 import time
 from typing import Any
 
-from nyth.keystore import load_or_create_identity
 from nyth.proto import discovery
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.discovery import AuditState, Directory, Entry, ServerKind
@@ -51,7 +51,6 @@ PROBES = 30
 ENTRIES = 1000
 SYNC_ROUNDS = 3
 PROBE_INTERVAL = 300.0
-CONCURRENCY = 8
 
 
 def _traffic(net: Devnet) -> int:
@@ -133,6 +132,8 @@ def _probe_cost(net: Devnet, server_onion: str, res: Results) -> None:
             f"raw p95 {limit['p95_s'] * 1000:.0f} ms (new circuit), "
             f"{reused['p95_s'] * 1000:.0f} ms (reused)")
     by_cpu = PROBE_INTERVAL / cost["cpu_s"]
+    from nyth_discovery.prober import CONCURRENCY
+
     by_wait = PROBE_INTERVAL * CONCURRENCY / cost["median_s"]
     res.add(f"servers kept measured at {PROBE_INTERVAL:.0f} s", f"{min(by_cpu, by_wait):,.0f}",
             f"CPU-bound (one core) {by_cpu:,.0f}; concurrency-bound ({CONCURRENCY} at once) "
@@ -233,8 +234,7 @@ def run() -> Results:
 
 def _sync(net: Devnet, index_handle: Any, server_onion: str, peers: list[PeerHandle],
           res: Results) -> None:
-    passphrase = (net.base_dir / "secrets" / "discovery.passphrase").read_text()
-    index = load_or_create_identity(net.base_dir / "discovery" / DISCOVERY_KEY_FILE, passphrase)
+    index = net.service_identity("discovery", DISCOVERY_KEY_FILE)
     bundle = discovery.IndexBundle.verify(
         (net.base_dir / "discovery" / "index_bundle.bin").read_bytes())
     from_index, from_group = peers
@@ -260,8 +260,7 @@ def _sync(net: Devnet, index_handle: Any, server_onion: str, peers: list[PeerHan
         index_times.append(_refresh_until(from_index, epoch, "index"))
         index_handle.process.stop()
         group_times.append(_refresh_until(from_group, epoch, "directory group"))
-    index_s, group_s = sorted(index_times)[len(index_times) // 2], \
-        sorted(group_times)[len(group_times) // 2]
+    index_s, group_s = statistics.median(index_times), statistics.median(group_times)
     res.add(f"directory of {ENTRIES} entries", f"{size / 1000:.0f} KB",
             f"{chunks} chunks = {chunks} group messages of 2048 bytes")
     res.add("sync from the directory group", f"{group_s:.1f} s",

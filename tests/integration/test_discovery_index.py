@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from nyth.keystore import load_or_create_identity
 from nyth.proto import discovery
 from nyth.proto.discovery import Advert, Chunk, ChunkAssembler, IndexBundle, ServerKind
 from nyth.proto.group import GroupKind, open_group_message
@@ -56,8 +55,7 @@ class Net:
         return httpx.Client(base_url=self.index.url, trust_env=False, timeout=90)
 
     def identity(self, name: str, kind: ServerKind = ServerKind.GROUP_SERVER) -> Identity:
-        passphrase = (self.devnet.base_dir / "secrets" / f"{name}.passphrase").read_text()
-        return load_or_create_identity(self.devnet.base_dir / name / KEY_FILES[kind], passphrase)
+        return self.devnet.service_identity(name, KEY_FILES[kind])
 
     def advert(self, name: str, kind: ServerKind = ServerKind.GROUP_SERVER, *,
                bundle: bytes | None = None, lifetime: int = 3600, issued: int | None = None,

@@ -28,7 +28,6 @@ from typing import Any
 
 import httpx
 import pytest
-from nyth.keystore import load_or_create_identity
 from nyth.proto.discovery import Chunk, ChunkAssembler, Directory, IndexBundle, chunk_directory
 from nyth.proto.group import GroupKind, open_group_message, seal_group_data
 from nyth.proto.identity import Identity
@@ -263,9 +262,7 @@ def test_group_create_auto_picks_by_policy_and_the_group_works(net: Net) -> None
 
 
 def _index_identity(net: Net, name: str) -> Identity:
-    base = net.devnet.base_dir
-    passphrase = (base / "secrets" / f"{name}.passphrase").read_text()
-    return load_or_create_identity(base / name / DISCOVERY_KEY_FILE, passphrase)
+    return net.devnet.service_identity(name, DISCOVERY_KEY_FILE)
 
 
 def _group_blobs(net: Net) -> list[bytes]:

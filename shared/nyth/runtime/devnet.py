@@ -18,6 +18,7 @@ import httpx
 from nyth.keystore import load_or_create_identity, write_private_file
 from nyth.peer_client import PeerClient
 from nyth.ports import free_port
+from nyth.proto.identity import Identity
 from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 from nyth.tor.gateway import TorGateway
@@ -191,10 +192,15 @@ class Devnet:
         its key is made now where the service will load it (key_file: the service
         settings' name for it). For a client configured with a service that is not on the
         network yet."""
+        return self.service_identity(name, key_file).onion
+
+    def service_identity(self, name: str, key_file: str) -> Identity:
+        """The onion key of the Redis-backed service `name` (made now if it has none yet):
+        for tests and benchmarks that sign as the service (adverts, directories)."""
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         passphrase = _secret_file(self.base_dir, f"{name}.passphrase").read_text()
-        return load_or_create_identity(data_dir / key_file, passphrase).onion
+        return load_or_create_identity(data_dir / key_file, passphrase)
 
     def _add_redis_service(self, module: str, name: str, env: dict[str, str]) -> ServiceHandle:
         """A Redis-backed onion service (group server, mailbox) as a real process."""
