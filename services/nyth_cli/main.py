@@ -448,7 +448,11 @@ def _server_lines(s: dict[str, Any]) -> list[str]:
     head = (f"{s['rank']:>3} {t(s['kind']):<12} {t(s['state']):<5} "
             f"{s['availability']:>4.0%} {s['probes_ok']:>4}/{s['probes']:<4} "
             f"{latency:>12} {audit_text:<8} {t(s['label'][:16])}")
-    return [head, f"    {s['onion']}.onion", f"    why: {t(s['reason'])}"]
+    lines = [head, f"    {s['onion']}.onion", f"    why: {t(s['reason'])}"]
+    if s["kind"] == "group-server":
+        lines.append("    --auto: would pick it" if s["eligible"] else
+                     f"    --auto: would not pick it: {t(s['not_eligible'] or '')}")
+    return lines
 
 
 def _index_lines(i: dict[str, Any]) -> list[str]:

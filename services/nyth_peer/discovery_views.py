@@ -24,6 +24,7 @@ from nyth.proto.server_choice import (
     Standing,
     choose,
     disagreements,
+    ineligibility,
     merge,
     worst,
 )
@@ -86,6 +87,8 @@ class DiscoveredServer(BaseModel):
     first_seen: int
     listed_by: list[str] = Field(description="indexes whose directory lists it")
     disagreements: list[str] = Field(description="what those indexes say differently")
+    eligible: bool = Field(description="whether `--auto` (the default policy) would pick it")
+    not_eligible: str | None = Field(description="why the default policy would not pick it")
 
 
 class DiscoveryView(BaseModel):
@@ -125,6 +128,7 @@ def _ms(value: int) -> int | None:
 def _server_view(rank: int, standing: Standing, views: Mapping[str, Standing],
                  indexes: Iterable[str]) -> dict[str, Any]:
     entry = standing.entry
+    why_not = ineligibility(standing)
     return {
         "rank": rank, "kind": entry.kind.label, "onion": standing.onion,
         "label": printable(entry.label, 64), "state": standing.state,
@@ -136,7 +140,9 @@ def _server_view(rank: int, standing: Standing, views: Mapping[str, Standing],
         "limits": bundle_limits(entry.verified_bundle),
         "first_seen": min(v.entry.first_seen for v in views.values()),
         "listed_by": sorted(views),
-        "disagreements": [printable(d, 300) for d in disagreements(views, indexes)]}
+        "disagreements": [printable(d, 300) for d in disagreements(views, indexes)],
+        "eligible": why_not is None,
+        "not_eligible": None if why_not is None else printable(why_not, 300)}
 
 
 def ranked(directories: Mapping[str, Directory]

@@ -26,7 +26,7 @@ def server(onion: str, rank: int, **changes: Any) -> dict[str, Any]:
         "availability": 1.0, "probes": 12, "probes_ok": 12, "latency_p50_ms": 400,
         "latency_p95_ms": 900, "audit": {"state": "kept", "passed": 3, "at": 1.9e9},
         "limits": {"max_blobs": 100000}, "first_seen": 1.8e9, "listed_by": [INDEX_A, INDEX_B],
-        "disagreements": []}
+        "disagreements": [], "eligible": True, "not_eligible": None}
     base.update(changes)
     return base
 
@@ -37,7 +37,8 @@ VIEW = {
         server(DOWN, 2, state="down", availability=0.5, probes_ok=6, latency_p95_ms=None,
                audit={"state": "not audited", "passed": 0, "at": None}, label="",
                reason="down: the last 3 probes failed (\x1b[2Jno answer)",
-               disagreements=["state: aaaaaaaa… says down, bbbbbbbb… says up"]),
+               disagreements=["state: aaaaaaaa… says down, bbbbbbbb… says up"],
+               eligible=False, not_eligible="down"),
     ],
     "indexes": [
         {"onion": INDEX_A, "state": "ok", "source": "directory group", "epoch": 12,
@@ -88,6 +89,7 @@ def test_discover_fits_80_columns_with_whole_onions(calls: list[Any]) -> None:
     assert "state: aaaaaaaa… says down, bbbbbbbb… says up" in out
     assert "epoch 12 from the directory group" in out and "signature does not verify" in out
     assert out.index("indexes disagree") < out.index("indexes:")
+    assert "--auto: would pick it" in out and "--auto: would not pick it: down" in out
 
 
 def test_discover_kind_and_json(calls: list[Any]) -> None:

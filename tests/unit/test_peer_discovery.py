@@ -227,6 +227,9 @@ async def test_view_ranks_and_choice_spreads_operators(tmp_path: Path, net: Net)
     assert servers[2]["state"] == "down" and "(timeout)" in servers[2]["reason"]
     assert servers[0]["listed_by"] == [INDEX.onion] and servers[0]["disagreements"] == []
     assert servers[0]["limits"]["max_blobs"] == 1000
+    # Each row says whether --auto would pick it, agreeing with what choose does below.
+    assert [s["eligible"] for s in servers] == [True, True, False]
+    assert servers[0]["not_eligible"] is None and servers[2]["not_eligible"] == "down"
     # Two of operator alpha are up; with k=2 the second is taken only since no other is.
     choice = choose_servers(d, k=2, known=[])
     assert [c.onion for c in choice] == [fast.onion, slow.onion]

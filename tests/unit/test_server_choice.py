@@ -29,6 +29,7 @@ from nyth.proto.server_choice import (
     assess,
     choose,
     disagreements,
+    ineligibility,
     merge,
     rank,
     worst,
@@ -299,6 +300,10 @@ def test_eligibility_thresholds_with_reasons() -> None:
         assert part in message
     assert short(0) not in message
     assert isinstance(caught.value, NythError)
+    # What the peer's view shows per server is what choose went by.
+    assert [ineligibility(s) for s in ranked] == [
+        None, "measured by only 2 probes", "answered 70%, the policy wants 80%", "down",
+        "never", "lost"]
     # the thresholds are the policy's: at the limit a server is eligible
     loose = Policy(k=3, min_probes=2, min_availability=0.7)
     assert {c.onion for c in choose(ranked, policy=loose)} == {

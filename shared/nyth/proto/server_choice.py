@@ -152,6 +152,20 @@ class NotEnoughServers(NythError):
     """Fewer eligible servers than the policy's minimum; the message says which fell out."""
 
 
+def ineligibility(standing: Standing, policy: Policy = Policy()) -> str | None:
+    """Why the policy would not pick this server for a group, or None if it would."""
+    if standing.kind is not ServerKind.GROUP_SERVER:
+        return "not a group server"
+    if standing.state != UP:
+        return standing.state
+    if standing.entry.probes < policy.min_probes:
+        return f"measured by only {standing.entry.probes} probes"
+    if standing.availability < policy.min_availability:
+        return (f"answered {standing.availability:.0%}, the policy wants "
+                f"{policy.min_availability:.0%}")
+    return None
+
+
 def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
            policy: Policy = Policy()) -> list[Choice]:
     """Pick policy.k group servers from ranked standings (best first; one per server,
@@ -161,16 +175,11 @@ def choose(standings: Sequence[Standing], *, known: Iterable[str] = (),
     eligible: list[Standing] = []
     refused: list[str] = []
     for s in group_servers:
-        if s.kind is not ServerKind.GROUP_SERVER:
-            continue
-        if s.state != UP:
-            refused.append(f"{_short(s.onion)} {s.state}")
-        elif s.entry.probes < policy.min_probes:
-            refused.append(f"{_short(s.onion)} measured by only {s.entry.probes} probes")
-        elif s.availability < policy.min_availability:
-            refused.append(f"{_short(s.onion)} answered {s.availability:.0%}")
-        else:
+        why_not = ineligibility(s, policy)
+        if why_not is None:
             eligible.append(s)
+        else:
+            refused.append(f"{_short(s.onion)} {why_not}")
     order = sorted(eligible, key=lambda s: (not (policy.prefer_known and s.onion in known),
                                             s.sort_key, s.onion))
     chosen: list[Choice] = []
