@@ -22,7 +22,7 @@ import pytest
 from nyth.runtime.devnet import PeerHandle, wait_until
 from playwright.sync_api import Browser, Page, expect
 
-from tests.fixtures.browser import SCREENSHOTS, STATE_OBSERVER
+from tests.fixtures.browser import REBOUND_NAME, SCREENSHOTS, STATE_OBSERVER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +86,7 @@ def nav(page: Page, name: str) -> None:
 
 
 def message(page: Page, text: str) -> Any:
-    return page.locator("li.msg", has_text=text)
+    return page.locator("li.msg").filter(has=page.locator("p.text").get_by_text(text, exact=True))
 
 
 def test_alice_and_bob_use_the_ui_through_failures(devnet, chromium: Browser) -> None:
@@ -190,27 +190,86 @@ def test_alice_and_bob_use_the_ui_through_failures(devnet, chromium: Browser) ->
         nav(a, "Servers")
         expect(a.locator(f'li.server[data-onion="{server.onion}"]')).to_be_visible()
         shot(a, "servers")
-        a.set_viewport_size({"width": 390, "height": 844})
         a.goto(f"{alice.api_url}/ui/contacts/{bob.onion}")
-        expect(message(a, "are you there?")).to_be_visible()
+        # A burst of messages, for the latency figure: each state seen live on both pages.
+        composer = a.get_by_label("Message to")
+        for n in range(12):
+            composer.fill(f"burst {n}")
+            composer.press("Enter")
+            expect(composer).to_have_value("")  # taken by the peer: the next can be typed
+        for n in range(12):
+            expect(message(a, f"burst {n}")).to_have_attribute("data-state", "delivered",
+                                                               timeout=60_000)
+        _report_latency(engine, a)
+        a.set_viewport_size({"width": 390, "height": 844})
+        a.reload()
         shot(a, "chat-phone")
-        _report_latency(engine, [a, b])
     engine.stop()
 
 
-def _report_latency(engine: EngineEvents, pages: list[Page]) -> None:
-    """Engine state change -> the browser showing it, over every message state both pages
-    showed (their clocks are this machine's). Written for docs/performance.md."""
-    gaps = []
-    for page in pages:
-        shown: dict[str, float | None] = page.evaluate(
-            "JSON.parse(sessionStorage.getItem('__shown') || '{}')")
-        for key, at_ms in shown.items():
-            if at_ms is not None and key in engine.changed:
-                gaps.append(at_ms - engine.changed[key] * 1000)
+def _report_latency(engine: EngineEvents, page: Page) -> None:
+    """alice's engine changing a message's state -> her page showing it, over every state
+    her page saw change (both clocks are this machine's). For docs/performance.md."""
+    shown: dict[str, float | None] = page.evaluate(
+        "JSON.parse(sessionStorage.getItem('__shown') || '{}')")
+    gaps = [at_ms - engine.changed[key] * 1000 for key, at_ms in shown.items()
+            if at_ms is not None and key in engine.changed]
     assert gaps, "no message state was seen changing live"
     q = statistics.quantiles(gaps, n=20, method="inclusive") if len(gaps) > 1 else gaps * 19
     report = {"samples": len(gaps), "p50_ms": round(statistics.median(gaps)),
               "p95_ms": round(q[18]), "max_ms": round(max(gaps)), "measured_at": time.time()}
     (SCREENSHOTS / "ui-latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"engine -> browser: {report}")
+
+
+ATTACK = """<!doctype html><html><body>
+<form id="f" method="post" action="{target}/ui/contacts">
+<input name="address" value="{onion}"><input name="csrf" value="guessed"></form>
+<script>document.getElementById("f").submit();</script></body></html>"""
+
+
+def test_the_ui_refuses_what_a_browser_can_be_tricked_into(devnet, chromium: Browser) -> None:
+    """No session, a wrong token, cross-site and same-site forged posts, and a rebound DNS
+    name: each refused in a real browser, and nothing changes in the engine."""
+    alice = devnet.add_peer("alice")
+    alice.wait_online()
+    stranger = devnet.add_peer("stranger")  # only for a valid onion to try to add
+    stranger.wait_online()
+    context = chromium.new_context()
+    page = context.new_page()
+    url = alice.api_url
+    # no session: every page sends the browser to log in
+    page.goto(f"{url}/ui/contacts/{stranger.onion}")
+    expect(page).to_have_url(f"{url}/ui/login")
+    # a wrong token: refused, and still no session
+    page.get_by_label("API token").fill("not-the-token-" + "x" * 20)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("paragraph").filter(has_text="wrong API token")).to_be_visible()
+    page.goto(f"{url}/ui/")
+    expect(page).to_have_url(f"{url}/ui/login")
+    page.get_by_label("API token").fill(alice.token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#live")).to_have_text("live")
+
+    # A page on another site posts a form to the UI: the session cookie (SameSite=Strict)
+    # is not sent, so it is answered as a request without a session.
+    port = url.rsplit(":", 1)[1]
+    for origin in (f"http://attacker.example:{port}", "http://127.0.0.1:9"):
+        # The second is same-site (an IP's site ignores the port): the cookie goes with
+        # it, and the missing CSRF token and the foreign Origin refuse it.
+        attacker = context.new_page()
+        attacker.route(f"{origin}/", lambda route: route.fulfill(
+            content_type="text/html", body=ATTACK.format(target=url, onion=stranger.onion)))
+        with attacker.expect_response(f"{url}/ui/contacts") as answer:
+            attacker.goto(f"{origin}/")
+        assert answer.value.status in (401, 403), (origin, answer.value.status)
+        attacker.close()
+    with alice.client() as c:
+        assert c.get("/v1/contacts") == []
+
+    # DNS rebinding: a name of the attacker's resolving to loopback reaches the port, but
+    # not the UI (and the browser holds no cookie for that name anyway).
+    rebound = page.goto(f"http://{REBOUND_NAME}:{port}/ui/login")
+    assert rebound is not None and rebound.status == 421
+    expect(page.get_by_text("does not answer to that host name")).to_be_visible()
+    context.close()

@@ -46,12 +46,19 @@
     localTimes(evt.target); tick(); scrollLogs(document);
   });
 
+  // A form that sends (a message, a post, a contact request) is cleared once the peer
+  // took it, but only the fields still holding what was sent: text typed meanwhile stays.
+  // While one is in flight another submit is dropped (hx-sync="this:drop"), its text
+  // left in place, and the button is disabled (hx-disabled-elt) so the user sees why.
   document.addEventListener("htmx:afterRequest", function (evt) {
     var form = evt.detail.elt;
-    if (form && form.matches && form.matches("form[data-reset]") && evt.detail.xhr &&
-        evt.detail.xhr.status < 300) {
-      form.reset();
-    }
+    if (!form || !form.matches || !form.matches("form[data-reset]")) { return; }
+    var sent = evt.detail.requestConfig && evt.detail.requestConfig.parameters;
+    if (!sent || !sent.get || !evt.detail.xhr || evt.detail.xhr.status >= 300) { return; }
+    form.querySelectorAll("textarea[name], input[name]:not([type=hidden]):not([type=radio])")
+      .forEach(function (el) {
+        if (el.value === sent.get(el.name)) { el.value = ""; }
+      });
   });
 
   document.addEventListener("keydown", function (evt) {
