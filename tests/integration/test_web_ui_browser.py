@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from nyth.runtime.devnet import PeerHandle, wait_until
+from nyth.runtime.devnet import PeerHandle
 from playwright.sync_api import Browser, Page, expect
 
 from tests.fixtures.browser import REBOUND_NAME, SCREENSHOTS, STATE_OBSERVER
