@@ -20,7 +20,7 @@ MAILBOX = Identity.from_seed(b"M" * 32).onion
 GID = "0123456789abcdef" * 2
 
 NO_SAMPLES = {"p50_ms": None, "p95_ms": None, "samples": 0}
-CONTACTS = [
+CONTACTS: list[dict[str, Any]] = [
     {"onion": BOB.onion, "name": "bob", "status": "accepted",
      "connection": {"state": "connected", "reason": None},
      "latency": {"p50_ms": 812.0, "p95_ms": 1940.5, "samples": 12}},
@@ -32,7 +32,7 @@ CONTACTS = [
 ]
 LIMITS = {"max_age_seconds": 604800, "max_blobs": 100000, "max_blob_size": 4096,
           "pow_bits": 0, "posts_per_minute": 60, "token_batch": 32}
-SERVERS = [
+SERVERS: list[dict[str, Any]] = [
     {"onion": GROUP_SERVER, "kind": "group", "used_for": ["group friends", "group family"],
      "pinned": {"bundle_sha256": "ab" * 32, "limits": LIMITS, "issued_at": 1},
      "pinned_at": 1.0e9, "state": "live", "reason": None, "since": 1.0e9, "next_retry_at": None,
@@ -101,8 +101,8 @@ def test_contact_list_shows_every_onion_whole_within_80_columns() -> None:
 def test_contact_list_without_latency_fields_still_renders() -> None:
     # An engine from before the latency fields.
     for contact in CONTACTS:
-        contact_without = {k: v for k, v in contact.items() if k != "latency"}
-        assert cli._contact_lines(contact_without)[1].strip() == f"{contact['onion']}.onion"
+        without = {k: v for k, v in contact.items() if k != "latency"}
+        assert cli._contact_lines(without)[1].strip() == f"{without['onion']}.onion"
 
 
 def test_servers_fit_80_columns_in_a_few_lines_each() -> None:
