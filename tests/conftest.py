@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.tor_network",
     "tests.fixtures.stack",
     "tests.fixtures.sse",
+    "tests.fixtures.browser",
 ]
 
 TIERS = ("unit", "integration", "e2e")

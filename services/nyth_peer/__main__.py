@@ -65,7 +65,7 @@ def prepare(settings: PeerSettings) -> str:
 
 async def _main(settings: PeerSettings, api_token: str) -> None:
     engine = Engine(settings)
-    app = create_app(engine, api_token)
+    app = create_app(engine, api_token, ui_hosts=[settings.api_host, *settings.ui_hosts])
     if settings.passphrase is not None:
         passphrase = settings.passphrase.get_secret_value()
         if Profile.exists(settings.data_dir):

@@ -10,7 +10,7 @@ them. Their order is the order of the OpenAPI document and of route matching.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from nyth.web import error_responses, install_common
@@ -26,9 +26,11 @@ from nyth_peer.routes.messages import message_routes
 from nyth_peer.routes.operations import operations_routes
 from nyth_peer.routes.profile import profile_routes
 from nyth_peer.routes.servers import server_routes
+from nyth_peer.web import install_ui
 
 
-def create_app(engine: Engine, api_token: str) -> FastAPI:
+def create_app(engine: Engine, api_token: str, ui_hosts: Iterable[str] = ()) -> FastAPI:
+    """ui_hosts: the names the web UI answers to besides loopback's (see NYTH_UI_HOSTS)."""
     app = FastAPI(title="Nyth peer engine", version="1",
                   description="Local API of one Nyth profile: contacts, P2P messages with "
                               "delivery states, groups, and a live event stream.")
@@ -41,6 +43,7 @@ def create_app(engine: Engine, api_token: str) -> FastAPI:
         v1.include_router(router)
     app.include_router(operations_routes(engine))
     app.include_router(v1)
+    install_ui(app, engine.events, api_token, ui_hosts)
     install_common(app, "peer", max_body_bytes=64 * 1024)
     return app
 

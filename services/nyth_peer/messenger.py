@@ -20,6 +20,7 @@ from nyth.latency import LatencyBook
 from nyth.proto.delivery import DeliveryState, RetryPolicy
 from nyth.proto.group_sync import SYNC_KINDS
 from nyth.proto.p2p import (
+    ContactAccept,
     ContactRequest,
     Envelope,
     MessageKind,
@@ -146,7 +147,7 @@ class Messenger:
                 # They asked us already: adding them back is accepting.
                 existing["status"] = ACCEPTED
                 self._set_contact(existing)
-                self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
+                self._enqueue(onion, MessageKind.CONTACT_ACCEPT, self._accept_body())
                 return self._contact_view(existing)
             row = {"onion": onion, "name": None, "status": PENDING_OUTBOUND, "request_text": text,
                    "created_at": time.time(), "mailbox": mailbox}
@@ -203,8 +204,10 @@ class Messenger:
         with self.store.transaction():
             row["status"] = ACCEPTED if accept else REFUSED
             self._set_contact(row)
-            kind = MessageKind.CONTACT_ACCEPT if accept else MessageKind.CONTACT_REFUSE
-            self._enqueue(onion, kind, b"")
+            if accept:
+                self._enqueue(onion, MessageKind.CONTACT_ACCEPT, self._accept_body())
+            else:
+                self._enqueue(onion, MessageKind.CONTACT_REFUSE, b"")
             # Messages that came with the request (through the mailbox) were held back
             # until now: shown on acceptance, dropped on refusal.
             for message in held:
@@ -215,6 +218,9 @@ class Messenger:
             for message in held:
                 self.events.publish("message", message=message)
         return self._contact_view(row)
+
+    def _accept_body(self) -> bytes:
+        return ContactAccept(self.profile.name).encode()
 
     # -- sending ---------------------------------------------------------------------------
     def send_text(self, onion: str, text: str) -> dict[str, Any]:
@@ -517,9 +523,13 @@ class Messenger:
                     return False   # unacked: the sender retries
                 changed = self._on_contact_request(onion, contact, request)
             elif kind is MessageKind.CONTACT_ACCEPT:
+                accepted = ContactAccept.decode(envelope.body)
                 if contact is not None and status in (PENDING_OUTBOUND, ACCEPTED):
                     changed = status == PENDING_OUTBOUND
                     contact["status"] = ACCEPTED
+                    # Their own name, as a request carries it (added by address, we had none).
+                    if accepted.name and not contact.get("name"):
+                        contact["name"] = accepted.name
                     self._set_contact(contact)
                     self._kick(onion)
             elif kind is MessageKind.CONTACT_REFUSE:
@@ -579,7 +589,7 @@ class Messenger:
             # Mutual add, or they lost their state: (re)accept.
             contact["status"] = ACCEPTED
             self._set_contact(contact)
-            self._enqueue(onion, MessageKind.CONTACT_ACCEPT, b"")
+            self._enqueue(onion, MessageKind.CONTACT_ACCEPT, self._accept_body())
             return True
         self._set_contact(contact)
         return False

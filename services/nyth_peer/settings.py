@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from nyth.config import DevModeSettings, HostPort, OnionList, TestReaderLabel, UrlList
+from nyth.config import (
+    DevModeSettings,
+    HostNames,
+    HostPort,
+    OnionList,
+    TestReaderLabel,
+    UrlList,
+)
 from pydantic import Field, SecretStr
 
 
@@ -24,6 +31,11 @@ class PeerSettings(DevModeSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token for the API; default: generated into <data dir>/api-token.")
     api_token_file: Path | None = None
+    ui_hosts: HostNames = Field(
+        default_factory=list,
+        description="Host names the web UI answers to besides localhost, 127.0.0.1, ::1 and "
+                    "NYTH_API_HOST (comma-separated): any other Host header is refused, "
+                    "against DNS rebinding. Add the name you browse to, if another.")
     p2p_host: str = "127.0.0.1"
     p2p_port: int = Field(0, ge=0, le=65535, description="Listener tor forwards the onion to.")
     p2p_stranger_idle_seconds: float = Field(

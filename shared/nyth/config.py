@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -139,12 +140,30 @@ def _urls(values: list[str]) -> list[str]:
     return values
 
 
+_DNS_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _host_names(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            if len(value) > 253 or not _DNS_NAME.match(value):
+                raise ValueError("expected a host name or IP address (no port), got "
+                                 f"{value[:80]!r}") from None
+    return values
+
+
 OnionList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
                       Field(max_length=MAX_LIST_ITEMS), AfterValidator(_onions)]
 """Onion addresses, comma-separated in the environment (".onion" optional)."""
 UrlList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
                     Field(max_length=MAX_LIST_ITEMS), AfterValidator(_urls)]
 """http(s) URLs, comma-separated in the environment."""
+HostNames = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
+                      Field(max_length=MAX_LIST_ITEMS), AfterValidator(_host_names)]
+"""Host names or IP addresses (no port), comma-separated in the environment."""
 
 
 class NythSettings(BaseSettings):

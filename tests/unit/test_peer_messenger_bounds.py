@@ -11,7 +11,7 @@ import nyth_peer.messenger as messenger_mod
 import pytest
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import Identity
-from nyth.proto.p2p import ContactRequest, Envelope, MessageKind, encode_text, new_msg_id
+from nyth.proto.p2p import ContactAccept, ContactRequest, Envelope, MessageKind, encode_text, new_msg_id
 from nyth_peer.events import EventBus
 from nyth_peer.messenger import ACCEPTED, PENDING_INBOUND, PENDING_OUTBOUND, REFUSED, Messenger
 from nyth_peer.profile import Profile
@@ -105,10 +105,13 @@ async def test_seen_rows_only_for_messages_that_changed_state(messenger: Messeng
     # A real state change from a contact we asked is remembered, so a resend is a no-op.
     friend = _stranger()
     messenger.add_contact(friend, "hi")
-    accept = Envelope(new_msg_id(), MessageKind.CONTACT_ACCEPT, 1, b"")
+    accept = Envelope(new_msg_id(), MessageKind.CONTACT_ACCEPT, 1,
+                      ContactAccept("friend <b>").encode())
     assert await messenger.on_message(friend, accept)
     assert store.has(f"seen:{friend}", accept.msg_id.hex())
     assert messenger.contact(friend)["status"] == ACCEPTED
+    # The accept names them (we added them by address, so we had no name).
+    assert messenger.contact(friend)["name"] == "friend <b>"
 
 
 def test_connection_states_of_strangers_are_bounded(messenger: Messenger) -> None:

@@ -23,6 +23,7 @@ from nyth.proto.p2p import (
     MAX_TEXT_CHARS,
     MSG_ID_SIZE,
     Ack,
+    ContactAccept,
     ContactRequest,
     Envelope,
     MessageKind,
@@ -198,6 +199,35 @@ def test_contact_request_round_trip(request: ContactRequest) -> None:
     body = request.encode()
     assert json.loads(body) == {"name": request.name, "text": request.text}
     assert ContactRequest.decode(body) == request
+
+
+@settings(max_examples=60)
+@given(st.builds(ContactAccept, st.text(max_size=MAX_NAME_CHARS)))
+def test_contact_accept_round_trip(accept: ContactAccept) -> None:
+    body = accept.encode()
+    assert body == b"" if not accept.name else json.loads(body) == {"name": accept.name}
+    assert ContactAccept.decode(body) == accept
+
+
+@settings(max_examples=120)
+@given(st.binary(max_size=200)
+       | st.dictionaries(st.sampled_from(["name", "x"]), st.none() | st.integers()
+                         | st.text(max_size=80), max_size=2).map(lambda o: json.dumps(o).encode()))
+def test_contact_accept_decoder_rejects_with_decode_error_only(body: bytes) -> None:
+    try:
+        accept = ContactAccept.decode(body)
+    except DecodeError:
+        return
+    assert ContactAccept.decode(accept.encode()) == accept
+    assert len(accept.name) <= MAX_NAME_CHARS
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name": "\\ud800"}', b'{"name": 1}', b'{"name": "a", "text": ""}', b"[]", b"\xff",
+    json.dumps({"name": "x" * (MAX_NAME_CHARS + 1)}).encode()])
+def test_contact_accept_refusals(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        ContactAccept.decode(body)
 
 
 @settings(max_examples=120)

@@ -132,6 +132,37 @@ def decode_text(body: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class ContactAccept:
+    """Sent by whoever accepts a contact request: their name, so the one who added them
+    by onion or contact id sees a name instead of an address. An empty body (no name) is
+    valid too."""
+
+    name: str
+
+    def encode(self) -> bytes:
+        if not self.name:
+            return b""
+        if len(self.name) > MAX_NAME_CHARS:
+            raise DecodeError("contact accept name too long")
+        return _fits(_utf8(json.dumps({"name": self.name}, ensure_ascii=False)))
+
+    @classmethod
+    def decode(cls, body: bytes) -> ContactAccept:
+        if not body:
+            return cls("")
+        try:
+            obj = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise DecodeError("contact accept is not valid JSON") from exc
+        if not isinstance(obj, dict) or set(obj) != {"name"} or not isinstance(obj["name"], str):
+            raise DecodeError("contact accept must be exactly {\"name\": string}")
+        if len(obj["name"]) > MAX_NAME_CHARS:
+            raise DecodeError("contact accept name too long")
+        _utf8(obj["name"])  # JSON escapes can smuggle in lone surrogates
+        return cls(obj["name"])
+
+
+@dataclass(frozen=True)
 class ContactRequest:
     """Sent by whoever adds a contact; the callee's user accepts or refuses it."""
 
