@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from nyth.errors import DecodeError
@@ -16,7 +17,6 @@ from nyth.proto.identity import normalize_onion
 from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
-from rich.table import Table
 
 app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
                   no_args_is_help=True)
@@ -42,8 +42,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print raw JSON")]
 
 @app.callback()
 def main(api: ApiOpt = "http://127.0.0.1:8700", token: TokenOpt = None,
-         token_file: TokenFileOpt = None, as_json: JsonOpt = False) -> None:
-    _state.update(api=api, token=token, token_file=token_file, json=as_json)
+         token_file: TokenFileOpt = None, json_opt: JsonOpt = False) -> None:
+    _state.update(api=api, token=token, token_file=token_file, json=json_opt)
 
 
 def client() -> PeerClient:
@@ -64,15 +64,31 @@ def call(method: str, path: str, body: dict[str, Any] | None = None, **params: A
                 return c.request("PATCH", path, json=body or {})
             return c.post(path, body)
     except ApiError as exc:
-        console.print(f"[red]error {exc.status}:[/red] {t(exc.message)}")
-        raise typer.Exit(1) from exc
+        fail(f"error {exc.status}: {exc.message}", status=exc.status)
     except OSError as exc:
-        console.print(f"[red]cannot reach the peer engine at {t(_state['api'])}:[/red] {t(exc)}")
-        raise typer.Exit(1) from exc
+        fail(f"cannot reach the peer engine at {_state['api']}: {exc}")
 
 
 def show(data: Any) -> None:
     console.print_json(json.dumps(data))
+
+
+def as_json(flag: bool = False) -> bool:
+    """Whether to print JSON: `nyth --json <command>`, or a command's own --json (which
+    then holds for the errors it prints too)."""
+    if flag:
+        _state["json"] = True
+    return bool(_state.get("json"))
+
+
+def fail(message: str, *, status: int | None = None) -> NoReturn:
+    """Stop with exit code 1 and say why: as JSON under --json, so a script parsing the
+    output never meets text."""
+    if _state.get("json"):
+        show({"error": message, "status": status})
+    else:
+        console.print(f"[red]{t(message)}[/red]")
+    raise typer.Exit(1)
 
 
 # C0 controls but newline and tab, DEL, C1 controls, and the bidi overrides/isolates that
@@ -112,19 +128,25 @@ def profile_create(name: str,
                                                            confirmation_prompt=True)]) -> None:
     """Create a profile (its keys are sealed with the passphrase)."""
     result = call("POST", "/v1/profile", {"name": name, "passphrase": passphrase})
+    if as_json():
+        show(result)
+        return
     console.print(f"profile [bold]{t(result['name'])}[/bold]: {result['address']}")
 
 
 @profile_app.command("unlock")
 def profile_unlock(passphrase: Annotated[str, typer.Option(prompt=True, hide_input=True)]) -> None:
     result = call("POST", "/v1/profile/unlock", {"passphrase": passphrase})
+    if as_json():
+        show(result)
+        return
     console.print(f"unlocked {result['address']}")
 
 
 @profile_app.command("show")
 def profile_show() -> None:
     result = call("GET", "/v1/profile")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     console.print(f"[bold]{t(result['name'])}[/bold] {result['address']} "
@@ -135,7 +157,7 @@ def profile_show() -> None:
 def status() -> None:
     """Connection states with reasons: onion, contacts, group servers."""
     result = call("GET", "/v1/status")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     onion = result["onion"]
@@ -152,6 +174,9 @@ def contact_add(address: str, text: str = typer.Option("", help="a note with the
     their mailbox) or to a bare onion address (P2P only)."""
     key = "contact_id" if address.startswith("nyth1") else "onion"
     result = call("POST", "/v1/contacts", {key: address, "text": text})
+    if as_json():
+        show(result)
+        return
     request = result.get("request") or {}
     console.print(f"{result['onion']}: {result['status']} {_state_text(request) if request else ''}")
     _warn_mailbox_change(result)
@@ -166,18 +191,44 @@ def _warn_mailbox_change(contact: dict[str, Any]) -> None:
                       f"{contact['onion']} {t(change['to'])}[/yellow]", soft_wrap=True)
 
 
+def _rtt(latency: dict[str, Any] | None) -> str:
+    """Recent round trips as "rtt p50/p95s (n)", or "" before the first."""
+    if not latency or not latency.get("samples"):
+        return ""
+    return (f"rtt {_seconds(latency['p50_ms'])}/{_seconds(latency['p95_ms'])}s "
+            f"({latency['samples']})")
+
+
+def _contact_lines(c: dict[str, Any]) -> list[str]:
+    """One contact in an 80-column terminal: name, status, connection and round trips;
+    the full onion on a line of its own (what `nyth contact accept` takes); why the
+    connection is in its state."""
+    conn = c["connection"]
+    # Padded before escaping: an escaped "[" is two characters but one column.
+    name = str(c.get("name") or "(no name)")[:24]
+    head = t(f"{name:<24} {c['status']:<16} {conn['state']:<12} ") + _rtt(c.get("latency"))
+    lines = [head, f"    {c['onion']}.onion"]
+    if conn.get("reason"):
+        lines.append(f"    why: {t(conn['reason'])}")
+    return lines
+
+
 @contact_app.command("list")
 def contact_list() -> None:
+    """Contacts: name, status, connection (with why) and recent round trips (p50/p95 in
+    seconds, and how many), each with its full onion address."""
     result = call("GET", "/v1/contacts")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
-    table = Table("onion", "name", "status", "connection")
+    if result:
+        console.print(f"{'name':<24} {'status':<16} {'connection':<12} round trip",
+                      style="bold", highlight=False)
+    else:
+        console.print("no contacts yet: nyth contact add <contact id or onion>")
     for c in result:
-        conn = c["connection"]
-        table.add_row(c["onion"], t(c.get("name") or ""), t(c["status"]),
-                      f"{t(conn['state'])} {t(conn.get('reason') or '')}")
-    console.print(table)
+        for line in _contact_lines(c):
+            _print_hanging(line)
     for c in result:
         _warn_mailbox_change(c)
 
@@ -195,10 +246,11 @@ def contact_mailbox_confirm(
     contact = call("GET", f"/v1/contacts/{contact_onion}")
     change = contact.get("mailbox_change")
     if not change:
-        console.print(f"no mailbox change is waiting for {contact_onion}.onion")
-        raise typer.Exit(1)
+        fail(f"no mailbox change is waiting for {contact_onion}.onion")
     switching = wanted == change["to"]
-    if switching:
+    if switching and as_json() and not yes:
+        fail("with --json, give --yes: a switch is confirmed on the terminal otherwise")
+    if switching and not as_json():
         console.print(f"offline messages to {contact_onion}.onion will go to {t(change['to'])}"
                       f".onion instead of {t(change['from'])}.onion. Whoever runs a mailbox "
                       "receives, can drop and sees the timing of what is sent through it.")
@@ -206,7 +258,7 @@ def contact_mailbox_confirm(
             console.print("nothing changed")
             raise typer.Exit(1)
     result = call("POST", f"/v1/contacts/{contact_onion}/mailbox/confirm", {"mailbox": wanted})
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     console.print(f"{contact_onion}.onion: mailbox {t(result.get('mailbox'))}.onion"
@@ -215,26 +267,33 @@ def contact_mailbox_confirm(
 
 @contact_app.command("accept")
 def contact_accept(onion: str) -> None:
-    console.print(call("POST", f"/v1/contacts/{onion}/accept")["status"])
+    _print_or_json(call("POST", f"/v1/contacts/{onion}/accept"), lambda r: t(r["status"]))
 
 
 @contact_app.command("refuse")
 def contact_refuse(onion: str) -> None:
-    console.print(call("POST", f"/v1/contacts/{onion}/refuse")["status"])
+    _print_or_json(call("POST", f"/v1/contacts/{onion}/refuse"), lambda r: t(r["status"]))
+
+
+def _print_or_json(result: Any, text: Callable[[Any], str]) -> None:
+    if as_json():
+        show(result)
+    else:
+        console.print(text(result))
 
 
 @app.command()
 def send(onion: str, text: str) -> None:
     """Send a P2P message; prints its id and delivery state."""
     result = call("POST", f"/v1/contacts/{onion}/messages", {"text": text})
-    console.print(f"{result['id']} {_state_text(result)}")
+    _print_or_json(result, lambda r: f"{r['id']} {_state_text(r)}")
 
 
 @app.command()
 def messages(onion: str, limit: int = 50) -> None:
     """The conversation with a contact, with delivery states."""
     result = call("GET", f"/v1/contacts/{onion}/messages", limit=limit)
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     for m in result:
@@ -247,13 +306,13 @@ def messages(onion: str, limit: int = 50) -> None:
 @app.command()
 def retry(onion: str, msg_id: str) -> None:
     """Retry a queued message now."""
-    console.print(_state_text(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/retry")))
+    _print_or_json(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/retry"), _state_text)
 
 
 @app.command()
 def cancel(onion: str, msg_id: str) -> None:
     """Cancel a message that is still waiting to be delivered."""
-    console.print(_state_text(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/cancel")))
+    _print_or_json(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/cancel"), _state_text)
 
 
 # -- groups ----------------------------------------------------------------------------------
@@ -264,16 +323,17 @@ def group_create(
         auto: Annotated[bool, typer.Option(
             "--auto", help="choose the servers from the discovery directories")] = False,
         k: Annotated[int | None, typer.Option(help="with --auto: how many servers")] = None,
-        as_json: JsonOpt = False) -> None:
+        json_opt: JsonOpt = False) -> None:
     """Create a group on the servers named with --server, or on servers chosen for you by
     the default policy with --auto (nyth discover shows what it chooses from)."""
+    as_json(json_opt)
     if auto == bool(server):
         raise typer.BadParameter("name servers with --server, or give --auto")
     body: dict[str, Any] = {"name": name, "servers": server or [], "auto": auto}
     if k is not None:
         body["k"] = k
     result = call("POST", "/v1/groups", body)
-    if as_json or _state["json"]:
+    if as_json():
         show(result)
         return
     console.print(f"group {result['id']} ({t(result['name'])})")
@@ -285,7 +345,7 @@ def group_create(
 @group_app.command("list")
 def group_list() -> None:
     result = call("GET", "/v1/groups")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     for g in result:
@@ -295,38 +355,51 @@ def group_list() -> None:
 @group_app.command("invite")
 def group_invite(gid: str, contact: str) -> None:
     result = call("POST", f"/v1/groups/{gid}/invite", {"contact": contact})
-    console.print(f"invite {_state_text(result)}")
+    _print_or_json(result, lambda r: f"invite {_state_text(r)}")
 
 
 @group_app.command("invites")
 def group_invites() -> None:
-    for inv in call("GET", "/v1/groups/invites"):
+    result = call("GET", "/v1/groups/invites")
+    if as_json():
+        show(result)
+        return
+    for inv in result:
         console.print(f"{inv['id']} {t(inv['name'])} from {t(inv['from'])}")
 
 
 @group_app.command("join")
 def group_join(gid: str) -> None:
     result = call("POST", f"/v1/groups/invites/{gid}/accept")
-    console.print(f"joined {t(result['name'])} ({result['id']})")
+    _print_or_json(result, lambda r: f"joined {t(r['name'])} ({r['id']})")
 
 
 @group_app.command("post")
 def group_post(gid: str, text: str) -> None:
     result = call("POST", f"/v1/groups/{gid}/messages", {"text": text})
-    console.print(f"{result['hash'][:16]} {_state_text(result)}")
+    _print_or_json(result, lambda r: f"{r['hash'][:16]} {_state_text(r)}")
+
+
+def _author(message: dict[str, Any]) -> str:
+    """Who wrote a post: "you", the contact's name, or (someone who is not a contact, or
+    an answer from an engine older than these fields) the key's first 8 hex digits."""
+    if message.get("mine"):
+        return "you"
+    name = message.get("author_name")
+    return t(name[:32]) if isinstance(name, str) and name else t(message["author"][:8])
 
 
 @group_app.command("read")
 def group_read(gid: str, limit: int = 100) -> None:
     result = call("GET", f"/v1/groups/{gid}/messages", limit=limit)
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     for m in result["messages"]:
         # The author's claimed time, flagged when the peer did not order by it.
         adjusted = m.get("time_adjusted")
         flag = f" [yellow](claimed time; ordered as {t(str(adjusted))})[/yellow]" if adjusted else ""
-        console.print(f"{_when(m['timestamp_ms'] / 1000)}{flag} {t(m['author'][:8])}: "
+        console.print(f"{_when(m['timestamp_ms'] / 1000)}{flag} {_author(m)}: "
                       f"{t(m['body'])}  [dim]{t(m['state'])}[/dim]")
     if result["missing"]:
         console.print(f"[yellow]{len(result['missing'])} messages known to be missing[/yellow]")
@@ -342,8 +415,7 @@ def _find_group(name_or_id: str) -> dict[str, Any]:
     found = [g for g in groups if name_or_id in (g["id"], g["name"])]
     if len(found) != 1:
         what = "no group" if not found else f"{len(found)} groups"
-        console.print(f"[red]{what} named {t(name_or_id)}[/red]; use the id (nyth group list)")
-        raise typer.Exit(1)
+        fail(f"{what} named {name_or_id}; use the id (nyth group list)")
     return dict(found[0])
 
 
@@ -367,10 +439,11 @@ def _gap_line(gap: dict[str, Any]) -> str:
 
 @group_app.command("status")
 def group_status(group: Annotated[str, typer.Argument(help="group name or id")],
-                 as_json: JsonOpt = False) -> None:
+                 json_opt: JsonOpt = False) -> None:
     """Servers, epoch and recovery: gaps found, recovered (how) and still open (why, next try)."""
+    as_json(json_opt)
     g = _find_group(group)
-    if as_json or _state["json"]:
+    if as_json():
         show(g)
         return
     owner = "you" if g["owned"] else _short(g["owner"]) if g["owner"] else "none (v1: never moves)"
@@ -394,10 +467,11 @@ def group_status(group: Annotated[str, typer.Argument(help="group name or id")],
 
 @group_app.command("move")
 def group_move(gid: str, servers: Annotated[list[str], typer.Argument(help="new server onions")],
-               as_json: JsonOpt = False) -> None:
+               json_opt: JsonOpt = False) -> None:
     """Move a group you own to other servers (members follow)."""
+    as_json(json_opt)
     result = call("POST", f"/v1/groups/{gid}/move", {"servers": servers})
-    if as_json or _state["json"]:
+    if as_json():
         show(result)
         return
     console.print(f"moved {t(result['name'])} to epoch {result['epoch']}: "
@@ -407,10 +481,11 @@ def group_move(gid: str, servers: Annotated[list[str], typer.Argument(help="new 
 @group_app.command("recovery")
 def group_recovery(gid: str, strategies: Annotated[list[str] | None, typer.Argument(
         help="refetch, server, member, move: in the order to try; none: all off")] = None,
-                   as_json: JsonOpt = False) -> None:
+                   json_opt: JsonOpt = False) -> None:
     """Set a group's recovery strategies."""
+    as_json(json_opt)
     result = call("PATCH", f"/v1/groups/{gid}", {"recovery": strategies or []})
-    if as_json or _state["json"]:
+    if as_json():
         show(result)
         return
     console.print("recovery: " + (" > ".join(result["recovery"]["strategies"]) or "off"))
@@ -421,7 +496,7 @@ def mailbox() -> None:
     """Your contact id, your mailbox's state, and what it can learn (detection setting,
     false-positive rate, expected detections p·N + M, recommended n)."""
     result = call("GET", "/v1/mailbox")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
     console.print(f"contact id: {result['contact_id'] or '(no mailbox configured)'}", soft_wrap=True)
@@ -482,13 +557,14 @@ def _print_hanging(line: str) -> None:
 @app.command()
 def discover(kind: Annotated[str | None, typer.Option(
                  help="group-server or mailbox")] = None,
-             as_json: JsonOpt = False) -> None:
+             json_opt: JsonOpt = False) -> None:
     """Servers the discovery indexes measured, best ranked first, with why each ranks
     where it does; where indexes disagree; and each index's state."""
+    as_json(json_opt)
     if kind not in (None, "group-server", "mailbox"):
         raise typer.BadParameter("--kind is group-server or mailbox")
     result = call("GET", "/v1/discovery", kind=kind) if kind else call("GET", "/v1/discovery")
-    if as_json or _state["json"]:
+    if as_json():
         show(result)
         return
     servers = result["servers"]
@@ -519,23 +595,47 @@ def _limits(limits: dict[str, int]) -> str:
     return ", ".join(f"{name} {value}" for name, value in limits.items())
 
 
+def _pinned_server_lines(s: dict[str, Any]) -> list[str]:
+    """One pinned server in an 80-column terminal: kind, state and round trips; its full
+    onion on a line of its own; then what uses it, its limits and, when it presents a
+    changed bundle, what changed (long lines wrap under their indent)."""
+    presented = s["presented"]
+    head = t(f"{s['kind']:<8} {s['state']:<16} ") + _rtt(s.get("latency"))
+    lines = [head, f"    {s['onion']}.onion"]
+    # A refusal's reason repeats the changes listed below.
+    why = [t(s["reason"])] if s.get("reason") and s["state"] != "bundle_changed" else []
+    if s.get("next_retry_at"):
+        why.append(f"next retry {_when(s['next_retry_at'])}")
+    if why:
+        lines.append(f"    why: {', '.join(why)}")
+    if s["used_for"]:
+        lines.append(f"    used for: {t(', '.join(s['used_for']))}")
+    lines.append(f"    limits: {t(_limits(s['pinned']['limits']))}")
+    if presented:
+        lines.append(f"    [yellow]presents instead: {t('; '.join(presented['changes']))}[/yellow]")
+    tokens = s.get("tokens")
+    if tokens:
+        lines.append(f"    tokens: {tokens['tokens']} ({t(tokens['state'])}"
+                     + (f": {t(tokens['reason'])})" if tokens.get("reason") else ")"))
+    return lines
+
+
 @app.command()
 def servers() -> None:
-    """Pinned group servers and mailboxes: what they promise, their state, and any changed
-    bundle waiting for your review."""
+    """Pinned group servers and mailboxes: what they promise, their state, recent round
+    trips (p50/p95 in seconds, and how many), and any changed bundle waiting for your
+    review."""
     result = call("GET", "/v1/servers")
-    if _state["json"]:
+    if as_json():
         show(result)
         return
-    table = Table("server", "kind", "used for", "state", "pinned limits", "presented instead")
+    if result:
+        console.print(f"{'kind':<8} {'state':<16} round trip", style="bold", highlight=False)
+    else:
+        console.print("no pinned servers yet")
     for s in result:
-        presented = s["presented"]
-        # A refusal's reason repeats the changes shown in the last column.
-        state = t(s["state"]) if s["state"] == "bundle_changed" else _state_text(s)
-        table.add_row(s["onion"], t(s["kind"]), t(", ".join(s["used_for"])), state,
-                      t(_limits(s["pinned"]["limits"])),
-                      t("; ".join(presented["changes"])) if presented else "")
-    console.print(table)
+        for line in _pinned_server_lines(s):
+            _print_hanging(line)
     if any(s["presented"] for s in result):
         console.print("[yellow]a server presents a changed bundle: review it and accept it with "
                       "nyth server repin <onion>[/yellow]")
@@ -553,12 +653,17 @@ def server_repin(onion: str,
         raise typer.BadParameter(str(exc)) from exc
     server = next((s for s in call("GET", "/v1/servers") if s["onion"] == wanted), None)
     if server is None:
-        console.print(f"[red]no pinned server {wanted}.onion[/red]")
-        raise typer.Exit(1)
+        fail(f"no pinned server {wanted}.onion")
     presented = server["presented"]
     if presented is None:
-        console.print(f"{wanted}.onion has not presented a different bundle: nothing to re-pin")
-        raise typer.Exit(1)
+        fail(f"{wanted}.onion has not presented a different bundle: nothing to re-pin")
+    if as_json():
+        # The review below is text: a script reviews `presented` in `nyth --json servers`.
+        if not yes:
+            fail("with --json, give --yes: a re-pin is confirmed on the terminal otherwise")
+        show(call("POST", f"/v1/servers/{wanted}/repin",
+                  {"bundle_sha256": presented["bundle_sha256"]}))
+        return
     used = f" ({t(', '.join(server['used_for']))})" if server["used_for"] else ""
     console.print(f"{t(server['kind'])} server {wanted}.onion{used} presents a signed bundle that "
                   "differs from the one you pinned:")
@@ -571,20 +676,21 @@ def server_repin(onion: str,
         raise typer.Exit(1)
     result = call("POST", f"/v1/servers/{wanted}/repin",
                   {"bundle_sha256": presented["bundle_sha256"]})
-    if _state["json"]:
-        show(result)
-        return
     console.print(f"re-pinned {wanted}.onion: {t(_limits(result['pinned']['limits']))} "
                   f"(now {t(result['state'])})")
 
 
 @app.command()
 def events() -> None:
-    """Follow the live event stream (Ctrl-C to stop)."""
+    """Follow the live event stream (Ctrl-C to stop); with --json, one event per line."""
     try:
         with client() as c:
             for event in c.events():
-                console.print_json(json.dumps(event))
+                if as_json():
+                    console.print(json.dumps(event), soft_wrap=True, markup=False,
+                                  highlight=False, emoji=False)
+                else:
+                    console.print_json(json.dumps(event))
     except KeyboardInterrupt:
         pass
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from nyth.config import parse_host_port
 from nyth.healthz import onion_from_healthz
+from nyth.latency import LatencyBook
 from nyth.mailbox_traffic import TrafficPolicy
 from nyth.proto.delivery import RetryPolicy
 from nyth.proto.identity import normalize_onion
@@ -28,6 +29,7 @@ from nyth_peer.messenger import ACCEPTED, Messenger
 from nyth_peer.p2p import P2P_MAX_STREAMS, P2P_VIRTUAL_PORT, P2PLimits, P2PNode
 from nyth_peer.pins import GROUP, KINDS, PinKind, Pins
 from nyth_peer.profile import Profile
+from nyth_peer.round_trips import timed
 from nyth_peer.settings import PeerSettings
 from nyth_peer.tokens import isolated_http_factory
 
@@ -53,6 +55,9 @@ class Engine:
                                  cap=settings.retry_cap_seconds)
         self._lock = asyncio.Lock()
         self._last_newnym = 0.0
+        # Round trips of answered requests per server onion (nyth_peer.round_trips);
+        # shown for pinned servers in GET /v1/servers.
+        self.server_latency = LatencyBook(max_keys=256)
 
     @property
     def socks(self) -> SocksEndpoint:
@@ -86,13 +91,15 @@ class Engine:
                                        self.group_http_factory(), self.retry,
                                        policy=self.recovery_policy())
             self.groups.on_onion_failure = self.forget_onion_failures
-            self.groups.tokens.http_factory = isolated_http_factory(socks)
+            self.groups.tokens.http_factory = timed(isolated_http_factory(socks),
+                                                    self.server_latency)
             self.groups.recovery.node = self.node
             mailbox_onion = await self._mailbox_onion()
             self.mailbox = MailboxService(
                 profile, self.events,
-                lambda iso: onion_http_client(socks, timeout=120.0, username=iso.username,
-                                              password=iso.password),
+                timed(lambda iso: onion_http_client(socks, timeout=120.0, username=iso.username,
+                                                    password=iso.password),
+                      self.server_latency),
                 mailbox_onion=mailbox_onion, poll_seconds=self.settings.mailbox_poll_seconds,
                 detection_bits=self.settings.detection_bits,
                 on_record=self.messenger.on_mailbox_record, retry=self.retry,
@@ -113,8 +120,8 @@ class Engine:
         """Clients for group servers, through tor; in dev mode with NYTH_TEST_READER_LABEL
         they name us in the Nyth-Test-Reader header (a test hook, see with_test_reader)."""
         socks = self.socks
-        return with_test_reader(lambda: onion_http_client(socks, timeout=120.0),
-                                self.settings.test_reader_label)
+        return timed(with_test_reader(lambda: onion_http_client(socks, timeout=120.0),
+                                      self.settings.test_reader_label), self.server_latency)
 
     def _discovery(self, profile: Profile) -> Discovery:
         socks = self.socks
@@ -193,7 +200,8 @@ class Engine:
         tokens = self.groups.tokens.view(onion) if view["kind"] == GROUP.name else None
         return {**view, "used_for": used_for, "state": state["state"],
                 "reason": state.get("reason"), "since": state.get("since"),
-                "next_retry_at": state.get("next_retry_at"), "tokens": tokens}
+                "next_retry_at": state.get("next_retry_at"), "tokens": tokens,
+                "latency": self.server_latency.summary(onion)}
 
     async def _mailbox_onion(self) -> str | None:
         if self.settings.mailbox:

@@ -116,6 +116,11 @@ class MoveView(BaseModel):
 class GroupMessageView(BaseModel):
     hash: str
     author: str = Field(description="the author's ed25519 public key (hex)")
+    author_name: str | None = Field(
+        None, description="the author's name as our contacts list has it (our own profile "
+                          "name for our posts); null when the author is not a contact or "
+                          "never told a name. Chosen by the author: show it as text only")
+    mine: bool = Field(False, description="whether we wrote it (show \"you\")")
     timestamp_ms: int = Field(description="the author's claimed time")
     parents: list[str]
     body: str = Field(description='the text ("" for a move or a kind this version does not know)')
@@ -210,6 +215,8 @@ def history(groups: GroupService, gid: str, limit: int) -> dict[str, Any]:
     key = f"group_messages:{gid}"
     me = groups.profile.identity.public_key
     messages = []
+    # Per author, not per message: a page repeats few authors many times.
+    names: dict[bytes, str | None] = {me: groups.profile.name}
     for placed in dag.placed()[-limit:]:
         message = placed.message
         row = groups.store.get(key, message.hash.hex())
@@ -222,8 +229,12 @@ def history(groups: GroupService, gid: str, limit: int) -> dict[str, Any]:
         if message.author == me:
             seen = [{"onion": o, "name": _name(groups, o)}
                     for o in sorted(groups.recovery.seen_by(gid, message.hash))]
+        if message.author not in names:
+            names[message.author] = _name(groups, onion_from_public_key(message.author))
         received = row.get("received_at_ms") if row else None
-        messages.append({**item, "received_at_ms": received if type(received) is int else None,
+        messages.append({**item, "author_name": names[message.author],
+                         "mine": message.author == me,
+                         "received_at_ms": received if type(received) is int else None,
                          "order_time_ms": placed.order_time_ms,
                          "time_adjusted": placed.time_adjusted, "seen_by": seen})
     return {"group": gid, "messages": messages,

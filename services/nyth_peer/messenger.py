@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 from nyth.errors import NythError
+from nyth.latency import LatencyBook
 from nyth.proto.delivery import DeliveryState, RetryPolicy
 from nyth.proto.group_sync import SYNC_KINDS
 from nyth.proto.p2p import (
@@ -82,6 +83,12 @@ class Messenger:
         self._stranger_connection: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.dropped_requests = 0
         self._acks: dict[bytes, asyncio.Future[None]] = {}
+        # Round trips of acked P2P messages per contact (in memory: a research figure and
+        # a hint for the user, not state worth a disk write per ack). _sent_at holds the
+        # monotonic send time of each message awaiting its ack; it has an entry exactly
+        # when _acks has one, so it is bounded like the outbox.
+        self.latency = LatencyBook()
+        self._sent_at: dict[bytes, tuple[str, float]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
 
@@ -108,7 +115,8 @@ class Messenger:
 
     def _contact_view(self, row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "connection": self.connection.get(row["onion"],
-                                                         {"state": "disconnected", "reason": None})}
+                                                         {"state": "disconnected", "reason": None}),
+                "latency": self.latency.summary(row["onion"])}
 
     def is_contact(self, onion: str) -> bool:
         """Someone our user chose: accepted, or asked by us (their answer must get
@@ -369,6 +377,7 @@ class Messenger:
                 msg_id = bytes.fromhex(row["id"])
                 self._acks[msg_id] = fut
                 futures.append(fut)
+                self._sent_at[msg_id] = (onion, time.monotonic())
                 await session.send(Envelope(msg_id, MessageKind[row["kind"].upper()],
                                             row["timestamp_ms"], base64.b64decode(row["body"])))
             done, _ = await asyncio.wait(futures, timeout=ACK_TIMEOUT)
@@ -387,6 +396,7 @@ class Messenger:
         finally:
             for row in rows:
                 self._acks.pop(bytes.fromhex(row["id"]), None)
+                self._sent_at.pop(bytes.fromhex(row["id"]), None)
         since = self._unreachable_since.get(onion)
         if (failure and since is not None and time.time() - since >= self.mailbox_after
                 and self._mailbox_ok(self.store.get("contacts", onion))):
@@ -437,6 +447,12 @@ class Messenger:
 
     # -- receiving -------------------------------------------------------------------------
     def on_ack(self, onion: str, msg_id: bytes) -> None:
+        sent = self._sent_at.get(msg_id)
+        if sent is not None and sent[0] == onion:
+            # Only from the contact we sent to. An ack arriving after its attempt gave up
+            # finds no send time (the attempt took it along): it measures no round trip.
+            del self._sent_at[msg_id]
+            self.latency.record(onion, (time.monotonic() - sent[1]) * 1000)
         row = self.store.get("outbox", msg_id.hex())
         if row is not None and row["onion"] == onion:
             self._update(row, state=DeliveryState.DELIVERED.value, reason=None,
@@ -604,6 +620,7 @@ class Messenger:
             self.store.clear(f"seen:{onion}")
             self.store.delete("contacts", onion)
         self.connection.pop(onion, None)
+        self.latency.forget(onion)
         self.dropped_requests += 1
         log.warning("dropped the oldest unanswered contact request: more than %d are waiting",
                     MAX_PENDING_REQUESTS)

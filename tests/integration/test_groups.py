@@ -55,6 +55,15 @@ def test_three_members_see_every_post_in_one_dag_order(devnet):
         own = [m for m in c.get(f"/v1/groups/{gid}/messages")["messages"]
                if m["author"] == public_key_from_onion(peers[0].onion).hex()]
         assert own and all(m["state"] == "posted" for m in own)
+        assert all(m["mine"] and m["author_name"] == peers[0].name for m in own)
+        # Every post reached the server, which answered: round trips to it.
+        [pinned] = [s for s in c.get("/v1/servers") if s["onion"] == server.onion]
+        assert pinned["latency"]["samples"] >= 1 and pinned["latency"]["p50_ms"] > 0, pinned
+    # Bob's contact alice told her name with her contact request.
+    by_alice = [m for m in histories[1]["messages"]
+                if m["author"] == public_key_from_onion(peers[0].onion).hex()]
+    assert by_alice and {m["author_name"] for m in by_alice} == {peers[0].name}
+    assert not any(m["mine"] for m in by_alice)
 
     # What the server holds: same-size opaque blobs, nothing identifying.
     blobs = _all_blobs(server)

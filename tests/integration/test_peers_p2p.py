@@ -23,6 +23,9 @@ def test_message_acked_and_reply(devnet):
         assert sent["state"] in ("queued", "sending")
         delivered = wait_delivered(ca, bob.onion, sent["id"])
         assert delivered["delivered_at"] is not None
+        # Bob acked the contact request and this message: round trips over Tor.
+        latency = ca.get(f"/v1/contacts/{bob.onion}")["latency"]
+        assert latency["samples"] >= 1 and 0 < latency["p50_ms"] <= latency["p95_ms"], latency
         received = cb.messages(alice.onion)
         assert [m["text"] for m in received if m["direction"] == "in"] == ["hello bob"]
 

@@ -22,6 +22,7 @@ from nyth.proto.delivery import RetryPolicy
 from nyth.proto.group import BLOB_SIZE, Invite, Move, new_group_key, seal_group_message, seal_group_move
 from nyth.proto.identity import Identity
 from nyth_peer.events import EventBus
+from nyth_peer.group_views import GroupHistory
 from nyth_peer.groups import GroupService
 from nyth_peer.messenger import Messenger
 from nyth_peer.profile import Profile
@@ -174,3 +175,26 @@ async def test_a_v2_group_syncs_and_follows_its_owners_move(profile: Profile) ->
     row = profile.store.get("groups", gid.hex())
     assert row is not None and Invite.decode(base64.b64decode(row["invite"])).epoch == 1
     assert any(e["type"] == "group_moved" for e in events.recent)
+
+
+async def test_authors_are_named_from_the_contacts(profile: Profile) -> None:
+    """Each item names its author as the contacts list has them, our own posts as ours,
+    and leaves a stranger (a member who is not a contact) unnamed."""
+    invite = Invite("friends", new_group_key(), (BUNDLE,))
+    gid = invite.group_id
+    profile.store.put("contacts", BOB.onion, {"onion": BOB.onion, "name": "bob",
+                                              "status": "accepted"})
+    stranger, _ = seal_group_message(MALLORY, invite.key, gid,
+                                     timestamp_ms=int(time.time() * 1000), parents=(),
+                                     body="who am I")
+    service, history = await synced(profile, [*honest_backlog(invite.key, gid), stranger],
+                                    invite)
+    service.post(gid.hex(), "mine")
+    history = service.history(gid.hex())["messages"]
+    by_body = {m["body"]: m for m in history}
+    assert [(by_body[b]["author_name"], by_body[b]["mine"]) for b in
+            ("one", "who am I", "mine")] == [("bob", False), (None, False), ("alice", True)]
+    assert by_body["who am I"]["author"] == MALLORY.public_key.hex()
+    # The API's response model keeps the fields (it drops what it does not declare).
+    shown = GroupHistory.model_validate(service.history(gid.hex())).model_dump()
+    assert [m["author_name"] for m in shown["messages"]][-2:] == [None, "alice"]

@@ -11,6 +11,7 @@ from nyth.proto.p2p import MAX_TEXT_CHARS
 from nyth.web import error_responses
 from pydantic import BaseModel, ConfigDict, Field
 
+from nyth_peer.round_trips import LatencyView
 from nyth_peer.routes.common import Onion, Unlocked, check_onion, contact_call, messenger
 
 
@@ -46,6 +47,10 @@ class ContactView(BaseModel):
     mailbox_change: MailboxChange | None = Field(
         None, description="a different mailbox proposed by a contact id, not in use until "
                           "you confirm it (POST /v1/contacts/{onion}/mailbox/confirm)")
+    latency: LatencyView = Field(
+        description="round trips of our recent P2P messages that the contact acknowledged: "
+                    "from sending the message on an open session to receiving its ack "
+                    "(connecting is not included; mailbox deliveries are not counted)")
 
 
 def contact_routes(unlocked: Unlocked) -> APIRouter:

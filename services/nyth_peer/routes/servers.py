@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from nyth_peer.group_rows import GroupError
 from nyth_peer.mailbox import MailboxError
 from nyth_peer.pins import UnknownServerError, UnusableBundleError
+from nyth_peer.round_trips import LatencyView
 from nyth_peer.routes.common import Onion, Unlocked, check_onion
 
 
@@ -52,6 +53,10 @@ class ServerView(BaseModel):
     tokens: TokensView | None = Field(
         None, description="a group server that wants a token per post: our tokens for it; "
                           "null otherwise")
+    latency: LatencyView = Field(
+        description="round trips of our recent requests to this server that got an answer: "
+                    "from sending the request to its status line and headers, reaching the "
+                    "onion through Tor included when the connection was new")
 
 
 class Repin(BaseModel):
