@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import segno
 from fastapi import APIRouter, Depends, Path, Request
 from markupsafe import Markup
-from nyth.proto.identity import public_key_from_onion
 from starlette.responses import Response
 
 from nyth_peer.web.ui import Ui
@@ -126,13 +125,9 @@ async def _names(ui: Ui) -> dict[str, str]:
 
 async def _history(ui: Ui, gid: str) -> dict[str, Any]:
     history: dict[str, Any] = await ui.api.get(f"/v1/groups/{gid}/messages")
-    me = (await ui.api.get("/v1/profile"))["onion"]
-    by_key = {public_key_from_onion(onion).hex(): name for onion, name in (await _names(ui)).items()}
-    mine = public_key_from_onion(me).hex()
     for message in history["messages"]:
-        author = message.get("author", "")
-        message["author_label"] = ("you" if author == mine else message.get("author_name")
-                                   or by_key.get(author) or f"{author[:8]}…")
+        message["author_label"] = ("you" if message["mine"] else message["author_name"]
+                                   or f"{message['author'][:8]}…")
     return history
 
 
