@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from nyth.runtime.devnet import wait_until
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import E2EPeer, Stack
 from tests.fixtures.stack import befriend, wait_delivered
@@ -314,3 +315,20 @@ def test_redis_restart_keeps_acknowledged_posts(stack, friends, group, how):
                what="a post after the redis restart to reach bob",
                state=lambda: {"alice's post": next((m for m in _history(alice, group)
                                                     if m["hash"] == post["hash"]), None)})
+
+
+def test_the_web_ui_on_the_published_api_port(stack, chromium):
+    """The image carries the UI (templates, scripts): a browser on the host logs in to
+    alice's container on its published loopback port and sees her peer, live."""
+    alice = stack.peers["alice"]
+    context = chromium.new_context()
+    page = context.new_page()
+    answer = page.goto(f"{alice.api_url}/")
+    assert answer is not None and answer.status == 200 and page.url.endswith("/ui/login")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    page.get_by_label("API token").fill(alice.token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("#status")).to_contain_text("alice")
+    expect(page.locator("#status")).to_contain_text("onion: published")
+    context.close()
