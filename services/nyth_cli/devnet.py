@@ -59,6 +59,7 @@ def up(
         # Plain lines, not a table: onion addresses must survive copy-paste whole.
         for handle in handles:
             console.print(f"peer {handle.name}: {handle.onion}.onion  API {handle.api_url}  "
+                          f"web UI {handle.api_url}/ui/  "
                           f"token file {directory}/secrets/{handle.name}.api-token", soft_wrap=True)
         for service in (server, mailbox, discovery):
             console.print(f"{service.name}: {service.onion}.onion  (local {service.url})",

@@ -108,8 +108,13 @@ def test_alice_and_bob_use_the_ui_through_failures(devnet, chromium: Browser) ->
         expect(b.locator(".qr svg")).to_be_visible()
         shot(b, "me")
 
-        # alice adds bob by contact id; bob sees the request live and accepts it
-        a.get_by_label("Contact id (nyth1…) or onion address").fill(bob_id)
+        bob_qr = b.locator(".qr").screenshot()
+
+        # alice scans bob's QR code (a picture of what his page shows) and sends a request;
+        # bob sees it live and accepts it
+        a.get_by_label("…or scan their QR code").set_input_files(
+            files=[{"name": "bob.png", "mimeType": "image/png", "buffer": bob_qr}])
+        expect(a.get_by_label("Contact id (nyth1…) or onion address")).to_have_value(bob_id)
         a.get_by_label("A note with your request (optional)").fill("hi bob, it's alice")
         a.get_by_role("button", name="Send a contact request").click()
         expect(a.locator("#flash")).to_have_text("Contact request sent.")

@@ -6,6 +6,7 @@ same pages in chromium over the private Tor network."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,14 @@ def test_sessions_survive_a_restart_and_die_with_the_token() -> None:
     ("example.org.", "example.org"), ("::1", "::1"), ("", "")])
 def test_host_names(header: str, name: str) -> None:
     assert host_name(header) == name
+
+
+def test_vendored_scripts_are_the_pinned_releases() -> None:
+    """htmx, its SSE extension and jsQR are copied from their npm releases (docs/web-ui.md
+    names them); a changed file is a changed dependency, to be pinned deliberately."""
+    vendor = Path(__file__).resolve().parents[2] / "services/nyth_peer/web/static/vendor"
+    pinned = dict(reversed(line.split()) for line in (vendor / "SHA256SUMS").read_text()
+                  .splitlines())
+    assert set(pinned) == {p.name for p in vendor.glob("*.js")}
+    for name, digest in pinned.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
