@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from nyth.runtime.devnet import PeerHandle
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, FilePayload, Page, expect
 
 from tests.fixtures.browser import REBOUND_NAME, SCREENSHOTS, STATE_OBSERVER
 
@@ -112,8 +112,8 @@ def test_alice_and_bob_use_the_ui_through_failures(devnet, chromium: Browser) ->
 
         # alice scans bob's QR code (a picture of what his page shows) and sends a request;
         # bob sees it live and accepts it
-        a.get_by_label("…or scan their QR code").set_input_files(
-            files=[{"name": "bob.png", "mimeType": "image/png", "buffer": bob_qr}])
+        picture: FilePayload = {"name": "bob.png", "mimeType": "image/png", "buffer": bob_qr}
+        a.get_by_label("…or scan their QR code").set_input_files(files=picture)
         expect(a.get_by_label("Contact id (nyth1…) or onion address")).to_have_value(bob_id)
         a.get_by_label("A note with your request (optional)").fill("hi bob, it's alice")
         a.get_by_role("button", name="Send a contact request").click()

@@ -176,8 +176,8 @@ def test_vendored_scripts_are_the_pinned_releases() -> None:
     """htmx, its SSE extension and jsQR are copied from their npm releases (docs/web-ui.md
     names them); a changed file is a changed dependency, to be pinned deliberately."""
     vendor = Path(__file__).resolve().parents[2] / "services/nyth_peer/web/static/vendor"
-    pinned = dict(reversed(line.split()) for line in (vendor / "SHA256SUMS").read_text()
-                  .splitlines())
+    pinned = {name: digest for digest, name in
+              (line.split() for line in (vendor / "SHA256SUMS").read_text().splitlines())}
     assert set(pinned) == {p.name for p in vendor.glob("*.js")}
     for name, digest in pinned.items():
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
