@@ -6,15 +6,12 @@ turned into a call of the peer's own API, so the API's validation and answers ap
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from nyth_peer.web.guard import Refused
-from nyth_peer.web.ui import Ui, field
+from nyth_peer.web.ui import GroupId, MsgId, Onion, Ui, field
 
-Onion = Annotated[str, Path(pattern=r"^[a-z2-7]{56}$")]
-GroupId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
-MsgId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 MAX_TEXT = 4000
 
 

@@ -7,14 +7,11 @@ stream says something changed (GET /ui/parts/...)."""
 from typing import Annotated, Any
 
 import segno
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends
 from markupsafe import Markup
 from starlette.responses import Response
 
-from nyth_peer.web.ui import Ui
-
-Onion = Annotated[str, Path(pattern=r"^[a-z2-7]{56}$")]
-GroupId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+from nyth_peer.web.ui import GroupId, Onion, Ui
 
 
 def page_routes(ui: Ui) -> APIRouter:
@@ -22,8 +19,8 @@ def page_routes(ui: Ui) -> APIRouter:
     Session = Annotated[str, Depends(ui.guard.page)]
 
     @router.get("/")
-    async def home(request: Request, sid: Session) -> Response:
-        return await ui.page(request, sid, "home.html", "chats", "Chats",
+    async def home(sid: Session) -> Response:
+        return await ui.page(sid, "home.html", "chats", "Chats",
                              contacts=await _contacts(ui))
 
     @router.get("/parts/contacts")
@@ -31,9 +28,9 @@ def page_routes(ui: Ui) -> APIRouter:
         return ui.part("part_contacts.html", sid, contacts=await _contacts(ui))
 
     @router.get("/contacts/{onion}")
-    async def chat(request: Request, sid: Session, onion: Onion) -> Response:
+    async def chat(sid: Session, onion: Onion) -> Response:
         contact = await ui.api.get(f"/v1/contacts/{onion}")
-        return await ui.page(request, sid, "chat.html", "chats",
+        return await ui.page(sid, "chat.html", "chats",
                              contact.get("name") or onion[:16], contact=contact,
                              messages=await _messages(ui, onion))
 
@@ -47,8 +44,8 @@ def page_routes(ui: Ui) -> APIRouter:
         return ui.part("part_messages.html", sid, messages=await _messages(ui, onion))
 
     @router.get("/groups")
-    async def groups(request: Request, sid: Session) -> Response:
-        return await ui.page(request, sid, "groups.html", "groups", "Groups",
+    async def groups(sid: Session) -> Response:
+        return await ui.page(sid, "groups.html", "groups", "Groups",
                              **await _groups(ui))
 
     @router.get("/parts/groups")
@@ -56,9 +53,9 @@ def page_routes(ui: Ui) -> APIRouter:
         return ui.part("part_groups.html", sid, **await _groups(ui))
 
     @router.get("/groups/{gid}")
-    async def group(request: Request, sid: Session, gid: GroupId) -> Response:
+    async def group(sid: Session, gid: GroupId) -> Response:
         view = await ui.api.get(f"/v1/groups/{gid}")
-        return await ui.page(request, sid, "group.html", "groups", view["name"], group=view,
+        return await ui.page(sid, "group.html", "groups", view["name"], group=view,
                              history=await _history(ui, gid),
                              contacts=await ui.api.get("/v1/contacts"),
                              server_latency=await _server_latency(ui))
@@ -74,8 +71,8 @@ def page_routes(ui: Ui) -> APIRouter:
                        server_latency=await _server_latency(ui))
 
     @router.get("/servers")
-    async def servers(request: Request, sid: Session) -> Response:
-        return await ui.page(request, sid, "servers.html", "servers", "Servers",
+    async def servers(sid: Session) -> Response:
+        return await ui.page(sid, "servers.html", "servers", "Servers",
                              servers=await ui.api.get("/v1/servers"))
 
     @router.get("/parts/servers")
@@ -83,14 +80,14 @@ def page_routes(ui: Ui) -> APIRouter:
         return ui.part("part_servers.html", sid, servers=await ui.api.get("/v1/servers"))
 
     @router.get("/me")
-    async def me(request: Request, sid: Session) -> Response:
+    async def me(sid: Session) -> Response:
         profile = await ui.api.get("/v1/profile")
         qr = None
         if profile.get("contact_id"):
             code = segno.make(profile["contact_id"], error="m")
             # Our own markup from our own contact id: the one thing not escaped.
             qr = Markup(code.svg_inline(scale=4, border=2, omitsize=True, light="#fff"))  # noqa: S704
-        return await ui.page(request, sid, "me.html", "me", "Me", profile=profile, qr_svg=qr)
+        return await ui.page(sid, "me.html", "me", "Me", profile=profile, qr_svg=qr)
 
     @router.get("/parts/status")
     async def status_part(sid: Session) -> Response:

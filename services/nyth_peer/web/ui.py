@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 from markupsafe import escape
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -19,6 +19,11 @@ from nyth_peer.web.render import Renderer
 from nyth_peer.web.session import COOKIE
 
 LOGIN = "/ui/login"
+
+# Path parameters of UI routes (a malformed one is a 422 before anything runs).
+Onion = Annotated[str, Path(pattern=r"^[a-z2-7]{56}$")]
+GroupId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+MsgId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 @dataclass
@@ -34,8 +39,7 @@ class Ui:
         mailbox = (await self.api.get("/v1/mailbox"))["state"]
         return {"profile": profile, "mailbox": None if mailbox.get("state") == "off" else mailbox}
 
-    async def page(self, request: Request, sid: str, name: str, nav: str, title: str,
-                   **context: Any) -> Response:
+    async def page(self, sid: str, name: str, nav: str, title: str, **context: Any) -> Response:
         return self.renderer.page(name, csrf=self.guard.sessions.csrf(sid), nav=nav,
                                   title=title, status=await self.status(), **context)
 
