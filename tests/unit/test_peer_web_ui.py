@@ -27,6 +27,17 @@ from nyth_peer.web.session import Sessions
 TOKEN = "t" * 32
 BOB = Identity.from_seed(b"B" * 32)
 HOST = "127.0.0.1:8700"
+SERVER_ONION = Identity.from_seed(b"S" * 32).onion
+# A pinned group server presenting a changed bundle (GET /v1/servers' shape).
+SERVER: dict[str, Any] = {
+    "onion": SERVER_ONION, "kind": "group", "used_for": ["group friends"],
+    "pinned": {"bundle_sha256": "ab" * 32, "limits": {"max_blobs": 1000}, "issued_at": 1},
+    "pinned_at": 1.0e9, "state": "bundle_changed", "reason": "max_blobs 1000 -> 10",
+    "since": 1.0e9, "next_retry_at": None, "tokens": None,
+    "presented": {"bundle_sha256": "cd" * 32, "limits": {"max_blobs": 10}, "issued_at": 2,
+                  "changes": ["max_blobs 1000 -> <b>10</b>"], "seen_at": 1.0e9},
+    "latency": {"p50_ms": 420.0, "p95_ms": 1900.0, "samples": 9}}
+REPINNED: list[tuple[str, str]] = []  # what the engine was asked to re-pin
 
 
 @pytest.fixture
@@ -41,8 +52,15 @@ def browser(messenger: Messenger) -> TestClient:
     """A client as a browser is: no bearer token, its own cookies, our Host."""
     # No mailbox configured (its state "off"): offline first contact is the browser tests'.
     mailbox = SimpleNamespace(contact_id=None, privacy=lambda: {"state": {"state": "off"}})
+    REPINNED.clear()
+
+    async def repin(onion: str, digest: str) -> dict[str, Any]:
+        REPINNED.append((onion, digest))
+        return {**SERVER, "presented": None}
+
     engine: Any = SimpleNamespace(profile=messenger.profile, messenger=messenger,
                                   events=messenger.events, mailbox=mailbox, groups=None,
+                                  servers=lambda: [SERVER], repin=repin,
                                   onion_status={"state": "published", "reason": None},
                                   settings=SimpleNamespace(data_dir=Path("/nonexistent")))
     return TestClient(create_app(engine, TOKEN, ui_hosts=["nyth.home.arpa"]),
@@ -181,3 +199,20 @@ def test_vendored_scripts_are_the_pinned_releases() -> None:
     assert set(pinned) == {p.name for p in vendor.glob("*.js")}
     for name, digest in pinned.items():
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_a_changed_bundle_is_shown_for_review_and_re_pinned_by_its_hash(
+        browser: TestClient) -> None:
+    csrf = login(browser)
+    page = browser.get("/ui/servers").text
+    assert f"{SERVER_ONION}.onion" in page and "max_blobs 1000 -&gt; &lt;b&gt;10&lt;/b&gt;" in page
+    assert "rtt 0.4 s p50 · 1.9 s p95" in page
+    assert f'name="bundle_sha256" value="{"cd" * 32}"' in page
+    answer = browser.post(f"/ui/servers/{SERVER_ONION}/repin",
+                          data={"bundle_sha256": "cd" * 32, "csrf": csrf},
+                          headers={"hx-request": "true"})
+    assert answer.status_code == 200 and "Re-pinned" in answer.text
+    assert REPINNED == [(SERVER_ONION, "cd" * 32)]
+    bad = browser.post(f"/ui/servers/{SERVER_ONION}/repin",
+                       data={"bundle_sha256": "zz", "csrf": csrf}, headers={"hx-request": "true"})
+    assert bad.status_code == 422 and bad.headers["hx-retarget"] == "#flash"
