@@ -56,8 +56,8 @@ STRANGER = Identity.generate()
 
 
 @pytest.fixture(scope="module")
-def peer(tmp_path_factory: pytest.TempPathFactory, tor_network, tor_gateway,
-         redis_server) -> Iterator[PeerHandle]:
+def peer(tmp_path_factory: pytest.TempPathFactory, tor_network: Any, tor_gateway: Any,
+         redis_server: Any) -> Iterator[PeerHandle]:
     with running_devnet(tmp_path_factory.mktemp("peer-schemathesis"), tor_network,
                         tor_gateway, redis_server, flushed_db(redis_server)) as net:
         alice = net.add_peer("alice")
