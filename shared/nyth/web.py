@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Host, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nyth.errors import DecodeError
@@ -112,10 +112,13 @@ def _allowed_methods(scope: Scope, routes: Iterable[BaseRoute]) -> list[str]:
     """Every method some route serves at this path. Starlette's 405 names only the first
     route whose path matched, so where two routes share a path (GET and POST /v1/groups)
     its `Allow` left the other's methods out. Each method is asked of the routes' own
-    matching (which sees through included routers and path convertors)."""
+    matching (which sees through included routers and path convertors). Mounts match a
+    prefix whatever the method: what a mounted app serves is its own to say (StaticFiles
+    sends its own `Allow`)."""
+    by_method = [route for route in routes if not isinstance(route, Mount | Host)]
     return [method for method in _PROBED_METHODS
             if any(route.matches({**scope, "method": method})[0] == Match.FULL
-                   for route in routes)]
+                   for route in by_method)]
 
 
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:

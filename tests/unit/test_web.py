@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 from fastapi.testclient import TestClient
 from nyth.errors import DecodeError
 from nyth.web import ErrorResponse, MaxBodySizeMiddleware, install_common
@@ -196,7 +198,7 @@ def test_openapi_documents_our_error_shape(app_and_seen: tuple[FastAPI, dict[str
 
 
 
-async def test_a_405_allows_every_method_of_the_path_across_routers() -> None:
+async def test_a_405_allows_every_method_of_the_path_across_routers(tmp_path: Path) -> None:
     # Two routes on one path, each in a router of its own: Starlette's 405 named only the
     # first one's method, and clients (and schemathesis) were told POST did not exist.
     app = FastAPI()
@@ -216,6 +218,8 @@ async def test_a_405_allows_every_method_of_the_path_across_routers() -> None:
 
     app.include_router(first)
     app.include_router(second)
+    # A mounted app matches its whole prefix for every method: its 405 keeps its Allow.
+    app.mount("/static", StaticFiles(directory=tmp_path))
     install_common(app, "test-svc")
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
@@ -227,6 +231,8 @@ async def test_a_405_allows_every_method_of_the_path_across_routers() -> None:
         single = await c.delete("/v1/things/3")
         assert single.status_code == 405 and single.headers["allow"] == "GET"
         assert (await c.delete("/v1/nothing")).status_code == 404
+        static = await c.post("/static/x.css")
+        assert static.status_code == 405 and static.headers["allow"] == "GET, HEAD"
 
 
 def test_openapi_documents_400_for_json_bodies(app_and_seen: tuple[FastAPI, dict[str, Any]]) -> None:
