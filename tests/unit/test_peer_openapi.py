@@ -5,6 +5,7 @@ the running peer against the same document)."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from nyth_peer.events import EVENT_TYPES, EventBus
 from nyth_peer.messenger import Messenger
 from nyth_peer.profile import Profile
 from nyth_peer.routes.common import ONION_PATTERN
+from nyth_peer.routes.profile import NAME_PATTERN, WHITESPACE
 
 BOB = Identity.from_seed(b"B" * 32)
 TOKEN = "t" * 32
@@ -101,3 +103,20 @@ def test_the_document_declares_the_token_the_errors_and_the_events(api: TestClie
         "text/event-stream"]["schema"]
     assert event["properties"]["event"]["enum"] == list(EVENT_TYPES)
     assert api.get("/v1/events", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_a_profile_name_of_only_whitespace_is_refused_as_the_schema_says(
+        api: TestClient) -> None:
+    # The list is what str.strip() removes, which is what Profile.create does to a name.
+    assert set(WHITESPACE) == {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    pattern = api.get("/openapi.json").json()["components"]["schemas"]["ProfileCreate"][
+        "properties"]["name"]["pattern"]
+    assert pattern == NAME_PATTERN
+    for name in (" ", "\x1c", "\u3000 \t"):
+        assert not re.search(pattern, name)
+        # Once a schema-valid " " was refused with 400 after the model let it through.
+        response = api.post("/v1/profile", json={"name": name, "passphrase": "12345678"})
+        assert response.status_code == 422 and "whitespace" in response.json()["error"]
+    assert re.search(pattern, " bob ")
+    existing = api.post("/v1/profile", json={"name": " bob ", "passphrase": "12345678"})
+    assert existing.status_code == 409
