@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nyth.web import error_responses, install_common
 
 from nyth_peer.engine import Engine
@@ -48,12 +50,18 @@ def create_app(engine: Engine, api_token: str, ui_hosts: Iterable[str] = ()) -> 
     return app
 
 
-def _token_check(api_token: str) -> Callable[[Request], Awaitable[None]]:
-    async def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-                token.encode(), api_token.encode()):
+# Declared as the OpenAPI security scheme of /v1/*, so clients (and fuzzers) know the
+# token is needed; auto_error off, because a missing token is our 401, not FastAPI's 403.
+_BEARER = HTTPBearer(auto_error=False, scheme_name="api-token",
+                     description="the peer's API token (NYTH_API_TOKEN_FILE, or api-token in "
+                                 "its data directory)")
+
+
+def _token_check(api_token: str) -> Callable[..., Awaitable[None]]:
+    async def require_token(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        if credentials is None or not secrets.compare_digest(
+                credentials.credentials.encode(), api_token.encode()):
             raise HTTPException(401, "missing or wrong API token",
                                 headers={"WWW-Authenticate": "Bearer"})
 

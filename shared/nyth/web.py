@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Host, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nyth.errors import DecodeError
@@ -104,9 +105,29 @@ async def _decode_error_handler(request: Request, exc: Exception) -> Response:
     return error_json(400, str(exc) or "malformed input")
 
 
+_PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(scope: Scope, routes: Iterable[BaseRoute]) -> list[str]:
+    """Every method some route serves at this path. Starlette's 405 names only the first
+    route whose path matched, so where two routes share a path (GET and POST /v1/groups)
+    its `Allow` left the other's methods out. Each method is asked of the routes' own
+    matching (which sees through included routers and path convertors). Mounts match a
+    prefix whatever the method: what a mounted app serves is its own to say (StaticFiles
+    sends its own `Allow`)."""
+    by_method = [route for route in routes if not isinstance(route, Mount | Host)]
+    return [method for method in _PROBED_METHODS
+            if any(route.matches({**scope, "method": method})[0] == Match.FULL
+                   for route in by_method)]
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request.scope, request.app.router.routes)
+        if allowed:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
     if exc.status_code in (204, 304) or exc.status_code < 200:
         return Response(status_code=exc.status_code, headers=headers)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -259,12 +280,22 @@ def _patch_openapi_errors(app: FastAPI) -> None:
                     responses["413"] = {
                         "description": _ERROR_DESCRIPTIONS[413], "content": error_content,
                     }
+                # A body that is not even parsable (bytes that are not UTF-8 JSON) is
+                # refused by FastAPI with 400 before any validation.
+                if _takes_json_body(operation) and "400" not in responses:
+                    responses["400"] = {
+                        "description": _ERROR_DESCRIPTIONS[400], "content": error_content,
+                    }
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _takes_json_body(operation: dict[str, Any]) -> bool:
+    return "application/json" in operation.get("requestBody", {}).get("content", {})
 
 
 def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from fastapi.testclient import TestClient
 from nyth.errors import DecodeError
 from nyth.web import ErrorResponse, MaxBodySizeMiddleware, install_common
 from prometheus_client import REGISTRY
@@ -193,3 +196,59 @@ def test_openapi_documents_our_error_shape(app_and_seen: tuple[FastAPI, dict[str
     assert item["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
+
+
+async def test_a_405_allows_every_method_of_the_path_across_routers(tmp_path: Path) -> None:
+    # Two routes on one path, each in a router of its own: Starlette's 405 named only the
+    # first one's method, and clients (and schemathesis) were told POST did not exist.
+    app = FastAPI()
+    first, second = APIRouter(prefix="/v1"), APIRouter(prefix="/v1")
+
+    @first.get("/things")
+    async def things() -> list[int]:
+        return []
+
+    @second.post("/things")
+    async def add_thing() -> int:
+        return 1
+
+    @second.get("/things/{thing_id}")
+    async def thing(thing_id: int) -> int:
+        return thing_id
+
+    app.include_router(first)
+    app.include_router(second)
+    # A mounted app matches its whole prefix for every method: its 405 keeps its Allow.
+    app.mount("/static", StaticFiles(directory=tmp_path))
+    install_common(app, "test-svc")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        for method in ("DELETE", "OPTIONS", "PUT"):
+            response = await c.request(method, "/v1/things")
+            assert response.status_code == 405
+            assert response.headers["allow"] == "GET, POST"
+            assert set(response.json()) == {"error"}
+        single = await c.delete("/v1/things/3")
+        assert single.status_code == 405 and single.headers["allow"] == "GET"
+        assert (await c.delete("/v1/nothing")).status_code == 404
+        static = await c.post("/static/x.css")
+        assert static.status_code == 405 and static.headers["allow"] == "GET, HEAD"
+
+
+def test_openapi_documents_400_for_json_bodies(app_and_seen: tuple[FastAPI, dict[str, Any]]) -> None:
+    app = FastAPI()
+
+    @app.post("/json")
+    async def json_body(item: ErrorResponse) -> ErrorResponse:
+        return item
+
+    install_common(app, "test-svc")
+    client = TestClient(app)
+    # Bytes that are not UTF-8 never reach validation: FastAPI answers 400 itself.
+    response = client.post("/json", content=b'{"error": "\x80"}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400 and set(response.json()) == {"error"}
+    responses = app.openapi()["paths"]["/json"]["post"]["responses"]
+    assert {"400", "413", "422"} <= set(responses)
+    # A route without a JSON body does not claim a 400 it never answers.
+    assert "400" not in app_and_seen[0].openapi()["paths"]["/upload"]["post"]["responses"]

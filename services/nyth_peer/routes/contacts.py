@@ -12,21 +12,42 @@ from nyth.web import error_responses
 from pydantic import BaseModel, ConfigDict, Field
 
 from nyth_peer.round_trips import LatencyView
-from nyth_peer.routes.common import Onion, Unlocked, check_onion, contact_call, messenger
+from nyth_peer.routes.common import (
+    ONION_DESCRIPTION,
+    ONION_PATTERN,
+    Onion,
+    OnionField,
+    Unlocked,
+    check_onion,
+    contact_call,
+    messenger,
+)
+
+# What ContactId.encode writes (nyth1 and 109 base32 characters), in lowercase or, as a
+# QR code's alphanumeric mode carries it, in uppercase. Its checksum is beyond a pattern:
+# a typo there is refused with 422.
+CONTACT_ID_PATTERN = r"^(nyth1[a-z2-7]{109}|NYTH1[A-Z2-7]{109})$"
 
 
 class ContactAdd(BaseModel):
-    onion: str | None = Field(None, min_length=56, max_length=80,
-                              description="the contact's onion address (reaches them only P2P)")
+    # Exactly one of onion and contact_id (the route answers 422 otherwise).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["onion"], "properties": {"onion": {"type": "string"}}},
+        {"required": ["contact_id"], "properties": {"contact_id": {"type": "string"}}},
+    ]})
+    onion: str | None = Field(None, pattern=ONION_PATTERN, min_length=56, max_length=62,
+                              description="the contact's onion address (reaches them only "
+                                          f"P2P): {ONION_DESCRIPTION}")
     contact_id: str | None = Field(
-        None, min_length=10, max_length=200,
+        None, pattern=CONTACT_ID_PATTERN, min_length=114, max_length=114,
         description="the contact identifier they shared (nyth1…): onion + mailbox, so a "
-                    "request reaches them even while they are offline")
+                    "request reaches them even while they are offline; one whose checksum "
+                    "is wrong is refused (422)")
     text: str = Field("", max_length=MAX_TEXT_CHARS, description="a note sent with the request")
 
 
 class MailboxConfirm(BaseModel):
-    mailbox: str = Field(min_length=56, max_length=80, description=(
+    mailbox: OnionField = Field(description=(
         "the mailbox onion to use from now on: `mailbox_change.to` switches to the proposed "
         "mailbox, `mailbox_change.from` keeps the current one and dismisses the proposal"))
 
@@ -98,11 +119,13 @@ def contact_routes(unlocked: Unlocked) -> APIRouter:
 
     @router.post("/contacts/{onion}/accept", responses=error_responses(409, 423))
     async def accept(onion: Onion) -> dict[str, Any]:
+        """Accept a pending contact request from this onion (409 if there is none)."""
         return contact_call(unlocked, lambda m: m.answer_request(check_onion(onion), True),
                             missing=409)
 
     @router.post("/contacts/{onion}/refuse", responses=error_responses(409, 423))
     async def refuse(onion: Onion) -> dict[str, Any]:
+        """Refuse a pending contact request from this onion (409 if there is none)."""
         return contact_call(unlocked, lambda m: m.answer_request(check_onion(onion), False),
                             missing=409)
 

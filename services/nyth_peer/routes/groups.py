@@ -15,14 +15,23 @@ from nyth_peer.group_recovery import STRATEGIES, StrategyName
 from nyth_peer.group_rows import GroupError, GroupForbiddenError
 from nyth_peer.group_views import GroupHistory, GroupView
 from nyth_peer.messenger import ContactError
-from nyth_peer.routes.common import GroupId, TextIn, Unlocked, check_onion
+from nyth_peer.routes.common import GroupId, OnionField, TextIn, Unlocked, check_onion
 
 
 class GroupCreate(BaseModel):
+    # Either servers named (auto absent or false, no k) or auto (no servers): the route
+    # refuses any other mix with 422, and the schema says so, so clients see it too.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["servers"],
+         "properties": {"servers": {"minItems": 1}, "auto": {"const": False},
+                        "k": {"type": "null"}}},
+        {"required": ["auto"],
+         "properties": {"auto": {"const": True}, "servers": {"maxItems": 0}}},
+    ]})
     name: str = Field(min_length=1, max_length=64)
-    servers: list[str] = Field(
-        default_factory=list, max_length=8,
-        description="group server onions; or none, with auto")
+    servers: list[OnionField] = Field(
+        default_factory=list, max_length=8, json_schema_extra={"uniqueItems": True},
+        description="group server onions (distinct); or none, with auto")
     auto: bool = Field(
         False, description="choose the servers from the discovery indexes' directories by the "
                            "default policy (docs/discovery.md) instead of naming them")
@@ -41,7 +50,7 @@ class GroupCreated(GroupView):
 class GroupPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     recovery: list[StrategyName] | None = Field(
-        None, max_length=len(STRATEGIES),
+        None, max_length=len(STRATEGIES), json_schema_extra={"uniqueItems": True},
         description="the group's recovery strategies, tried in this order; any subset, [] "
                     "for none. refetch: re-read the server a gap was found on from an "
                     "earlier cursor; server: read the group's other servers (reads merge "
@@ -58,12 +67,13 @@ class GroupPatch(BaseModel):
 
 class GroupMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    servers: list[str] = Field(min_length=1, max_length=8,
-                               description="the new servers' onions (distinct)")
+    servers: list[OnionField] = Field(min_length=1, max_length=8,
+                                      json_schema_extra={"uniqueItems": True},
+                                      description="the new servers' onions (distinct)")
 
 
 class GroupInvite(BaseModel):
-    contact: str = Field(min_length=56, max_length=80)
+    contact: OnionField = Field(description="the contact to invite (an accepted contact)")
 
 
 def group_routes(unlocked: Unlocked) -> APIRouter:
@@ -98,9 +108,14 @@ def group_routes(unlocked: Unlocked) -> APIRouter:
         return _groups(unlocked).invites()
 
     @router.post("/groups/invites/{gid}/accept", response_model=GroupView,
-                 responses=error_responses(400, 423))
+                 responses=error_responses(400, 404, 423))
     async def accept_invite(gid: GroupId) -> dict[str, Any]:
-        return await _group_call(_groups(unlocked).accept_invite(gid))
+        """Join the group of a pending invite: 404 if there is none with that id, 400 if
+        its servers cannot be reached or pinned."""
+        groups_ = _groups(unlocked)
+        if not groups_.store.has("invites", gid):
+            raise HTTPException(404, f"no invite to group {gid}")
+        return await _group_call(groups_.accept_invite(gid))
 
     _add_one_group_routes(router, unlocked)
     return router
@@ -109,13 +124,13 @@ def group_routes(unlocked: Unlocked) -> APIRouter:
 def _add_one_group_routes(router: APIRouter, unlocked: Unlocked) -> None:
     """The routes of one group, by id: after /groups/invites, which they would shadow."""
 
-    @router.get("/groups/{gid}", response_model=GroupView, responses=error_responses(404, 423))
+    @router.get("/groups/{gid:group_id}", response_model=GroupView, responses=error_responses(404, 423))
     async def group(gid: GroupId) -> dict[str, Any]:
         """The group: servers, epoch, and recovery status (gaps found, recovered and how,
         open with the reason and the next attempt)."""
         return _group_sync(unlocked, lambda g: g.group(gid), missing=404)
 
-    @router.patch("/groups/{gid}", response_model=GroupView,
+    @router.patch("/groups/{gid:group_id}", response_model=GroupView,
                   responses=error_responses(404, 423))
     async def patch_group(gid: GroupId, body: GroupPatch) -> dict[str, Any]:
         """Switch the group's recovery strategies (kept across restarts)."""
@@ -124,7 +139,7 @@ def _add_one_group_routes(router: APIRouter, unlocked: Unlocked) -> None:
         recovery = list(body.recovery)
         return _group_sync(unlocked, lambda g: g.set_recovery(gid, recovery), missing=404)
 
-    @router.post("/groups/{gid}/move", response_model=GroupView,
+    @router.post("/groups/{gid:group_id}/move", response_model=GroupView,
                  responses=error_responses(400, 403, 404, 423))
     async def move_group(gid: GroupId, body: GroupMove) -> dict[str, Any]:
         """Move the group to other servers (its owner only: 403 otherwise). Their bundles
@@ -141,19 +156,25 @@ def _add_one_group_routes(router: APIRouter, unlocked: Unlocked) -> None:
         except GroupError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    @router.post("/groups/{gid}/invite", status_code=202, responses=error_responses(400, 423))
+    @router.post("/groups/{gid:group_id}/invite", status_code=202,
+                 responses=error_responses(400, 404, 423))
     async def invite(gid: GroupId, body: GroupInvite) -> dict[str, Any]:
+        """Invite an accepted contact: 404 for an unknown group, 400 if the onion is not
+        an accepted contact."""
         contact = check_onion(body.contact)
+        _known_group(unlocked, gid)
         try:
             return _group_sync(unlocked, lambda g: g.invite(gid, contact))
         except ContactError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    @router.post("/groups/{gid}/messages", status_code=202, responses=error_responses(400, 423))
+    @router.post("/groups/{gid:group_id}/messages", status_code=202,
+                 responses=error_responses(404, 423))
     async def post(gid: GroupId, body: TextIn) -> dict[str, Any]:
-        return _group_sync(unlocked, lambda g: g.post(gid, body.text))
+        _known_group(unlocked, gid)
+        return _group_sync(unlocked, lambda g: g.post(gid, body.text), missing=404)
 
-    @router.get("/groups/{gid}/messages", response_model=GroupHistory,
+    @router.get("/groups/{gid:group_id}/messages", response_model=GroupHistory,
                 responses=error_responses(404, 423))
     async def history(gid: GroupId,
                       limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
@@ -162,6 +183,12 @@ def _add_one_group_routes(router: APIRouter, unlocked: Unlocked) -> None:
 
 def _groups(unlocked: Unlocked) -> Any:
     return unlocked().groups
+
+
+def _known_group(unlocked: Unlocked, gid: str) -> None:
+    """404 for a group we are not in, before an operation whose other failures are 400."""
+    if not _groups(unlocked).store.has("groups", gid):
+        raise HTTPException(404, f"no group {gid}")
 
 
 def _group_sync(unlocked: Unlocked, fn: Any, missing: int = 400) -> Any:

@@ -8,16 +8,31 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from nyth.errors import AuthenticationError
 from nyth.web import error_responses
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from nyth_peer.engine import Engine
 from nyth_peer.profile import NoProfileError, Profile, ProfileExistsError
 from nyth_peer.routes.common import Unlocked
 
+# What str.strip() removes (str.isspace; tests/unit/test_peer_openapi.py checks the list).
+# The name is stripped before use, so one made only of these is no name: the schema says
+# so with a pattern (some character outside them), the model with a readable message.
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+              "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+NAME_PATTERN = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
+
 
 class ProfileCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": NAME_PATTERN},
+                      description="shown to contacts; not only whitespace")
     passphrase: str = Field(min_length=8, max_length=1024)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the name is only whitespace")
+        return value
 
 
 class Unlock(BaseModel):
