@@ -168,12 +168,23 @@ def status() -> None:
 
 
 # -- contacts --------------------------------------------------------------------------------
+
+def _onion(text: str) -> str:
+    """An onion as typed or pasted (any case, with or without .onion) in the one form the
+    API takes; a malformed one is the user's error, shown before anything is sent."""
+    try:
+        return normalize_onion(text)
+    except DecodeError as exc:
+        raise typer.BadParameter(f"{text[:70]!r}: {exc}") from exc
+
 @contact_app.command("add")
 def contact_add(address: str, text: str = typer.Option("", help="a note with the request")) -> None:
     """Send a contact request to a contact id (nyth1…, reaches them even offline, through
     their mailbox) or to a bare onion address (P2P only)."""
-    key = "contact_id" if address.startswith("nyth1") else "onion"
-    result = call("POST", "/v1/contacts", {key: address, "text": text})
+    address = address.strip()
+    body = ({"contact_id": address} if address.lower().startswith("nyth1")
+            else {"onion": _onion(address)})
+    result = call("POST", "/v1/contacts", {**body, "text": text})
     if as_json():
         show(result)
         return
@@ -267,12 +278,12 @@ def contact_mailbox_confirm(
 
 @contact_app.command("accept")
 def contact_accept(onion: str) -> None:
-    _print_or_json(call("POST", f"/v1/contacts/{onion}/accept"), lambda r: t(r["status"]))
+    _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/accept"), lambda r: t(r["status"]))
 
 
 @contact_app.command("refuse")
 def contact_refuse(onion: str) -> None:
-    _print_or_json(call("POST", f"/v1/contacts/{onion}/refuse"), lambda r: t(r["status"]))
+    _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/refuse"), lambda r: t(r["status"]))
 
 
 def _print_or_json(result: Any, text: Callable[[Any], str]) -> None:
@@ -285,14 +296,14 @@ def _print_or_json(result: Any, text: Callable[[Any], str]) -> None:
 @app.command()
 def send(onion: str, text: str) -> None:
     """Send a P2P message; prints its id and delivery state."""
-    result = call("POST", f"/v1/contacts/{onion}/messages", {"text": text})
+    result = call("POST", f"/v1/contacts/{_onion(onion)}/messages", {"text": text})
     _print_or_json(result, lambda r: f"{r['id']} {_state_text(r)}")
 
 
 @app.command()
 def messages(onion: str, limit: int = 50) -> None:
     """The conversation with a contact, with delivery states."""
-    result = call("GET", f"/v1/contacts/{onion}/messages", limit=limit)
+    result = call("GET", f"/v1/contacts/{_onion(onion)}/messages", limit=limit)
     if as_json():
         show(result)
         return
@@ -306,13 +317,13 @@ def messages(onion: str, limit: int = 50) -> None:
 @app.command()
 def retry(onion: str, msg_id: str) -> None:
     """Retry a queued message now."""
-    _print_or_json(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/retry"), _state_text)
+    _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/messages/{msg_id}/retry"), _state_text)
 
 
 @app.command()
 def cancel(onion: str, msg_id: str) -> None:
     """Cancel a message that is still waiting to be delivered."""
-    _print_or_json(call("POST", f"/v1/contacts/{onion}/messages/{msg_id}/cancel"), _state_text)
+    _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/messages/{msg_id}/cancel"), _state_text)
 
 
 # -- groups ----------------------------------------------------------------------------------
@@ -329,7 +340,8 @@ def group_create(
     as_json(json_opt)
     if auto == bool(server):
         raise typer.BadParameter("name servers with --server, or give --auto")
-    body: dict[str, Any] = {"name": name, "servers": server or [], "auto": auto}
+    body: dict[str, Any] = {"name": name, "servers": [_onion(o) for o in server or []],
+                            "auto": auto}
     if k is not None:
         body["k"] = k
     result = call("POST", "/v1/groups", body)
@@ -354,7 +366,7 @@ def group_list() -> None:
 
 @group_app.command("invite")
 def group_invite(gid: str, contact: str) -> None:
-    result = call("POST", f"/v1/groups/{gid}/invite", {"contact": contact})
+    result = call("POST", f"/v1/groups/{gid}/invite", {"contact": _onion(contact)})
     _print_or_json(result, lambda r: f"invite {_state_text(r)}")
 
 
@@ -470,7 +482,7 @@ def group_move(gid: str, servers: Annotated[list[str], typer.Argument(help="new 
                json_opt: JsonOpt = False) -> None:
     """Move a group you own to other servers (members follow)."""
     as_json(json_opt)
-    result = call("POST", f"/v1/groups/{gid}/move", {"servers": servers})
+    result = call("POST", f"/v1/groups/{gid}/move", {"servers": [_onion(o) for o in servers]})
     if as_json():
         show(result)
         return

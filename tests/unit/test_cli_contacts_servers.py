@@ -132,3 +132,24 @@ def test_group_read_names_authors() -> None:
                for line in lines), out
     assert any("[red]carol[/red]: hi from carol" in line for line in lines), out
     assert BOB.public_key.hex()[:8] not in out
+
+
+def test_onions_are_sent_in_the_form_the_api_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pasted in capitals or with .onion, an onion reaches the API lowercase and bare; a
+    malformed one is refused before anything is sent."""
+    seen: list[tuple[str, Any]] = []
+
+    def fake(method: str, path: str, body: Any = None, **params: Any) -> Any:
+        seen.append((path, body))
+        return {"status": "accepted", "onion": BOB.onion, "state": "queued", "id": "0" * 32}
+
+    monkeypatch.setattr(cli, "call", fake)
+    for args in (["contact", "accept", f"{BOB.onion.upper()}.ONION"],
+                 ["contact", "add", f" {BOB.onion}.onion "],
+                 ["group", "invite", GID, BOB.onion.upper()]):
+        CliRunner().invoke(cli.app, ["--token", "x", "--json", *args])
+    assert seen[0][0] == f"/v1/contacts/{BOB.onion}/accept"
+    assert seen[1][1]["onion"] == BOB.onion
+    assert seen[2][1] == {"contact": BOB.onion}
+    bad = CliRunner().invoke(cli.app, ["--token", "x", "contact", "accept", "not-an-onion"])
+    assert bad.exit_code != 0 and len(seen) == 3
