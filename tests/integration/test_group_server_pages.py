@@ -8,15 +8,18 @@ from __future__ import annotations
 import base64
 import os
 import struct
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from nyth.group_server_client import PAGE_ACCEPT, BlobPage, page_limits, parse_page
 from nyth.http_limits import BoundedResponse, UntrustedResponseError, bounded_request
 from nyth.proto import blob_page
+from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
+
+from tests.fixtures.redis import flushed_db
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +29,14 @@ BACKLOG = 25   # three pages of MAX_PAGE
 BINARY = {"accept": blob_page.MEDIA_TYPE}
 
 
-@pytest.fixture
-def server(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[GroupServerProcess]:
-    proc = GroupServerProcess(tmp_path / "gs", redis_url=redis_url, stream_key=redis_prefix,
+# One server and one backlog for the module: every test only reads (a server start
+# costs about 2 s, the tests a few ms each).
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory,
+           redis_server: RedisServer) -> Iterator[GroupServerProcess]:
+    proc = GroupServerProcess(tmp_path_factory.mktemp("pages") / "gs",
+                              redis_url=redis_server.url_for_db(flushed_db(redis_server)),
+                              stream_key=f"test:{uuid.uuid4().hex[:12]}",
                               env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
                                    "NYTH_LOG_LEVEL": "warning"})
     proc.start()
@@ -42,8 +50,13 @@ def client(server: GroupServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def posted(client: httpx.Client) -> list[tuple[str, bytes]]:
+@pytest.fixture(scope="module")
+def posted(server: GroupServerProcess) -> list[tuple[str, bytes]]:
+    """The backlog; the store held nothing before it (tested by the first test to run)."""
+    client = httpx.Client(base_url=server.base_url, trust_env=False, timeout=10)
+    empty = client.get("/v1/blobs", headers=BINARY)
+    assert empty.content == blob_page.encode_page([], [], (0, 0), False, SIZE)
+    assert client.get("/v1/blobs").json() == {"blobs": [], "next": "0-0", "more": False}
     out = []
     for _ in range(BACKLOG):
         blob = os.urandom(SIZE)
@@ -51,6 +64,7 @@ def posted(client: httpx.Client) -> list[tuple[str, bytes]]:
                                headers={"content-type": "application/octet-stream"})
         assert response.status_code == 201, response.text
         out.append((response.json()["id"], blob))
+    client.close()
     return out
 
 
@@ -94,10 +108,13 @@ def test_binary_pages_carry_the_json_pages_byte_for_byte(
     assert [item for blobs, _, _ in binary_pages for item in blobs] == posted
 
 
-def test_the_empty_end_and_the_start_of_an_empty_store(client: httpx.Client) -> None:
-    empty = client.get("/v1/blobs", headers=BINARY)
-    assert empty.content == blob_page.encode_page([], [], (0, 0), False, SIZE)
-    assert client.get("/v1/blobs").json() == {"blobs": [], "next": "0-0", "more": False}
+def test_the_empty_end(client: httpx.Client, posted: list[tuple[str, bytes]]) -> None:
+    last = posted[-1][0]
+    end = client.get("/v1/blobs", params={"after": last}, headers=BINARY)
+    ms, seq = (int(part) for part in last.split("-"))
+    assert end.content == blob_page.encode_page([], [], (ms, seq), False, SIZE)
+    assert client.get("/v1/blobs", params={"after": last}).json() == {
+        "blobs": [], "next": last, "more": False}
 
 
 def test_the_page_layout_on_the_wire(client: httpx.Client,
