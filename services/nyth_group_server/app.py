@@ -339,6 +339,9 @@ def _blob_routes(settings: GroupServerSettings) -> APIRouter:
             return error_json(406, str(exc), headers=VARY_ACCEPT)
         state = _server(request)
         await state.faults.delay()
+        if media_type == BINARY_PAGE and not state.faults.alters_reads:
+            data = await state.store.read_binary_page(Cursor.parse(after), limit)
+            return Response(data, media_type=BINARY_PAGE, headers=VARY_ACCEPT)
         page = await state.faults.read_page(state.store, Cursor.parse(after), limit, reader)
         if media_type == BINARY_PAGE:
             return Response(_binary_page(page, settings.blob_size), media_type=BINARY_PAGE,

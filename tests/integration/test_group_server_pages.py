@@ -10,6 +10,7 @@ import os
 import struct
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -68,10 +69,12 @@ def posted(server: GroupServerProcess) -> list[tuple[str, bytes]]:
     return out
 
 
-def _json_pages(client: httpx.Client, limit: int) -> list[tuple[list[tuple[str, bytes]], str, bool]]:
+def _json_pages(client: httpx.Client, limit: int,
+                headers: dict[str, str] | None = None) -> list[tuple[list[tuple[str, bytes]], str, bool]]:
     pages, after = [], "0"
     while True:
-        response = client.get("/v1/blobs", params={"after": after, "limit": limit})
+        response = client.get("/v1/blobs", params={"after": after, "limit": limit},
+                              headers=headers)
         assert response.headers["content-type"] == "application/json"
         page = response.json()
         pages.append(([(i["id"], base64.b64decode(i["blob"])) for i in page["blobs"]],
@@ -81,12 +84,12 @@ def _json_pages(client: httpx.Client, limit: int) -> list[tuple[list[tuple[str, 
             return pages
 
 
-def _binary_pages(client: httpx.Client,
-                  limit: int) -> list[tuple[list[tuple[str, bytes]], str, bool]]:
+def _binary_pages(client: httpx.Client, limit: int, headers: dict[str, str] | None = None,
+                  ) -> list[tuple[list[tuple[str, bytes]], str, bool]]:
     pages, after = [], "0"
     while True:
         response = client.get("/v1/blobs", params={"after": after, "limit": limit},
-                              headers=BINARY)
+                              headers={**BINARY, **(headers or {})})
         assert response.status_code == 200
         assert response.headers["content-type"] == blob_page.MEDIA_TYPE
         assert response.headers["vary"] == "Accept"
@@ -106,6 +109,31 @@ def test_binary_pages_carry_the_json_pages_byte_for_byte(
     assert len(binary_pages) == len(json_pages) == -(-BACKLOG // limit)
     assert binary_pages == json_pages
     assert [item for blobs, _, _ in binary_pages for item in blobs] == posted
+
+
+def test_a_faulty_server_serves_the_same_faults_in_both_formats(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """With faults that alter reads (dev mode), pages come from the fault policy rather
+    than the binary fast path: withheld and reordered the same way in either format."""
+    proc = GroupServerProcess(
+        tmp_path / "faulty", redis_url=redis_server.url_for_db(flushed_db(redis_server)),
+        stream_key=f"test:{uuid.uuid4().hex[:12]}",
+        env={"NYTH_BLOB_SIZE": str(SIZE), "NYTH_MAX_PAGE": str(MAX_PAGE),
+             "NYTH_LOG_LEVEL": "warning", "NYTH_DEV_MODE": "true",
+             "NYTH_FAULT_WITHHOLD_FROM": "alice", "NYTH_FAULT_WITHHOLD_FRACTION": "0.5",
+             "NYTH_FAULT_REORDER": "true"})
+    proc.start()
+    try:
+        with httpx.Client(base_url=proc.base_url, trust_env=False, timeout=10) as client:
+            for _ in range(BACKLOG):
+                assert client.post("/v1/blobs", content=os.urandom(SIZE)).status_code == 201
+            for reader in ({"nyth-test-reader": "alice"}, {"nyth-test-reader": "bob"}):
+                json_pages = _json_pages(client, 7, reader)
+                assert _binary_pages(client, 7, reader) == json_pages
+                served = sum(len(blobs) for blobs, _, _ in json_pages)
+                assert served < BACKLOG if reader["nyth-test-reader"] == "alice" else served == BACKLOG
+    finally:
+        proc.stop()
 
 
 def test_the_empty_end(client: httpx.Client, posted: list[tuple[str, bytes]]) -> None:
