@@ -147,6 +147,8 @@ async def test_binary_pages_are_read_after_byte_for_byte(client: aioredis.Redis,
     clock.now += 30
     ids = old + [await store.append(os.urandom(SIZE)) for _ in range(20)]
     await client.xadd(store.stream_key, {"other": "y"})
+    await client.xadd(store.stream_key, {"b": b"not one of ours: the wrong size"})
+    ids.append(await store.append(os.urandom(SIZE)))
     cursors = [Cursor.ZERO, *ids, Cursor((1 << 64) - 1, (1 << 64) - 1)]
     for when in (clock.now, clock.now + 31):  # then the first three have expired
         clock.now = when

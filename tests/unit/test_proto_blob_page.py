@@ -18,6 +18,7 @@ from nyth.proto.blob_page import (
     StreamId,
     decode_page,
     encode_page,
+    encode_page_run,
     page_size,
 )
 from nyth.proto.bundle import MAX_BLOB_SIZE
@@ -160,6 +161,10 @@ def test_the_encoder_refuses_what_it_cannot_write() -> None:
         encode_page([(1, 0)], [bytes(63)], (1, 0), False, 64)
     with pytest.raises(DecodeError, match="1 stream ids for 2 blobs"):
         encode_page([(1, 0)], [bytes(64)] * 2, (1, 0), False, 64)
+    with pytest.raises(DecodeError, match="127 bytes of blobs for 2 blobs of 64 bytes"):
+        encode_page_run([(1, 0), (1, 1)], bytes(127), (1, 1), False, 64)
+    assert encode_page_run([(1, 0), (1, 1)], b"a" * 64 + b"b" * 64, (1, 1), True, 64) == \
+        encode_page([(1, 0), (1, 1)], [b"a" * 64, b"b" * 64], (1, 1), True, 64)
     with pytest.raises(DecodeError, match="64 bits"):
         encode_page([(1 << 64, 0)], [bytes(64)], (1, 0), False, 64)
     with pytest.raises(DecodeError, match="64 bits"):

@@ -81,12 +81,21 @@ def encode_page(ids: Sequence[tuple[int, int]], blobs: Sequence[bytes], next_id:
                 more: bool, blob_size: int) -> bytes:
     """A page of blobs with their stream ids; DecodeError if a blob is not blob_size bytes
     or the ids and blobs do not pair up."""
-    count = len(blobs)
-    _check_limits(blob_size, count)
-    if len(ids) != count:
-        raise DecodeError(f"{len(ids)} stream ids for {count} blobs")
     if any(len(blob) != blob_size for blob in blobs):
         raise DecodeError(f"every blob of a page must be {blob_size} bytes")
+    if len(ids) != len(blobs):
+        raise DecodeError(f"{len(ids)} stream ids for {len(blobs)} blobs")
+    return encode_page_run(ids, b"".join(blobs), next_id, more, blob_size)
+
+
+def encode_page_run(ids: Sequence[tuple[int, int]], run: bytes, next_id: tuple[int, int],
+                    more: bool, blob_size: int) -> bytes:
+    """encode_page for blobs already back to back in run (as a server's store can hand
+    them over in one piece); DecodeError unless run holds one blob_size blob per id."""
+    count = len(ids)
+    _check_limits(blob_size, count)
+    if len(run) != count * blob_size:
+        raise DecodeError(f"{len(run)} bytes of blobs for {count} blobs of {blob_size} bytes")
     _check_id(*next_id)
     flat = [part for pair in ids for part in pair]
     if any(not 0 <= part <= _U64_MAX for part in flat):
@@ -94,7 +103,7 @@ def encode_page(ids: Sequence[tuple[int, int]], blobs: Sequence[bytes], next_id:
     return b"".join((
         _HEADER.pack(MAGIC, FLAG_MORE if more else 0, blob_size, count, *next_id),
         struct.pack(f">{2 * count}Q", *flat),
-        *blobs,
+        run,
     ))
 
 
