@@ -35,7 +35,8 @@ MAGIC = b"NYTHPAG1"
 FLAG_MORE = 0x01
 _HEADER = struct.Struct(">8sBIIQQ")
 HEADER_SIZE = _HEADER.size  # 33
-ID_SIZE = 16
+_ID = struct.Struct(">QQ")
+ID_SIZE = _ID.size  # 16
 _U64_MAX = (1 << 64) - 1
 # A page never holds more than this many blobs whatever a caller asks: the server's
 # max_page is at most 100 000 (nyth.config), and a count field cannot ask for more.
@@ -130,8 +131,8 @@ def decode_page(data: bytes, *, blob_size: int, max_count: int) -> BlobPage:
         state = "truncated" if len(data) < expected else "extended"
         raise DecodeError(f"blob page {state}: {len(data)} bytes where {count} blobs of "
                           f"{blob_size} take {expected}")
-    parts = struct.unpack_from(f">{2 * count}Q", data, HEADER_SIZE)
-    ids = [StreamId(parts[i], parts[i + 1]) for i in range(0, 2 * count, 2)]
     start = HEADER_SIZE + count * ID_SIZE
+    # A page holds up to a thousand blobs: no Python-level work per id beyond the tuple.
+    ids = list(map(StreamId._make, _ID.iter_unpack(memoryview(data)[HEADER_SIZE:start])))
     blobs = [data[at:at + blob_size] for at in range(start, len(data), blob_size)]
     return BlobPage(ids, blobs, StreamId(next_ms, next_seq), bool(flags & FLAG_MORE))
