@@ -9,7 +9,9 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
     the service) vs POST /v1/blobs with N concurrent httpx clients.
 (b)+(c) reads: for 10^3, 10^4, 10^5 stored blobs (filled by pipelined XADD straight into
     the server's stream key), a full read by raw XRANGE pages vs a full read through
-    GET /v1/blobs pages (JSON + base64 decoded by the client).
+    GET /v1/blobs pages, as JSON (base64 decoded by the client) and as binary pages
+    (Accept: application/vnd.nyth.blob-page; decoded by nyth.proto.blob_page, as the
+    peer does).
 (d) tokens: POST /v1/blobs on a second server process on the same Redis that requires a
     token per post (NYTH_TOKENS_REQUIRED; the server checks each redemption, one
     ristretto255 scalar multiplication, and spends it in the append script) vs posts to
@@ -33,7 +35,7 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 from nyth.ports import free_port
-from nyth.proto import tokens
+from nyth.proto import blob_page, tokens
 from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
 
@@ -142,6 +144,21 @@ def _api_full_read(client: httpx.Client) -> tuple[int, float]:
             count += len(base64.b64decode(item["blob"])) // BLOB_SIZE
         after = page["next"]
         if not page["more"]:
+            break
+    return count, time.perf_counter() - started
+
+
+def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
+    started = time.perf_counter()
+    count, after = 0, "0"
+    headers = {"accept": blob_page.MEDIA_TYPE}
+    while True:
+        response = client.get("/v1/blobs", params={"after": after, "limit": PAGE},
+                              headers=headers)
+        page = blob_page.decode_page(response.content, blob_size=BLOB_SIZE, max_count=PAGE)
+        count += len(page.blobs)
+        after = str(page.next)
+        if not page.more:
             break
     return count, time.perf_counter() - started
 
@@ -258,14 +275,20 @@ def run() -> Results:
                 stored = size
                 raw_n, raw_t = _raw_full_read(r, STREAM_KEY)
                 api_n, api_t = _api_full_read(client)
-                if raw_n != size or api_n != size:
-                    res.note(f"size {size}: raw read {raw_n}, API read {api_n} blobs")
-                res.add(f"{size:>7,} blobs: fetch all via API", f"{api_t:.2f} s",
+                bin_n, bin_t = _api_full_read_binary(client)
+                if raw_n != size or api_n != size or bin_n != size:
+                    res.note(f"size {size}: raw read {raw_n}, API read {api_n} (JSON), "
+                             f"{bin_n} (binary) blobs")
+                res.add(f"{size:>7,} blobs: fetch all via API, JSON", f"{api_t:.2f} s",
                         f"{api_n / api_t:,.0f} blobs/s, {api_n * BLOB_SIZE / api_t / 1e6:.1f} MB/s")
+                res.add(f"{size:>7,} blobs: fetch all via API, binary", f"{bin_t:.2f} s",
+                        f"{bin_n / bin_t:,.0f} blobs/s, {bin_n * BLOB_SIZE / bin_t / 1e6:.1f} MB/s")
                 res.add(f"{size:>7,} blobs: fetch all via raw XRANGE", f"{raw_t:.2f} s",
                         f"{raw_n / raw_t:,.0f} blobs/s (fill {fill:,.0f}/s)")
-                res.add(f"{size:>7,} blobs: ratio API rate / raw rate",
+                res.add(f"{size:>7,} blobs: ratio API JSON rate / raw rate",
                         f"{(api_n / api_t) / (raw_n / raw_t):.2f}")
+                res.add(f"{size:>7,} blobs: ratio API binary rate / raw rate",
+                        f"{(bin_n / bin_t) / (raw_n / raw_t):.2f}", "goal >= 0.5")
         r.close()
     finally:
         for proc in (process, paid_process):

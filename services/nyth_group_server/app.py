@@ -24,6 +24,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from nyth.advertiser import Advertiser, AdvertsField, AdvertView
+from nyth.proto.blob_page import MEDIA_TYPE as BINARY_PAGE
+from nyth.proto.blob_page import encode_page
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.discovery import ServerKind
 from nyth.proto.identity import Identity
@@ -47,8 +49,9 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from nyth_group_server.faults import FaultPolicy, FaultsView, reader_dependency
+from nyth_group_server.negotiation import NotAcceptable, choose_page_type
 from nyth_group_server.settings import GroupServerSettings
-from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed
+from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed, Page
 from nyth_group_server.tokens import (
     MAX_ISSUE_BODY,
     POST_REFUSALS,
@@ -81,6 +84,9 @@ DEV_MODE_NOTE = (
 POSTED = Counter("nyth_group_blobs_posted_total", "Blobs stored (acknowledged by Redis).")
 TRIMMED = Counter("nyth_group_blobs_trimmed_total", "Blobs dropped for age retention.")
 STREAMS = Gauge("nyth_group_sse_streams", "Open Server-Sent Events streams.")
+
+# Caches must not hand a JSON page to a client that asked for a binary one, or back.
+VARY_ACCEPT = {"vary": "Accept"}
 
 CursorParam = Annotated[
     str,
@@ -169,6 +175,11 @@ async def _token_key(settings: GroupServerSettings) -> TokenSecretKey | None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _binary_page(page: Page, blob_size: int) -> bytes:
+    return encode_page([(b.id.ms, b.id.seq) for b in page.blobs], [b.blob for b in page.blobs],
+                       (page.next.ms, page.next.seq), page.more, blob_size)
 
 
 def create_app(settings: GroupServerSettings) -> FastAPI:
@@ -301,7 +312,19 @@ def _blob_routes(settings: GroupServerSettings) -> APIRouter:
     @router.get(
         "/v1/blobs", response_model=BlobPage,
         summary="Blobs after a cursor, oldest first, one page at a time",
-        responses=error_responses(422, 503),
+        description=(
+            "JSON (base64 blobs) by default. A client that sends "
+            f"`Accept: {BINARY_PAGE}` (ranked above `application/json`) gets a binary "
+            "page instead: a fixed header with the cursor to continue from, then each "
+            "blob's stream id, then the blobs back to back (docs/protocol.md §4.1). An "
+            "Accept header that allows neither type is answered 406."
+        ),
+        responses={
+            200: {"description": "A page of blobs", "content": {BINARY_PAGE: {"schema": {
+                "type": "string", "format": "binary",
+                "description": "A binary page (docs/protocol.md §4.1)"}}}},
+            **error_responses(406, 422, 503),
+        },
     )
     async def get_blobs(
         request: Request,
@@ -309,14 +332,25 @@ def _blob_routes(settings: GroupServerSettings) -> APIRouter:
         after: CursorParam = "0",
         limit: Annotated[int, Query(ge=1, le=settings.max_page,
                                     description="Page size")] = settings.max_page,
-    ) -> BlobPage:
+    ) -> Response:
+        try:
+            media_type = choose_page_type(request.headers.get("accept"))
+        except NotAcceptable as exc:
+            return error_json(406, str(exc), headers=VARY_ACCEPT)
         state = _server(request)
         await state.faults.delay()
+        if media_type == BINARY_PAGE and not state.faults.alters_reads:
+            data = await state.store.read_binary_page(Cursor.parse(after), limit)
+            return Response(data, media_type=BINARY_PAGE, headers=VARY_ACCEPT)
         page = await state.faults.read_page(state.store, Cursor.parse(after), limit, reader)
-        return BlobPage(
-            blobs=[BlobItem(id=str(b.id), blob=_b64(b.blob)) for b in page.blobs],
-            next=str(page.next), more=page.more,
-        )
+        if media_type == BINARY_PAGE:
+            return Response(_binary_page(page, settings.blob_size), media_type=BINARY_PAGE,
+                            headers=VARY_ACCEPT)
+        # The BlobPage shape, built as plain dicts: the model would re-validate every item.
+        return JSONResponse({
+            "blobs": [{"id": str(b.id), "blob": _b64(b.blob)} for b in page.blobs],
+            "next": str(page.next), "more": page.more,
+        }, headers=VARY_ACCEPT)
 
     @router.get(
         "/v1/blobs/stream",

@@ -32,18 +32,20 @@ from typing import Any
 
 import httpx
 from nyth.errors import AuthenticationError, BundleChangedError, DecodeError
+from nyth.group_server_client import PAGE_HEADERS, parse_page
 from nyth.healthz import onion_from_healthz
 from nyth.http_limits import UntrustedResponseError, bounded_request, printable
 from nyth.index_http import failure_reason, fetch_directory_page, fetch_index_bundle
 from nyth.proto.directory_reader import Accepted, DirectoryGroupReader, accept_pages
 from nyth.proto.discovery import Directory, DirectoryRefused, IndexBundle
+from nyth.proto.group import BLOB_SIZE
 
 from nyth_peer.group_rows import GroupError
 from nyth_peer.groups import fetch_server_bundle
 from nyth_peer.pins import INDEX, Pins
 from nyth_peer.server_sync import (
     PAGE,
-    PAGE_ANSWER_BYTES,
+    PAGE_LIMITS,
     REQUEST_DEADLINE,
     BlobPage,
     ServerReadError,
@@ -284,11 +286,11 @@ class Discovery:
             for _ in range(MAX_GROUP_PAGES):
                 answer = await bounded_request(
                     http, "GET", server_url(server, "/v1/blobs"),
-                    params={"after": after, "limit": PAGE}, max_bytes=PAGE_ANSWER_BYTES,
-                    deadline=REQUEST_DEADLINE, what="page of blobs")
+                    params={"after": after, "limit": PAGE}, headers=PAGE_HEADERS,
+                    max_bytes=PAGE_LIMITS, deadline=REQUEST_DEADLINE, what="page of blobs")
                 if answer.status_code != 200:
                     raise ServerReadError(f"{answer.server} {answer.failure()} to a fetch")
-                page = answer.parse(BlobPage)
+                page = parse_page(answer, BlobPage, limit=PAGE, blob_size=BLOB_SIZE)
                 for item in page.blobs:
                     reader.blob(item.blob)
                 self.store.put(CURSORS, key, {"cursor": page.next})

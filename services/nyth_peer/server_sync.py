@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol
 import httpx
 from nyth.config import OnionServiceSettings
 from nyth.errors import BundleChangedError
+from nyth.group_server_client import PAGE_HEADERS, page_limits, parse_page
 from nyth.http_limits import (
     ITEM_SLACK,
     JSON_SLACK,
@@ -50,6 +51,9 @@ REQUEST_DEADLINE = 30.0
 MAX_REREAD_PAGES = 200
 
 PAGE_ANSWER_BYTES = PAGE * (b64_len(BLOB_SIZE) + ITEM_SLACK) + JSON_SLACK
+# A page comes as a binary page when the server offers them, else as JSON; each has its
+# own size bound (a binary page's exact size for PAGE blobs is below the JSON bound).
+PAGE_LIMITS = page_limits(PAGE_ANSWER_BYTES, PAGE, BLOB_SIZE)
 # The live stream: "data: <base64 blob>" is the longest line a blob event has; with its
 # "event: blob" and "id: <cursor>" lines an event is a little more.
 STREAM_MAX_LINE = b64_len(BLOB_SIZE) + ITEM_SLACK
@@ -203,10 +207,11 @@ class ServerSync:
         while True:
             answer = await bounded_request(
                 http, "GET", server_url(onion, "/v1/blobs"), params={"after": after, "limit": PAGE},
-                max_bytes=PAGE_ANSWER_BYTES, deadline=REQUEST_DEADLINE, what="page of blobs")
+                headers=PAGE_HEADERS, max_bytes=PAGE_LIMITS, deadline=REQUEST_DEADLINE,
+                what="page of blobs")
             if answer.status_code != 200:
                 raise ServerReadError(f"{answer.server} {answer.failure()} to a fetch")
-            page = answer.parse(BlobPage)
+            page = parse_page(answer, BlobPage, limit=PAGE, blob_size=BLOB_SIZE)
             if page.more and page.next == after:
                 # Would have us ask for the same page again and again.
                 raise UntrustedResponseError(f"{answer.server} says more blobs wait after "

@@ -2,6 +2,10 @@
 posts canaries and its directory; other services may follow): the bundle, a batch of
 tokens for proof of work, posting a blob with a token, reading a page.
 
+Pages are asked for as binary pages (docs/protocol.md §4.1) with JSON as the fallback;
+`parse_page`, which the peer's readers use too, reads whichever the server answered
+under the same limits: at most the blobs asked for, each of the pinned blob size.
+
 Everything a server answers is size-bounded and validated (`nyth.http_limits`); a token
 batch is kept only if its proof verifies against the token key of the bundle the caller
 trusts. The peer keeps its own wallet (`nyth_peer.tokens`: sealed, per post, retried
@@ -13,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Protocol, cast
 
 import httpx
 from pydantic import Field, PlainValidator
@@ -24,12 +28,14 @@ from nyth.errors import DecodeError, NythError
 from nyth.http_limits import (
     ITEM_SLACK,
     JSON_SLACK,
+    BoundedResponse,
     StrictModel,
+    UntrustedResponseError,
     b64_len,
     b64_validator,
     bounded_request,
 )
-from nyth.proto import tokens
+from nyth.proto import blob_page, tokens
 from nyth.proto.bundle import MAX_BLOB_SIZE, MAX_BUNDLE_SIZE, ServerBundle
 from nyth.runtime.stream_store import CURSOR_PATTERN
 
@@ -75,6 +81,69 @@ class BlobPage(StrictModel):
 
 def page_answer_bytes(limit: int, blob_size: int) -> int:
     return limit * (b64_len(blob_size) + ITEM_SLACK) + JSON_SLACK
+
+
+# Binary pages first; JSON, which every server speaks, below them. A server from before
+# binary pages ignores Accept and answers JSON, which parse_page reads as before.
+PAGE_ACCEPT = f"{blob_page.MEDIA_TYPE}, application/json;q=0.5"
+PAGE_HEADERS = {"accept": PAGE_ACCEPT}
+
+
+def page_limits(json_bytes: int, limit: int, blob_size: int) -> Callable[[str], int]:
+    """bounded_request's max_bytes for a page: a binary page's exact size at most, or the
+    JSON bound (json_bytes) for anything else."""
+    binary_bytes = blob_page.page_size(limit, blob_size)
+
+    def by_type(media_type: str) -> int:
+        return binary_bytes if media_type == blob_page.MEDIA_TYPE else json_bytes
+    return by_type
+
+
+class _JsonItem(Protocol):
+    id: str
+    blob: bytes
+
+
+class _JsonPage(Protocol):
+    blobs: Sequence[_JsonItem]
+    next: str
+    more: bool
+
+
+@dataclass(frozen=True)
+class PageBlob:
+    id: str
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class ReadPage:
+    """A page as either format carries it; ids are cursors as the JSON page prints them."""
+
+    blobs: list[PageBlob]
+    next: str
+    more: bool
+
+
+def parse_page(answer: BoundedResponse, json_model: type[StrictModel], *, limit: int,
+               blob_size: int) -> ReadPage:
+    """A 200 answer to GET /v1/blobs: a binary page when the server said it sent one, else
+    JSON parsed into json_model (whose blobs carry `id` and `blob`). Either way at most
+    limit blobs, each exactly blob_size bytes; UntrustedResponseError otherwise."""
+    if answer.media_type == blob_page.MEDIA_TYPE:
+        try:
+            binary = blob_page.decode_page(answer.content, blob_size=blob_size, max_count=limit)
+        except DecodeError as exc:
+            raise UntrustedResponseError(
+                f"{answer.server} sent a malformed {answer.what}: {exc}") from None
+        return ReadPage([PageBlob(str(i), blob) for i, blob in zip(binary.ids, binary.blobs,
+                                                                    strict=True)],
+                        str(binary.next), binary.more)
+    page = cast(_JsonPage, answer.parse(json_model))
+    if len(page.blobs) > limit or any(len(item.blob) != blob_size for item in page.blobs):
+        raise UntrustedResponseError(f"{answer.server} sent a malformed {answer.what}: more "
+                                     "blobs than asked for or blobs of the wrong size")
+    return ReadPage([PageBlob(item.id, item.blob) for item in page.blobs], page.next, page.more)
 
 
 @dataclass
@@ -132,21 +201,20 @@ class GroupServerClient:
                                    answer.status_code)
         return answer.parse(_PostAnswer).id
 
-    async def read_page(self, after: str, limit: int, blob_size: int) -> BlobPage:
+    async def read_page(self, after: str, limit: int, blob_size: int) -> ReadPage:
+        """Up to limit blobs after the cursor `after`, each blob_size bytes (the bundle's);
+        UntrustedResponseError for an answer that is not such a page."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be 1..{MAX_PAGE}")
-        answer = await bounded_request(self.http, "GET", self.url("/v1/blobs"),
-                                       params={"after": after, "limit": limit},
-                                       max_bytes=page_answer_bytes(limit, blob_size),
-                                       deadline=self.deadline, what="page of blobs")
+        answer = await bounded_request(
+            self.http, "GET", self.url("/v1/blobs"), params={"after": after, "limit": limit},
+            headers=PAGE_HEADERS,
+            max_bytes=page_limits(page_answer_bytes(limit, blob_size), limit, blob_size),
+            deadline=self.deadline, what="page of blobs")
         if answer.status_code != 200:
             raise GroupServerError(f"{answer.server} {answer.failure()} to a read",
                                    answer.status_code)
-        page = answer.parse(BlobPage)
-        if len(page.blobs) > limit or any(len(b.blob) != blob_size for b in page.blobs):
-            raise DecodeError(f"{self.onion[:8]}….onion answered a read with more blobs than "
-                              "asked or blobs of the wrong size")
-        return page
+        return parse_page(answer, BlobPage, limit=limit, blob_size=blob_size)
 
 
 @dataclass

@@ -111,6 +111,8 @@ class BoundedResponse:
     content: bytes
     server: str
     what: str
+    # The media type of the answer, lowercased, parameters dropped ("" when none given).
+    media_type: str = ""
 
     def parse(self, model: type[M]) -> M:
         """The body as model; UntrustedResponseError naming the server when it is not."""
@@ -178,22 +180,29 @@ def server_label(url: str) -> str:
     return host
 
 
-async def bounded_request(http: httpx.AsyncClient, method: str, url: str, *, max_bytes: int,
-                          deadline: float, what: str, server: str | None = None,
-                          **kwargs: Any) -> BoundedResponse:
+def media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def bounded_request(http: httpx.AsyncClient, method: str, url: str, *,
+                          max_bytes: int | Callable[[str], int], deadline: float, what: str,
+                          server: str | None = None, **kwargs: Any) -> BoundedResponse:
     """Send one request and read at most max_bytes of a 2xx answer (ResponseTooLargeError
     beyond that) or the first ERROR_BODY_BYTES of any other; the whole exchange, body
     included, must finish within deadline seconds (TimeoutError), so a server trickling
-    bytes cannot hold the caller either."""
+    bytes cannot hold the caller either. When an answer may come in several media types
+    of different sizes, max_bytes(media type) gives the limit for the one it came in."""
     server = server or server_label(url)
     headers = {**kwargs.pop("headers", {}), "accept-encoding": "identity"}
     async with asyncio.timeout(deadline), http.stream(method, url, headers=headers, **kwargs) as response:
+        media = media_type(response)
+        limit = max_bytes(media) if callable(max_bytes) else max_bytes
         if 200 <= response.status_code < 300:
-            content = await read_bounded(response, max_bytes, server=server, what=what)
+            content = await read_bounded(response, limit, server=server, what=what)
         else:
-            content = await read_bounded(response, min(max_bytes, ERROR_BODY_BYTES),
+            content = await read_bounded(response, min(limit, ERROR_BODY_BYTES),
                                          server=server, what=what, truncate=True)
-    return BoundedResponse(response.status_code, content, server, what)
+    return BoundedResponse(response.status_code, content, server, what, media)
 
 
 # -- Server-Sent Events ------------------------------------------------------------------

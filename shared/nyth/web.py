@@ -56,6 +56,7 @@ _ERROR_DESCRIPTIONS = {
     400: "Malformed input",
     402: "Payment required",
     403: "Refused",
+    406: "The Accept header allows none of the media types this answer comes in",
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body too large",

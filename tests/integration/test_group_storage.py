@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
+from nyth.proto.blob_page import encode_page
 from nyth.runtime.tasks import cancel_and_wait
-from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
+from nyth_group_server.storage import BlobStore, Cursor, LiveFeed, Page
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +128,31 @@ async def test_live_feed_wakes_on_posts_from_another_client(
 async def _until(predicate: object) -> None:
     while not predicate():  # type: ignore[operator]
         await asyncio.sleep(0.01)
+
+
+def _as_binary(page: Page, size: int = SIZE) -> bytes:
+    return encode_page([(b.id.ms, b.id.seq) for b in page.blobs], [b.blob for b in page.blobs],
+                       (page.next.ms, page.next.seq), page.more, size)
+
+
+async def test_binary_pages_are_read_after_byte_for_byte(client: aioredis.Redis,
+                                                         redis_prefix: str) -> None:
+    """The binary fast path builds pages from Redis's reply directly; it must answer what
+    read_after answers, in every case read_after handles: paging and its end, entries
+    that are not ours, expired blobs and the very last cursor."""
+    clock = Clock()
+    store = _store(client, redis_prefix, max_age_seconds=60, clock=clock)
+    old = [await store.append(os.urandom(SIZE)) for _ in range(3)]
+    await client.xadd(store.stream_key, {"other": "x"})
+    clock.now += 30
+    ids = old + [await store.append(os.urandom(SIZE)) for _ in range(20)]
+    await client.xadd(store.stream_key, {"other": "y"})
+    await client.xadd(store.stream_key, {"b": b"not one of ours: the wrong size"})
+    ids.append(await store.append(os.urandom(SIZE)))
+    cursors = [Cursor.ZERO, *ids, Cursor((1 << 64) - 1, (1 << 64) - 1)]
+    for when in (clock.now, clock.now + 31):  # then the first three have expired
+        clock.now = when
+        for limit in (1, 4, 10, 100):
+            for cursor in cursors:
+                expected = _as_binary(await store.read_after(cursor, limit))
+                assert await store.read_binary_page(cursor, limit) == expected, (cursor, limit)

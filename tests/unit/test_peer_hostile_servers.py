@@ -19,7 +19,7 @@ from typing import Any
 import nacl.bindings
 import pytest
 from nyth.mailbox_traffic import TrafficPolicy
-from nyth.proto import fmd
+from nyth.proto import blob_page, fmd
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.contact_card import ContactCard
 from nyth.proto.delivery import RetryPolicy
@@ -176,6 +176,102 @@ async def test_a_malformed_page_is_the_server_failing(profile: Profile, page: di
         await service.stop()
     assert expected in reason
     assert profile.store.get("cursors", SERVER.onion) is None
+
+
+# -- binary pages (docs/protocol.md §4.1) ----------------------------------------------
+
+BINARY_PAGE = {"content-type": blob_page.MEDIA_TYPE}
+
+
+def binary_page(ids: list[tuple[int, int]], blobs: list[bytes], next_id: tuple[int, int],
+                more: bool = False, size: int = BLOB_SIZE) -> bytes:
+    return blob_page.encode_page(ids, blobs, next_id, more, size)
+
+
+async def test_a_binary_page_is_asked_for_and_ingested(profile: Profile) -> None:
+    key = new_group_key()
+    invite = Invite("friends", key, (GROUP_BUNDLE,))
+    gid = invite.group_id
+    blobs = [seal_group_message(BOB, key, gid, timestamp_ms=i, parents=(), body=f"b{i}")[0]
+             for i in range(3)]
+
+    async def page(request: Request, reply: Reply) -> None:
+        # Two pages: the cursor in the first page's header leads to the second.
+        if request.query["after"] == "0":
+            data = binary_page([(5, 0), (5, 1)], blobs[:2], (5, 1), more=True)
+        else:
+            assert request.query["after"] == "5-1"
+            data = binary_page([(7, 0)], blobs[2:], (7, 0))
+        await reply.raw(200, data, BINARY_PAGE)
+
+    async with group_server(page=page) as server:
+        events = EventBus()
+        service = GroupService(profile, events, Messenger(profile, events, FAST), server.client, FAST)
+        service._join(invite)
+        await until(lambda: len(service.history(gid.hex())["messages"]) == 3, "three messages")
+        await until(lambda: state(service).get("state") == "live", "the server to be live")
+        await service.stop()
+    assert profile.store.get("cursors", SERVER.onion) == {"cursor": "7-0"}
+    accepts = {r.headers.get("accept") for r in server.seen("GET", "/v1/blobs")}
+    assert accepts == {f"{blob_page.MEDIA_TYPE}, application/json;q=0.5"}
+
+
+def _spoilt_pages() -> list[tuple[bytes, str]]:
+    good = binary_page([(1, 0), (1, 1)], [bytes(BLOB_SIZE), bytes(BLOB_SIZE)], (1, 1))
+    return [
+        (good[:-1], "blob page truncated"),
+        (good[:20], "truncated: 20 bytes, shorter than its 33-byte header"),
+        (good + b"\x00", "blob page extended"),
+        (binary_page([(1, 0)], [bytes(1024)], (1, 0), size=1024),
+         "carries 1024-byte blobs; this server's are 2048 bytes"),
+        (b"NYTHBAD1" + good[8:], "bad magic"),
+        (good[:8] + b"\x02" + good[9:], "unknown flags 0x02"),
+        # A count beyond what was asked, with the bytes to match it.
+        (binary_page([(1, i) for i in range(server_sync.PAGE + 1)],
+                     [bytes(BLOB_SIZE)] * (server_sync.PAGE + 1), (1, 0)),
+         "sent more than"),
+    ]
+
+
+@pytest.mark.parametrize(("data", "expected"), _spoilt_pages(),
+                         ids=["cut-1", "cut-header", "extended", "blob-size", "magic", "flags",
+                              "count"])
+async def test_a_malformed_binary_page_is_the_server_failing(profile: Profile, data: bytes,
+                                                             expected: str) -> None:
+    async def bad(request: Request, reply: Reply) -> None:
+        await reply.raw(200, data, BINARY_PAGE)
+
+    async with group_server(page=bad) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await service.stop()
+    assert expected in reason and f"{SERVER.onion[:8]}….onion" in reason
+    assert profile.store.get("cursors", SERVER.onion) is None
+
+
+async def test_an_endless_binary_page_is_cut_at_the_binary_bound(profile: Profile) -> None:
+    """The limit follows the type the answer claims: a binary page may be no longer than
+    PAGE blobs take, well below the JSON bound."""
+    async def endless(request: Request, reply: Reply) -> None:
+        await reply.chunked(200, forever(bytes(65536)), BINARY_PAGE)
+
+    binary_bound = blob_page.page_size(server_sync.PAGE, BLOB_SIZE)
+    assert binary_bound < server_sync.PAGE_ANSWER_BYTES
+    async with group_server(page=endless) as server:
+        service, _ = await joined(profile, server)
+        reason = await failure_reason(service)
+        await service.stop()
+    assert f"sent more than {binary_bound:,} bytes for a page of blobs" in reason
+    assert all(reply.sent < 32 << 20 for reply in server.replies)
+
+
+async def test_a_server_without_binary_pages_is_read_as_json(profile: Profile) -> None:
+    """An older server ignores Accept: its JSON answer is read as before."""
+    async with group_server() as server:
+        service, _ = await joined(profile, server)
+        await until(lambda: state(service).get("state") == "live", "the server to be live")
+        await service.stop()
+    assert server.seen("GET", "/v1/blobs")[0].headers["accept"].startswith(blob_page.MEDIA_TYPE)
 
 
 async def test_an_endless_stream_line_is_dropped_and_reconnected(profile: Profile) -> None:
