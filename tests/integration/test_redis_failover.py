@@ -216,6 +216,7 @@ def test_mailbox_through_sentinel_acknowledges_only_replicated_records(
         launch: Launch, sentinel_cluster: SentinelCluster, redis_prefix: str) -> None:
     cluster = sentinel_cluster
     proc = launch(MailboxProcess, NYTH_REDIS_WAIT_REPLICAS="1", NYTH_REDIS_WAIT_TIMEOUT_MS="300")
+    assert isinstance(proc, MailboxProcess)
     mailbox = Mailbox(proc)
     first = (random_tag(), os.urandom(SIZE))
     assert mailbox.post(*first).status_code == 201
