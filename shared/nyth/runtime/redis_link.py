@@ -96,7 +96,8 @@ def redis_client(settings: OnionServiceSettings) -> aioredis.Redis:
 async def close_redis(client: aioredis.Redis) -> None:
     """Close the client and, for a Sentinel client, its connections to the sentinels."""
     await client.aclose()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
     for sentinel_client in getattr(manager, "sentinels", ()):
         await sentinel_client.aclose()
 
