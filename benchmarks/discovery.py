@@ -159,8 +159,8 @@ def _give_directory(net: Devnet, index: Identity, directory: bytes, epoch: int,
                     server_onion: str, group_key: bytes, group_id: bytes) -> int:
     """The directory into the index's Redis (as if issued) and, chunked, into the
     directory group on the group server; returns the number of chunks."""
+    import redis.asyncio as aioredis
     from nyth.group_server_client import GroupServerClient, TokenPurse
-    from nyth.runtime.onion_service import redis_client
     from nyth_discovery.storage import DiscoveryStore, StoredDirectory, set_digest
 
     assert net.redis is not None and net.gateway is not None
@@ -169,7 +169,7 @@ def _give_directory(net: Devnet, index: Identity, directory: bytes, epoch: int,
 
     async def store() -> None:
         assert net.redis is not None
-        redis = redis_client(net.redis.url_for_db(net.redis_db))
+        redis = aioredis.Redis.from_url(net.redis.url_for_db(net.redis_db))
         try:
             await DiscoveryStore(redis, key_prefix="nyth:discovery", max_entries=ENTRIES,
                                  probe_window=20).save_directory(

@@ -18,6 +18,11 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
     the first server without tokens, at the same concurrency, same run. The tokens are
     issued and their redemptions computed before the clock starts: issuance and
     redemption against raw scalar multiplications are benchmarks/tokens.py's.
+(e) replication: a Redis primary with one replica and three sentinels
+    (nyth.runtime.redis_sentinel); two server processes reaching it through the
+    sentinels, one acknowledging posts once the primary has them, one only once the
+    replica has them too (NYTH_REDIS_WAIT_REPLICAS=1); each as a ratio to raw XADD on
+    that primary at the same concurrency, same run.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import redis.asyncio as aioredis
 from nyth.ports import free_port
 from nyth.proto import blob_page, tokens
 from nyth.runtime.process import ServiceProcess
+from nyth.runtime.redis_sentinel import SentinelCluster
 from nyth.runtime.redis_server import RedisServer
 
 from benchmarks.common import Results, workdir
@@ -163,7 +169,7 @@ def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def _start_server(base_dir: Path, name: str, redis_url: str, prefix: str,
+def _start_server(base_dir: Path, name: str, redis_url: str | None, prefix: str,
                   **env: str) -> tuple[ServiceProcess, str]:
     port = free_port()
     secret = base_dir / "passphrase"
@@ -173,7 +179,9 @@ def _start_server(base_dir: Path, name: str, redis_url: str, prefix: str,
     process = ServiceProcess.python_module(
         name, "nyth_group_server",
         {"NYTH_DATA_DIR": str(base_dir / name), "NYTH_LISTEN_PORT": str(port),
-         "NYTH_REDIS_URL": redis_url, "NYTH_STREAM_KEY": prefix,
+         "NYTH_STREAM_KEY": prefix,
+         # None: env names the sentinels instead.
+         **({"NYTH_REDIS_URL": redis_url} if redis_url is not None else {}),
          "NYTH_KEY_PASSPHRASE_FILE": str(secret), "NYTH_LOG_LEVEL": "warning", **env},
         health_url=f"http://127.0.0.1:{port}/healthz", log_path=base_dir / f"{name}.log")
     process.start()
@@ -227,6 +235,42 @@ def _token_posts(res: Results, plain_base: str, paid_base: str) -> None:
              "VOPRF evaluation (hash to group + scalar multiplication) per post")
 
 
+def _replicated_posts(res: Results, base_dir: Path) -> None:
+    """(e): posts with and without WAIT on a primary with one replica."""
+    print("(e) posts acknowledged on a replica (WAIT)", flush=True)
+    cluster = SentinelCluster(base_dir / "redis-ha")
+    processes: list[ServiceProcess] = []
+    try:
+        cluster.start()
+        bases = {}
+        for wait in (0, 1):
+            proc, bases[wait] = _start_server(
+                base_dir, f"gs-wait{wait}", None, f"bench:gs-wait{wait}",
+                NYTH_REDIS_WAIT_REPLICAS=str(wait), NYTH_MAX_BLOBS=str(10 * HTTP_WRITES),
+                **cluster.redis_env())
+            processes.append(proc)
+        for level in CONCURRENCY_LEVELS:
+            raw = asyncio.run(_raw_concurrent(cluster.primary.url, HTTP_WRITES, level))
+            rates: dict[int, list[float]] = {0: [], 1: []}
+            for wait in (0, 1, 1, 0):  # so drift hits both alike
+                rates[wait].append(asyncio.run(_http_posts(bases[wait], HTTP_WRITES, level)))
+            for wait, label in ((0, "no WAIT"), (1, "WAIT 1 ")):
+                best = max(rates[wait])
+                res.add(f"API POST via Sentinel, {label}, {level:>2} clients", f"{best:,.0f}/s",
+                        f"n={HTTP_WRITES} x2 ("
+                        + ", ".join(f"{r:,.0f}" for r in rates[wait]) + ")")
+                res.add(f"ratio ({label}) / raw XADD on the primary at {level:>2} clients",
+                        f"{best / raw:.3f}", f"raw {raw:,.0f}/s")
+            res.add(f"ratio WAIT 1 / no WAIT at {level:>2} clients",
+                    f"{max(rates[1]) / max(rates[0]):.3f}")
+        res.note("(e) primary, replica and sentinels are local processes on the same 2 cores; "
+                 "WAIT costs one replication round trip on loopback")
+    finally:
+        for proc in processes:
+            proc.stop()
+        cluster.stop()
+
+
 def run() -> Results:
     res = Results("group-server (local HTTP, no Tor; redis AOF appendfsync always)")
     base_dir = workdir("gs")
@@ -264,6 +308,7 @@ def run() -> Results:
         res.note("client and server share the 2 cores: the httpx client's CPU counts against the API")
         _token_posts(res, base, paid_base)
         r.delete(STREAM_KEY, "bench:gs-tokens:blobs")
+        _replicated_posts(res, base_dir)
 
         # -- (b)+(c) reads ----------------------------------------------------------------
         print("(b)+(c) reads", flush=True)

@@ -89,7 +89,7 @@ async def start_state(settings: DiscoverySettings) -> DiscoveryState:
     identity, bundle = await unseal(
         settings, lambda s, i: wanted_bundle(s, i, group_key, servers), log)
     index = IndexBundle.verify(bundle, identity.onion)
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings)
     store = DiscoveryStore(redis, key_prefix=settings.stream_key,
                            max_entries=settings.max_entries, probe_window=settings.probe_window)
     reach = _reach(settings)

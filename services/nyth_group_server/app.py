@@ -41,6 +41,7 @@ from nyth.runtime.onion_service import (
     redis_client,
     unseal,
 )
+from nyth.runtime.redis_link import ReplicaWait
 from nyth.runtime.stream_store import CURSOR_PATTERN
 from nyth.web import ErrorResponse, error_json, error_responses, install_common
 from prometheus_client import Counter, Gauge
@@ -188,7 +189,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         token_key = await _token_key(settings)
         identity, bundle = await unseal(
             settings, lambda s, i: wanted_bundle(s, i, token_key), log)
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings)
         faults = FaultPolicy.from_settings(settings, identity.onion)
         gate = None if token_key is None else TokenGate(
             token_key, settings.token_pow_bits, redis, settings.stream_key,
@@ -198,6 +199,7 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
             redis, key_prefix=settings.stream_key, blob_size=settings.blob_size,
             max_blobs=settings.max_blobs, max_age_seconds=settings.max_age_seconds,
             spent_key=None if gate is None else gate.spent_key,
+            wait=ReplicaWait.from_settings(settings),
         )
         # The ring never holds more than the retention allows, so the live feed cannot
         # hand out a blob that count retention already dropped long ago.

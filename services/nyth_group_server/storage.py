@@ -24,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
 from nyth.proto.blob_page import encode_page_run
+from nyth.runtime.redis_link import ReplicaWait, eval_acknowledged
 from nyth.runtime.stream_store import Cursor, RetainedStream, cursor_from_redis, follow_channel
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class BlobStore(RetainedStream[StoredBlob]):
         max_age_seconds: int,
         clock: Any = time.time,
         spent_key: str | None = None,
+        wait: ReplicaWait | None = None,
     ) -> None:
         super().__init__(redis, key_prefix=key_prefix, name="blobs",
                          max_age_seconds=max_age_seconds, clock=clock)
@@ -113,6 +115,8 @@ class BlobStore(RetainedStream[StoredBlob]):
         self.max_blobs = max_blobs
         # The set of spent tokens; None when the server requires none.
         self.spent_key = spent_key
+        # None: a post is acknowledged once the primary has it (NYTH_REDIS_WAIT_REPLICAS=0).
+        self.wait = wait
         self._append = redis.register_script(_APPEND_LUA)
         self._append_spent = redis.register_script(_APPEND_SPENT_LUA)
         self._read_run = redis.register_script(_READ_RUN_LUA)
@@ -127,18 +131,21 @@ class BlobStore(RetainedStream[StoredBlob]):
         return blobs
 
     async def append(self, blob: bytes, spend_id: bytes | None = None) -> Cursor:
-        """Store one blob; returns once Redis acknowledged it (fsynced, with our config).
+        """Store one blob; returns once Redis acknowledged it (fsynced, with our config)
+        and, with self.wait, once that many replicas hold it (NotReplicated otherwise).
         With a token's spend id, atomically with recording it: AlreadySpent (and nothing
         stored) if it was recorded before."""
         if len(blob) != self.blob_size:
             raise DecodeError(f"blob must be exactly {self.blob_size} bytes, got {len(blob)}")
         if spend_id is None:
-            raw = await self._append(keys=[self.stream_key, self.channel],
-                                     args=[self.max_blobs, blob])
+            raw = await eval_acknowledged(
+                self.redis, self._append, _APPEND_LUA, keys=[self.stream_key, self.channel],
+                args=[self.max_blobs, blob], wait=self.wait)
         else:
-            raw = await self._append_spent(
+            raw = await eval_acknowledged(
+                self.redis, self._append_spent, _APPEND_SPENT_LUA,
                 keys=[self.stream_key, self.channel, self._spent_key()],
-                args=[self.max_blobs, blob, spend_id])
+                args=[self.max_blobs, blob, spend_id], wait=self.wait)
             if raw is None:
                 raise AlreadySpent("this token was already spent")
         return cursor_from_redis(raw)

@@ -42,6 +42,7 @@ from nyth.runtime.onion_service import (
     redis_client,
     unseal,
 )
+from nyth.runtime.redis_link import ReplicaWait
 from nyth.runtime.stream_store import CURSOR_PATTERN
 from nyth.web import error_json, error_responses, install_common
 from prometheus_client import Counter, Gauge
@@ -305,11 +306,12 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         identity, bundle = await unseal(settings, wanted_bundle, log)
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings)
         store = MailboxStore(
             redis, key_prefix=settings.stream_key, tag_size=TAG_SIZE,
             record_size=settings.record_size, max_records=settings.max_records,
             max_age_seconds=settings.max_age_seconds, max_cards=settings.max_cards,
+            wait=ReplicaWait.from_settings(settings),
         )
         notifier = Notifier(store, poll_interval=FEED_POLL_SECONDS)
         state = MailboxState(settings, identity, bundle, redis, store, notifier)

@@ -32,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
+from nyth.runtime.redis_link import ReplicaWait, eval_acknowledged
 from nyth.runtime.stream_store import Cursor, RetainedStream, cursor_from_redis, follow_channel
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,16 @@ RECORD_FIELD = b"r"
 W_FIELD = b"w"
 W_SIZE = 32
 
-# Replay check, XADD and PUBLISH in one atomic round trip.
+# Replay check, XADD and PUBLISH in one atomic round trip. A replay rewrites the guard's
+# own expiry (no change, but a write): replication is in order, so a WAIT after it
+# covers the first post too, and "already posted" is never said of a record that only
+# the primary holds.
 _APPEND_LUA = """
-if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return false end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then
+  local ttl = redis.call('PTTL', KEYS[3])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+  return false
+end
 local id
 if ARGV[4] == '' then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'r', ARGV[2])
@@ -61,7 +69,11 @@ local old = redis.call('HGET', KEYS[1], 'i')
 if old then
   if old > ARGV[2] then return 'older' end
   if old == ARGV[2] then
-    if redis.call('HGET', KEYS[1], 'c') == ARGV[1] then return 'same' end
+    if redis.call('HGET', KEYS[1], 'c') == ARGV[1] then
+      -- A write that changes nothing, so that a WAIT after it covers the first put.
+      redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+      return 'same'
+    end
     return 'conflict'
   end
 elseif redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
@@ -105,6 +117,7 @@ class MailboxStore(RetainedStream[StoredRecord]):
         max_age_seconds: int,
         max_cards: int,
         clock: Any = time.time,
+        wait: ReplicaWait | None = None,
     ) -> None:
         super().__init__(redis, key_prefix=key_prefix, name="records",
                          max_age_seconds=max_age_seconds, clock=clock)
@@ -113,6 +126,7 @@ class MailboxStore(RetainedStream[StoredRecord]):
         self.record_size = record_size
         self.max_records = max_records
         self.max_cards = max_cards
+        self.wait = wait  # None: acknowledged once the primary has it
         self._append = redis.register_script(_APPEND_LUA)
         self._put_card = redis.register_script(_PUT_CARD_LUA)
 
@@ -129,9 +143,10 @@ class MailboxStore(RetainedStream[StoredRecord]):
             raise DecodeError(f"W must be {W_SIZE} bytes")
         record = tag + ciphertext
         seen = f"{self.prefix}:seen:{_hash_hex(record)}"
-        raw = await self._append(keys=[self.stream_key, self.channel, seen],
-                                 args=[self.max_records, record, self.max_age_ms,
-                                       b"" if w is None else w])
+        raw = await eval_acknowledged(
+            self.redis, self._append, _APPEND_LUA, keys=[self.stream_key, self.channel, seen],
+            args=[self.max_records, record, self.max_age_ms, b"" if w is None else w],
+            wait=self.wait)
         return None if raw is None else cursor_from_redis(raw)
 
     async def read_after(self, after: Cursor, limit: int) -> Page:
@@ -161,11 +176,11 @@ class MailboxStore(RetainedStream[StoredRecord]):
                        expires_at: int) -> str:
         key = self._card_key(onion_public_key)
         now = int(self._clock())
-        result = await self._put_card(
-            keys=[key, self.cards_key],
+        result = await eval_acknowledged(
+            self.redis, self._put_card, _PUT_CARD_LUA, keys=[key, self.cards_key],
             args=[card, f"{issued_at:020d}", expires_at * 1000, now, self.max_cards,
                   expires_at, key.rsplit(":", 1)[1]],
-        )
+            wait=self.wait)
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def get_card(self, onion_public_key: bytes) -> bytes | None:

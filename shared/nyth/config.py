@@ -166,6 +166,18 @@ HostNames = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
 """Host names or IP addresses (no port), comma-separated in the environment."""
 
 
+def _distinct_host_ports(values: list[str]) -> list[str]:
+    normalized = [_normalize_host_port(v) for v in values]
+    if len(set(normalized)) != len(normalized):
+        raise ValueError("an address is named twice")
+    return normalized
+
+
+HostPortList = Annotated[list[str], NoDecode, BeforeValidator(_split_list),
+                         Field(max_length=MAX_LIST_ITEMS), AfterValidator(_distinct_host_ports)]
+"""Distinct "host:port" addresses, comma-separated in the environment."""
+
+
 class NythSettings(BaseSettings):
     """Base for service settings: ``NYTH_`` prefix, unknown variables ignored.
 
@@ -260,13 +272,38 @@ class OnionServiceSettings(NythSettings):
     ``listen_port`` and ``stream_key`` with their own defaults.
     """
 
-    secret_fields: ClassVar[tuple[str, ...]] = ("key_passphrase", "tor_control_password")
+    secret_fields: ClassVar[tuple[str, ...]] = (
+        "key_passphrase", "tor_control_password", "redis_password", "redis_sentinel_password")
     key_file: ClassVar[str] = "service.key"
     bundle_file: ClassVar[str] = "bundle.bin"
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis holding the service's stream (AOF on)."
     )
+    # -- Redis through Sentinel (instead of NYTH_REDIS_URL) ---------------------------------
+    redis_sentinels: HostPortList = Field(
+        default_factory=list,
+        description="Sentinels (host:port, comma-separated) that name the current Redis "
+                    "primary; the service follows it after a failover. Excludes NYTH_REDIS_URL.")
+    redis_sentinel_service: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The master name the sentinels monitor (required with NYTH_REDIS_SENTINELS).")
+    redis_db: int = Field(0, ge=0, le=1023,
+                          description="Database number on the primary, with NYTH_REDIS_SENTINELS.")
+    redis_password: SecretStr | None = Field(
+        None, description="Password of the Redis primary and replica (AUTH), if they want one.")
+    redis_password_file: Path | None = None
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the sentinels themselves, if they want one.")
+    redis_sentinel_password_file: Path | None = None
+    # -- acknowledged = on a replica too ----------------------------------------------------
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=MAX_LIST_ITEMS,
+        description="Replicas that must hold a post before it is acknowledged (Redis WAIT); "
+                    "0 acknowledges once the primary has it.")
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, le=10_000,
+        description="How long a post waits for those replicas before it is answered 503.")
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(8080, ge=1, le=65535)
     data_dir: Path = Field(description="Where the sealed onion key and the signed bundle live.")
@@ -320,6 +357,21 @@ class OnionServiceSettings(NythSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_redis(self) -> OnionServiceSettings:
+        if self.redis_sentinels:
+            if "redis_url" in self.model_fields_set:
+                raise ValueError("set only one of NYTH_REDIS_URL and NYTH_REDIS_SENTINELS")
+            if self.redis_sentinel_service is None:
+                raise ValueError("NYTH_REDIS_SENTINELS needs NYTH_REDIS_SENTINEL_SERVICE (the "
+                                 "master name the sentinels monitor)")
+        else:
+            for name in ("redis_sentinel_service", "redis_db", "redis_sentinel_password",
+                         "redis_sentinel_password_file"):
+                if name in self.model_fields_set:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()} needs NYTH_REDIS_SENTINELS")
+        return self
 
     @model_validator(mode="after")
     def _require_passphrase(self) -> OnionServiceSettings:

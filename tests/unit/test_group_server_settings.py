@@ -220,3 +220,49 @@ def test_inconsistent_faults_are_refused(env: pytest.MonkeyPatch) -> None:
     env.setenv("NYTH_FAULT_FORGET_AFTER_SECONDS", "60")
     with pytest.raises(ConfigError, match="must be below NYTH_MAX_AGE_SECONDS"):
         load_settings(GroupServerSettings)
+
+
+# -- Redis through Sentinel, WAIT ---------------------------------------------------------
+
+
+def test_sentinels_instead_of_a_url(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_REDIS_SENTINELS", " redis-sentinel-1:26379, [::1]:26380 ,10.0.0.3:26381")
+    env.setenv("NYTH_REDIS_SENTINEL_SERVICE", "nyth-group")
+    env.setenv("NYTH_REDIS_DB", "2")
+    password_file = tmp_path / "redis-pass"
+    password_file.write_text("hunter2\n")
+    env.setenv("NYTH_REDIS_PASSWORD_FILE", str(password_file))
+    env.setenv("NYTH_REDIS_WAIT_REPLICAS", "1")
+    settings = load_settings(GroupServerSettings)
+    assert settings.redis_sentinels == ["redis-sentinel-1:26379", "[::1]:26380", "10.0.0.3:26381"]
+    assert settings.redis_sentinel_service == "nyth-group" and settings.redis_db == 2
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "hunter2"
+    assert (settings.redis_wait_replicas, settings.redis_wait_timeout_ms) == (1, 1000)
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"NYTH_REDIS_SENTINELS": "s:26379", "NYTH_REDIS_URL": "redis://r:6379/0"},
+     "set only one of NYTH_REDIS_URL and NYTH_REDIS_SENTINELS"),
+    ({"NYTH_REDIS_SENTINELS": "s:26379"}, "NYTH_REDIS_SENTINELS needs NYTH_REDIS_SENTINEL_SERVICE"),
+    ({"NYTH_REDIS_SENTINEL_SERVICE": "nyth"},
+     "NYTH_REDIS_SENTINEL_SERVICE needs NYTH_REDIS_SENTINELS"),
+    ({"NYTH_REDIS_DB": "3"}, "NYTH_REDIS_DB needs NYTH_REDIS_SENTINELS"),
+    ({"NYTH_REDIS_SENTINELS": "s:26379,s:26379", "NYTH_REDIS_SENTINEL_SERVICE": "n"},
+     "an address is named twice"),
+    ({"NYTH_REDIS_SENTINELS": "s", "NYTH_REDIS_SENTINEL_SERVICE": "n"}, "expected host:port"),
+    ({"NYTH_REDIS_SENTINELS": "s:1", "NYTH_REDIS_SENTINEL_SERVICE": "a b"}, "String should match"),
+    ({"NYTH_REDIS_WAIT_TIMEOUT_MS": "0"}, "NYTH_REDIS_WAIT_TIMEOUT_MS"),
+    ({"NYTH_REDIS_WAIT_REPLICAS": "17"}, "NYTH_REDIS_WAIT_REPLICAS"),
+    ({"NYTH_REDIS_PASSWORD": "x", "NYTH_REDIS_PASSWORD_FILE": "/etc/hostname"},
+     "set only one of NYTH_REDIS_PASSWORD and NYTH_REDIS_PASSWORD_FILE"),
+])
+def test_redis_settings_are_checked(env: pytest.MonkeyPatch, variables: dict[str, str],
+                                    message: str) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    for name, value in variables.items():
+        env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(GroupServerSettings)

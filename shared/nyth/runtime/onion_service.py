@@ -21,8 +21,6 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter, Gauge
 from pydantic import AfterValidator, BaseModel, Field
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
@@ -31,6 +29,8 @@ from nyth.config import OnionServiceSettings
 from nyth.errors import AuthenticationError
 from nyth.keystore import load_or_create_identity, write_private_file
 from nyth.proto.identity import Identity
+from nyth.runtime.redis_link import NotReplicated, close_redis
+from nyth.runtime.redis_link import redis_client as redis_client  # the services import it here
 from nyth.runtime.stream_store import Cursor, RetainedStream
 from nyth.runtime.tasks import cancel_and_wait
 from nyth.web import error_json, error_responses
@@ -75,16 +75,6 @@ class Health(BaseModel):
     onion_state: str | None = None
     onion_reason: str | None = None
     reason: str | None = Field(None, description="Why the service is unavailable.")
-
-
-def redis_client(url: str) -> aioredis.Redis:
-    # A few quick retries ride out a Redis restart; beyond that the caller gets a 503
-    # promptly instead of hanging (and may retry: a repeated post does no harm).
-    return aioredis.Redis.from_url(
-        url, socket_timeout=5.0, socket_connect_timeout=2.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-        health_check_interval=15,
-    )
 
 
 class SignedBundle(Protocol):
@@ -157,6 +147,11 @@ def answer_redis_errors(app: FastAPI, log: logging.Logger) -> None:
     """Any RedisError escaping a route becomes a 503 the client may retry."""
 
     async def redis_down(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NotReplicated):
+            # Stored on the primary only: a 201 would promise what a failover could undo.
+            log.warning("write not acknowledged: %s", exc)
+            return error_json(503, f"not acknowledged: {exc}; retry later",
+                              headers={"Retry-After": "2"})
         log.warning("storage unavailable: %s", exc)
         return error_json(503, "storage is unavailable, retry later",
                           headers={"Retry-After": "2"})
@@ -201,7 +196,7 @@ class OnionService(Generic[SettingsT]):
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*(cancel_and_wait(task, log=self.log) for task in self.tasks))
-        await self.redis.aclose()
+        await close_redis(self.redis)
 
     async def _trim_loop(self, stream: RetainedStream[Any]) -> None:
         while True:

@@ -30,6 +30,7 @@ class RedisServer(ManagedProcess):
         databases: int = 64,
         start_timeout: float = 20.0,
         stop_grace: float = 10.0,
+        replica_of: tuple[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).resolve()
@@ -41,6 +42,9 @@ class RedisServer(ManagedProcess):
         self.log_path = self.data_dir / "redis.log"
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        # Where it starts as a replica; Sentinel may change its role later (until the
+        # next start, which writes the configuration afresh).
+        self.replica_of = replica_of
 
     @property
     def url(self) -> str:
@@ -71,6 +75,7 @@ class RedisServer(ManagedProcess):
             # keep appendfsync always semantics for new writes.
             "auto-aof-rewrite-percentage 100",
             "auto-aof-rewrite-min-size 64mb",
+            *([f"replicaof {self.replica_of[0]} {self.replica_of[1]}"] if self.replica_of else []),
             "",
         ])
 

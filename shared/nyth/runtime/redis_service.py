@@ -67,7 +67,7 @@ class RedisServiceProcess(ServiceProcess):
         self,
         data_dir: Path,
         *,
-        redis_url: str,
+        redis_url: str | None,
         name: str | None = None,
         port: int | None = None,
         stream_key: str | None = None,
@@ -90,9 +90,10 @@ class RedisServiceProcess(ServiceProcess):
             "NYTH_DATA_DIR": str(data_dir),
             "NYTH_LISTEN_HOST": "127.0.0.1",
             "NYTH_LISTEN_PORT": str(self.port),
-            "NYTH_REDIS_URL": redis_url,
             "NYTH_STREAM_KEY": stream_key or self.default_stream_key,
             "NYTH_KEY_PASSPHRASE_FILE": str(secret),
+            # None: env names the sentinels instead (NYTH_REDIS_SENTINELS excludes a URL).
+            **({"NYTH_REDIS_URL": redis_url} if redis_url is not None else {}),
             **(env or {}),
         }
         super().__init__(
