@@ -1,7 +1,8 @@
 """Which page format an `Accept` header asks for: JSON (the default) or binary pages.
 
 RFC 9110 §12.5.1, reduced to the two types this server offers: each is given the q of
-the most specific range that matches it (exact type, then `application/*`, then `*/*`);
+the most specific range that matches it (exact type, then `application/*`, then `*/*`;
+the highest q where one is named twice);
 the higher q wins, and a tie goes to JSON, so only a client that names the binary type
 above JSON gets it (`*/*` and a missing header mean JSON, as before binary pages
 existed). A range with a malformed q is ignored, as is one that is not a media range;
@@ -52,7 +53,9 @@ def choose_page_type(accept: str | None) -> str:
             continue
         for offered in best:
             specificity = 2 if media == offered else _SPECIFICITY.get(media, -1)
-            if specificity > best[offered][0]:
+            # A type named twice at the same specificity takes its higher q: the order
+            # of ranges in a header carries no meaning.
+            if specificity >= 0 and (specificity, q) > best[offered]:
                 best[offered] = (specificity, q)
     json_q, binary_q = best[JSON][1], best[BINARY][1]
     if binary_q > json_q:
