@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import multiprocessing.sharedctypes
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -52,8 +53,11 @@ from nyth.http_limits import bounded_request, open_event_stream, strict_b64
 from nyth.ports import free_port
 from nyth.proto.group import BLOB_SIZE, new_group_key, seal_group_message
 from nyth.proto.identity import Identity
+from nyth.runtime.devnet import Devnet
 from nyth.runtime.process import ServiceProcess
 from nyth.runtime.redis_server import RedisServer
+from nyth.tor.endpoints import SocksEndpoint
+from nyth.tor.socks import onion_http_client
 from nyth_peer.group_receive import GroupReceiver
 from nyth_peer.server_sync import PAGE, PAGE_ANSWER_BYTES, SERVER_KEEPALIVE_SECONDS, BlobPage
 
@@ -88,6 +92,9 @@ MODEL_GROUPS = 3_000
 MODEL_USERS = 10_000
 MODEL_HOURS = 24
 SEED = 12
+TOR_BLOBS = 5_000               # the catch-up read over the private Tor network
+TOR_LIVE_RATE = 10.0
+TOR_LIVE_SECONDS = 6.0
 
 
 # -- a byte-counting TCP proxy, in its own process ------------------------------------
@@ -264,9 +271,10 @@ def _generate(base: str, rate: float, seconds: float, blobs: list[bytes]) -> Non
                 raise RuntimeError(f"POST /v1/blobs -> {r.status_code}")
 
 
-async def _follow(url: str, reader: Reader, stop: asyncio.Event, after: str) -> int:
+async def _follow(url: str, reader: Reader, stop: asyncio.Event, after: str,
+                  client: httpx.AsyncClient | None = None) -> int:
     events = 0
-    async with httpx.AsyncClient(trust_env=False, timeout=None) as http, open_event_stream(
+    async with client or httpx.AsyncClient(trust_env=False, timeout=None) as http, open_event_stream(
             http, url + "/v1/blobs/stream", params={"after": after}, deadline=30,
             max_line=4096, max_event=8192, idle_seconds=60) as stream:
         async def consume() -> None:
@@ -287,8 +295,12 @@ async def _follow(url: str, reader: Reader, stop: asyncio.Event, after: str) -> 
 
 
 def _last_cursor(r: redis.Redis) -> str:
+    return _last_cursor_of(r, STREAM_KEY)
+
+
+def _last_cursor_of(r: redis.Redis, key: str) -> str:
     # without decode_responses redis-py answers [(id bytes, fields)]; its types are loose
-    last = cast(list[tuple[bytes, Any]], r.xrevrange(STREAM_KEY, count=1))
+    last = cast(list[tuple[bytes, Any]], r.xrevrange(key, count=1))
     return last[0][0].decode() if last else "0"
 
 
@@ -371,17 +383,20 @@ def _live(res: Results, out: dict[str, Any], base: str, counter: Counter,
 
 # -- (c) catch-up ----------------------------------------------------------------------
 
-async def _catch_up(url: str, reader: Reader) -> tuple[int, float]:
-    count, after = 0, "0"
+async def _catch_up(url: str, reader: Reader,
+                    http: httpx.AsyncClient | None = None) -> tuple[int, float, int]:
+    """Read every page after "0" the way the peer does; blobs, seconds, body bytes."""
+    count, after, body = 0, "0", 0
     started = time.perf_counter()
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
+    async with http or httpx.AsyncClient(trust_env=False, timeout=60) as client:
         while True:
-            answer = await bounded_request(http, "GET", url + "/v1/blobs",
+            answer = await bounded_request(client, "GET", url + "/v1/blobs",
                                            params={"after": after, "limit": PAGE},
                                            max_bytes=PAGE_ANSWER_BYTES, deadline=60,
                                            what="page of blobs")
             if answer.status_code != 200:
                 raise RuntimeError(f"GET /v1/blobs -> {answer.status_code}")
+            body += len(answer.content)
             page = answer.parse(BlobPage)
             for item in page.blobs:
                 reader.ingest(ONION, item.id, item.blob, counted=False)
@@ -389,7 +404,7 @@ async def _catch_up(url: str, reader: Reader) -> tuple[int, float]:
             after = page.next
             if not page.more:
                 break
-    return count, time.perf_counter() - started
+    return count, time.perf_counter() - started, body
 
 
 def _catchups(res: Results, out: dict[str, Any], counter: Counter, r: redis.Redis) -> None:
@@ -405,7 +420,7 @@ def _catchups(res: Results, out: dict[str, Any], counter: Counter, r: redis.Redi
         reader = _reader(g, new_group_key())
         before = counter.snapshot()
         cpu0 = time.process_time()
-        count, seconds = asyncio.run(_catch_up(url, reader))
+        count, seconds, _body = asyncio.run(_catch_up(url, reader))
         cpu = time.process_time() - cpu0
         after = counter.snapshot()
         if count != n:
@@ -418,6 +433,106 @@ def _catchups(res: Results, out: dict[str, Any], counter: Counter, r: redis.Redi
                 f"reader CPU {cpu:.2f} s")
     out["catch_up"] = points
     r.delete(STREAM_KEY)
+
+
+# -- (e) the same over the private Tor network ------------------------------------------
+
+def _gateway_traffic(net: Devnet) -> int:
+    """Bytes the gateway's tor read + wrote (a raw control connection, as
+    benchmarks/discovery.py does, so closing it does not stop the tor this process owns)."""
+    assert net.gateway is not None
+    control = net.gateway.control
+    with socket.create_connection((control.host, control.port), timeout=10) as sock:
+        stream = sock.makefile("rwb")
+        stream.write(f'AUTHENTICATE "{control.password}"\r\n'
+                     "GETINFO traffic/read traffic/written\r\nQUIT\r\n".encode())
+        stream.flush()
+        values = dict(line.decode().strip()[4:].split("=", 1)
+                      for line in stream if line.startswith(b"250-traffic/"))
+    return int(values["traffic/read"]) + int(values["traffic/written"])
+
+
+def _tor(res: Results, out: dict[str, Any], base_dir: Path) -> None:
+    """A catch-up read and a live stream through a real onion circuit. The server's onion
+    is served by the same gateway the reader dials through, so the gateway counts both
+    ends of the circuit: the reader's own share is taken as half."""
+    print("(e) over the private Tor network", flush=True)
+    net = Devnet(base_dir / "devnet")
+    try:
+        started = time.monotonic()
+        net.start_infrastructure()
+        server = net.add_group_server(NYTH_TOKENS_REQUIRED="false",
+                                      NYTH_KEEPALIVE_SECONDS=str(KEEPALIVE_TEST),
+                                      NYTH_MAX_BLOBS=str(MAX_BLOBS))
+        onion = server.wait_online()
+        res.note(f"(e) private Tor network and onion up in {time.monotonic() - started:.0f} s")
+        assert net.redis is not None and net.gateway is not None
+        socks = SocksEndpoint(net.gateway.socks.host, net.gateway.socks.port)
+        r = redis.Redis.from_url(net.redis.url_for_db(net.redis_db))
+        _pipelined_fill(r, f"nyth:{server.name}:blobs", TOR_BLOBS, batch=500)
+        url = f"http://{onion}.onion"
+
+        def client() -> httpx.AsyncClient:
+            # a circuit of its own, as the peer's reads get
+            return onion_http_client(socks, timeout=60.0, username="bench",
+                                     password=secrets.token_hex(16))
+
+        async def warm() -> None:
+            async with client() as http:
+                (await http.get(url + "/healthz")).raise_for_status()
+
+        asyncio.run(warm())  # the descriptor fetched, as a member has it after its first read
+        before = _gateway_traffic(net)
+        count, seconds, body = asyncio.run(_catch_up(url, _reader(1, new_group_key()), client()))
+        # traffic/read and traffic/written count the local stream too (the SOCKS client's
+        # and the onion's local port: the body once each), which the run shows: half the
+        # counters come to the body plus about its cells. The reader's Tor link carries
+        # half the counters less the body.
+        link = (_gateway_traffic(net) - before) / 2 - body
+        res.add(f"catch-up {count:,} blobs over an onion (private Tor, loopback)",
+                f"{seconds:.2f} s", f"{count / seconds:,.0f} blobs/s, "
+                f"{body / seconds / 1e6:.1f} MB/s of HTTP body; reader's Tor link "
+                f"{link / count:,.0f} B/blob for {body / count:,.0f} B of body: "
+                f"x{link / body:.3f} (cells alone: x{TOR_CELL / TOR_CELL_DATA:.3f})")
+        tor: dict[str, Any] = {"catch_up": {"blobs": count, "seconds": seconds, "body_bytes": body,
+                                            "link_bytes": link, "factor": link / body}}
+
+        # Live: follow over the onion while posts arrive on the server's local port.
+        reader = _reader(1, new_group_key())
+        blobs = [os.urandom(BLOB_SIZE) for _ in range(int(TOR_LIVE_RATE * TOR_LIVE_SECONDS) + 1)]
+        cursor = _last_cursor_of(r, f"nyth:{server.name}:blobs")
+        ctx = multiprocessing.get_context("spawn")
+
+        async def live() -> tuple[int, int]:
+            stop = asyncio.Event()
+            follow = asyncio.ensure_future(_follow(url, reader, stop, cursor, client()))
+            await asyncio.sleep(3.0)  # the stream is open (a new circuit) before posting
+            before = _gateway_traffic(net)
+            gen = ctx.Process(target=_generate,
+                              args=(server.url, TOR_LIVE_RATE, TOR_LIVE_SECONDS, blobs))
+            gen.start()
+            await asyncio.get_running_loop().run_in_executor(None, gen.join)
+            await asyncio.sleep(1.0)
+            after = _gateway_traffic(net)
+            stop.set()
+            return await follow, after - before
+
+        events, both = asyncio.run(live())
+        window = TOR_LIVE_SECONDS + 1.0
+        keep = out["keepalive"]
+        body_per_blob = out["live_fit"]["bytes"]["per_blob"]
+        # as above: half the counters less the body (blob events and keep-alives)
+        link = both / 2 - window / KEEPALIVE_TEST * (keep["bytes"] + keep["tor_bytes"])
+        per_blob = link / max(events, 1) - body_per_blob
+        res.add(f"live stream over an onion, {TOR_LIVE_RATE:.0f} posts/s", f"{per_blob:,.0f} B/blob",
+                f"{events} blobs; reader's Tor link, keep-alives taken off; estimated from "
+                f"loopback by cells: {out['live_fit']['tor_bytes']['per_blob']:,.0f} B/blob")
+        tor["live"] = {"blobs": events, "window_s": window, "gateway_bytes": both,
+                       "link_bytes_per_blob": per_blob}
+        out["tor"] = tor
+        r.close()
+    finally:
+        net.stop()
 
 
 # -- derived figures -------------------------------------------------------------------
@@ -544,10 +659,15 @@ def _plots(out: dict[str, Any], c: dict[str, Any]) -> None:
         ax.plot(gs, [member_hour(c, load, g, K_DEFAULT)["tor_mb"] for g in gs], "--",
                 color=ax.lines[-1].get_color(), label=f"{load:,}/h, all on the same 2 servers")
     live = out["live"]
+    idle = member_hour(c, 0, 1, K_DEFAULT)["tor_mb"]
     ax.scatter([1] * len(live),
-               [member_hour(c, 0, 1, K_DEFAULT)["tor_mb"]
-                + K_DEFAULT * p["tor_bytes_per_blob"] * 10_000 / 1e6 for p in live],
-               marker="x", color="k", zorder=5, label="measured B/blob at 3 rates, priced at 10,000/h")
+               [idle + K_DEFAULT * p["tor_bytes_per_blob"] * 10_000 / 1e6 for p in live],
+               marker="x", color="k", zorder=5,
+               label="each loopback rate's B/blob in Tor cells, priced at 10,000/h")
+    if "tor" in out:
+        ax.scatter([1], [idle + K_DEFAULT * out["tor"]["live"]["link_bytes_per_blob"] * 10_000 / 1e6],
+                   marker="+", s=120, color="r", zorder=6,
+                   label="B/blob measured over an onion, priced at 10,000/h")
     ax.set(xscale="log", yscale="log", xlabel="groups held", ylabel="MB/hour downloaded over Tor",
            title="(a) download per member")
     ax.legend(fontsize=6)
@@ -570,12 +690,19 @@ def _plots(out: dict[str, Any], c: dict[str, Any]) -> None:
                 label=f"{g} groups held on the server (model)")
     cu = out["catch_up"]
     ax.scatter([p["blobs"] for p in cu], [p["seconds"] for p in cu], marker="x", color="k",
-               zorder=5, label="measured (1, 10, 100 groups)")
+               zorder=5, label="measured on loopback (1, 10, 100 groups)")
+    if "tor" in out:
+        xs = [catch_up_s(c, load, 1)[0] for load in LOADS]
+        ax.plot(xs, [x * c["tor_catch_up_s_per_blob"] for x in xs], "k:",
+                label="1 group, over an onion on the private Tor network (model)")
+        t = out["tor"]["catch_up"]
+        ax.scatter([t["blobs"]], [t["seconds"]], marker="+", s=120, color="r", zorder=6,
+                   label="measured over an onion (private Tor network)")
     for load in LOADS:
         ax.annotate(f"{load:,}/h", (catch_up_s(c, load, 1)[0], catch_up_s(c, load, 1)[1]),
                     fontsize=6, textcoords="offset points", xytext=(3, -9))
     ax.set(xscale="log", yscale="log", xlabel="backlog (blobs) = posts/h × 30 days, capped at 100,000",
-           ylabel="seconds on loopback (no Tor)", title="(c) new member's catch-up: CPU-side time")
+           ylabel="seconds", title="(c) a new member's catch-up of one server")
     ax.legend(fontsize=6)
     ax = axes[1][1]
     ax.plot(list(trial), [out["trial"]["ratio_to_raw"][g] for g in trial], "o-",
@@ -635,6 +762,12 @@ def run() -> Results:
         _live(res, out, base, counter, r)
         _catchups(res, out, counter, r)
         r.close()
+        counter.stop()
+        process.stop()
+        redis_server.stop()
+        c = _costs(out)
+        out["costs"] = c
+        _tor(res, out, base_dir)
     finally:
         if counter is not None:
             counter.stop()
@@ -642,8 +775,14 @@ def run() -> Results:
             process.stop()
         redis_server.stop()
         shutil.rmtree(base_dir, ignore_errors=True)
-    c = _costs(out)
-    out["costs"] = c
+    c = out["costs"]
+    if "tor" in out:
+        # what the reader's Tor link carried per blob in (e), rather than the cell estimate
+        c["stream_tor_bytes_per_blob_cells"] = c["stream_tor_bytes_per_blob"]
+        c["stream_tor_bytes_per_blob"] = out["tor"]["live"]["link_bytes_per_blob"]
+        cu = out["tor"]["catch_up"]
+        c["tor_catch_up_s_per_blob"] = cu["seconds"] / cu["blobs"]
+        c["page_tor_factor"] = cu["factor"]
     for name, fit in out["live_fit"].items():
         res.add(f"live fit: {name} per blob", f"{fit['per_blob']:,.1f}",
                 f"+ {fit['intercept']:,.0f} per {LIVE_SECONDS + 1:.0f} s run; largest residual "
