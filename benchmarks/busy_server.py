@@ -48,7 +48,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import redis
@@ -68,6 +68,9 @@ from nyth_peer.server_sync import PAGE, PAGE_ANSWER_BYTES, SERVER_KEEPALIVE_SECO
 from benchmarks import busy_model
 from benchmarks.common import Results, workdir
 from benchmarks.group_server import _pipelined_fill, _start_server
+
+if TYPE_CHECKING:
+    from nyth_peer.groups import GroupService
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PREFIX = "bench:busy"
@@ -170,7 +173,9 @@ class Reader(GroupReceiver):
         rows: list[dict[str, Any]] = [
             {"id": i.hex(), "key": base64.b64encode(k).decode(), "servers": [ONION],
              "draining": {}} for i, k in zip(ids, keys, strict=True)]
-        super().__init__(SimpleNamespace(store=SimpleNamespace(list=lambda _name: rows)))
+        # ingest needs only the store's group rows; storing a match is counted instead
+        groups = SimpleNamespace(store=SimpleNamespace(list=lambda _name: rows))
+        super().__init__(cast("GroupService", groups))
         self.gid0 = ids[0]
         self.matched = 0
         self.trial_cpu = 0.0
