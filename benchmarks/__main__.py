@@ -12,13 +12,13 @@ import time
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("which", choices=["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens",
-                                          "recovery", "discovery", "all"])
+                                          "recovery", "discovery", "busy-server", "all"])
     parser.add_argument("-n", type=int, default=200, help="round trips for p2p (default 200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("stem").setLevel(logging.WARNING)
     every = ["group-server", "p2p", "devnet", "fmd", "mailbox", "tokens", "recovery",
-             "discovery"]
+             "discovery", "busy-server"]
     names = every if args.which == "all" else [args.which]
     tables = []
     for name in names:
@@ -42,6 +42,9 @@ def main() -> int:
         elif name == "recovery":
             from benchmarks import recovery
             results = recovery.run()
+        elif name == "busy-server":
+            from benchmarks import busy_server
+            results = busy_server.run()
         elif name == "discovery":
             from benchmarks import discovery
             results = discovery.run()

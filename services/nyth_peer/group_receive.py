@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from nyth.errors import AuthenticationError, NythError
-from nyth.proto.group import BLOB_SIZE, GroupMessage, open_group_message
+from nyth.proto.group import BLOB_SIZE, GroupMessage, open_inner, trial_open
 from nyth.proto.recovery import FromMember, FromServer
 
 from nyth_peer import group_views
@@ -26,30 +26,46 @@ class GroupReceiver:
     def __init__(self, groups: GroupService) -> None:
         self.groups = groups
         self._groups: list[dict[str, Any]] | None = None
+        # onion -> the groups that read it: (ids, keys, ids as bytes)
+        self._trial: dict[str, tuple[list[str], list[bytes], list[bytes]]] = {}
 
     def forget_groups(self) -> None:
         """A group row changed (a join, a move): read them again at the next blob."""
         self._groups = None
+        self._trial.clear()
 
-    def _groups_on(self, onion: str) -> list[dict[str, Any]]:
+    def _groups_on(self, onion: str) -> tuple[list[str], list[bytes], list[bytes]]:
         # Called for every blob a server sends: read (and decrypt) the group rows once,
-        # again only after a join or a move changes them.
-        if self._groups is None:
-            self._groups = self.groups.store.list("groups")
-        return [g for g in self._groups if onion in read_servers(g)]
+        # again only after a join or a move changes them; decode each group's key and id
+        # once too: per blob and group, that decoding cost more than the MAC check.
+        found = self._trial.get(onion)
+        if found is None:
+            if self._groups is None:
+                self._groups = self.groups.store.list("groups")
+            rows = [g for g in self._groups if onion in read_servers(g)]
+            found = ([g["id"] for g in rows], [base64.b64decode(g["key"]) for g in rows],
+                     [bytes.fromhex(g["id"]) for g in rows])
+            self._trial[onion] = found
+        return found
 
     def ingest(self, onion: str, cursor: str, blob: bytes, *, counted: bool = True) -> None:
         if len(blob) != BLOB_SIZE:
             log.info("server %s… sent a %d-byte blob; ignored", onion[:8], len(blob))
             return
-        for group in self._groups_on(onion):
-            gid = group["id"]
+        gids, keys, raw_ids = self._groups_on(onion)
+        found = trial_open(keys, blob)
+        while found is not None:
+            index, inner = found
+            gid = gids[index]
             try:
-                message = open_group_message(base64.b64decode(group["key"]), bytes.fromhex(gid), blob)
+                message = open_inner(raw_ids[index], inner)
             except AuthenticationError:
+                # A forged signature: try the remaining groups, as for a key that did not fit.
+                found = trial_open(keys, blob, index + 1)
                 continue
             except NythError as exc:
                 log.info("malformed message in group %s: %s", gid[:8], exc)
+                found = trial_open(keys, blob, index + 1)
                 continue
             if counted:
                 self.groups.recovery.count_blob(gid)

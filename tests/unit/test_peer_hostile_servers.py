@@ -698,7 +698,10 @@ async def test_the_test_reader_label_is_sent_only_when_set(profile: Profile,
         service = GroupService(profile, events, Messenger(profile, events, FAST),
                                groups_module.with_test_reader(server.client, label), FAST)
         service._join(Invite("friends", new_group_key(), (GROUP_BUNDLE,)))
-        await until(lambda: state(service).get("state") == "live", "the stream to be open")
+        # "live" is set once the backlog is read, just before the stream is requested:
+        # wait for the request itself, or a loaded machine stops the service in between.
+        await until(lambda: any(r.path == "/v1/blobs/stream" for r in server.requests),
+                    "the stream to be requested")
         await service.stop()
     paths = {r.path for r in server.requests}
     assert {"/v1/bundle", "/v1/blobs", "/v1/blobs/stream"} <= paths

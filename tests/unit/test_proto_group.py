@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nyth.errors import AuthenticationError, DecodeError
+from nyth.proto import group as group_proto
 from nyth.proto import tokens
 from nyth.proto.bundle import BUNDLE_SIZE_V1, BUNDLE_SIZE_V2, ServerBundle
 from nyth.proto.group import (
@@ -43,6 +44,7 @@ from nyth.proto.group import (
     seal_group_message,
     seal_group_move,
     seal_wire,
+    trial_open,
 )
 from nyth.proto.identity import Identity
 from nyth.proto.p2p import MAX_BODY, Envelope, MessageKind
@@ -692,3 +694,38 @@ def test_invite_v2_specific_rejections() -> None:
 def test_invite_v2_encoder_refuses_what_it_could_not_decode(invite: Invite) -> None:
     with pytest.raises(REJECT):
         invite.encode()
+
+
+# -- trial decryption over several groups' keys -------------------------------------------
+
+def test_trial_open_finds_the_one_key_that_opens_a_blob() -> None:
+    author = Identity.generate()
+    keys = [new_group_key() for _ in range(5)]
+    gid = os.urandom(GROUP_ID_SIZE)
+    blob, message = seal_group_message(author, keys[3], gid, timestamp_ms=1, parents=[],
+                                       body="hello")
+    found = trial_open(keys, blob)
+    assert found is not None and found[0] == 3
+    assert group_proto.open_inner(gid, found[1]) == message
+    # the same blob, read by the single-key path, is the same message
+    assert open_group_message(keys[3], gid, blob) == message
+    assert trial_open(keys, blob, start=4) is None
+    assert trial_open(keys[:3] + keys[4:], blob) is None
+    assert trial_open([], blob) is None
+
+
+def test_trial_open_refuses_bad_sizes_and_a_wrong_group_id() -> None:
+    key = new_group_key()
+    gid = os.urandom(GROUP_ID_SIZE)
+    blob, _ = seal_group_message(Identity.generate(), key, gid, timestamp_ms=1, parents=[],
+                                 body="x")
+    with pytest.raises(DecodeError):
+        trial_open([key], blob[:-1])
+    with pytest.raises(ValueError):
+        trial_open([key[:31]], blob)
+    found = trial_open([key], blob)
+    assert found is not None
+    with pytest.raises(AuthenticationError):  # the signature binds the group id
+        group_proto.open_inner(os.urandom(GROUP_ID_SIZE), found[1])
+    with pytest.raises(DecodeError):
+        group_proto.open_inner(gid, found[1][:-1])

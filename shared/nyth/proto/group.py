@@ -75,7 +75,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import nacl.bindings
-import nacl.exceptions
+
+# PyNaCl's own cffi handle on libsodium (what nacl.bindings wraps), for trial_open.
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from nyth.errors import AuthenticationError, DecodeError
 from nyth.proto.bundle import BUNDLE_SIZE_V1, BUNDLE_SIZES, MAX_BUNDLE_SIZE, ServerBundle
@@ -286,12 +289,42 @@ def decode_wire(gid: bytes, wire: bytes) -> GroupMessage:
 def open_group_message(key: bytes, gid: bytes, blob: bytes) -> GroupMessage:
     """Trial-decrypt a blob. AuthenticationError: not this group's (the common case)
     or a forged signature; DecodeError: a member sent something malformed."""
+    found = trial_open((key,), blob)
+    if found is None:
+        raise AuthenticationError("blob is not sealed with this group's key")
+    return open_inner(gid, found[1])
+
+
+def trial_open(keys: Sequence[bytes], blob: bytes, start: int = 0) -> tuple[int, bytes] | None:
+    """Trial-decrypt one blob with several groups' keys, from keys[start] on: the index of
+    the first key that opens it and the plaintext (`open_inner` checks and parses it), or
+    None when none does (the common case: every member downloads every blob of a server
+    and holds few of its groups).
+
+    The same XSalsa20-Poly1305 open as nacl.bindings.crypto_secretbox_open_easy, but the
+    blob is split and the output buffer allocated once per blob, not once per key: that
+    binding's copies and checks cost more than a failing MAC check itself
+    (docs/busy-servers.md).
+    """
     if len(blob) != BLOB_SIZE:
         raise DecodeError(f"group blob must be {BLOB_SIZE} bytes, got {len(blob)}")
-    try:
-        inner = nacl.bindings.crypto_secretbox_open(blob[_NONCE:], blob[:_NONCE], key)
-    except nacl.exceptions.CryptoError as exc:
-        raise AuthenticationError("blob is not sealed with this group's key") from exc
+    nonce, box = blob[:_NONCE], blob[_NONCE:]
+    out = _ffi.new("unsigned char[]", INNER_SIZE)
+    for index in range(start, len(keys)):
+        key = keys[index]
+        # libsodium reads KEY_SIZE bytes from the pointer whatever the object's length.
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"a group key is {KEY_SIZE} bytes")
+        if _lib.crypto_secretbox_open_easy(out, box, len(box), nonce, key) == 0:
+            return index, _ffi.buffer(out, INNER_SIZE)[:]
+    return None
+
+
+def open_inner(gid: bytes, inner: bytes) -> GroupMessage:
+    """The message in a blob's plaintext (from trial_open): DecodeError if malformed,
+    AuthenticationError if its signature does not verify under this group id."""
+    if len(inner) != INNER_SIZE:
+        raise DecodeError(f"a blob's plaintext is {INNER_SIZE} bytes")
     return _parse(gid, inner, padded=True)
 
 
