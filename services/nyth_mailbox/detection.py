@@ -27,6 +27,10 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nyth.proto.fmd import DetectionKey
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def default_workers() -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _key(raw: bytes) -> object:
+def _key(raw: bytes) -> DetectionKey:
     from nyth.proto import fmd
 
     return fmd.DetectionKey.decode(raw)

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
 from nyth.runtime.tasks import cancel_and_wait
-from nyth_group_server.storage import BlobStore, Cursor, LiveFeed
+from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,60 @@ async def test_live_feed_wakes_on_posts_from_another_client(
 async def _until(predicate: object) -> None:
     while not predicate():  # type: ignore[operator]
         await asyncio.sleep(0.01)
+
+
+async def test_concurrent_appends_share_round_trips_and_keep_their_own_answers(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Group commit: posts that arrive while a round trip is in flight go in the next one
+    together; each still gets its own id, or AlreadySpent for a token spent before or by
+    an earlier post of the same batch; every acknowledged id is in the stream with its
+    blob, and count retention stays exact."""
+    spent_key = f"{redis_prefix}:spent"
+    store = _store(client, redis_prefix, max_blobs=40, spent_key=spent_key)
+    await client.sadd(spent_key, b"old")
+    calls = 0
+    script = store._append_batch
+
+    async def counting(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)  # type: ignore[arg-type]
+
+    store._append_batch = counting  # type: ignore[assignment]
+    blobs = [bytes([i]) * SIZE for i in range(50)]
+    spends: list[bytes | None] = [None if i % 3 else b"t%d" % (i % 6) for i in range(50)]
+    spends[1] = b"old"
+    answers = await asyncio.gather(*(store.append(b, s) for b, s in zip(blobs, spends, strict=True)),
+                                   return_exceptions=True)
+    assert calls < 10  # 50 posts, far fewer round trips
+    stored = {b.id: b.blob for b in (await store.read_after(Cursor.ZERO, 100)).blobs}
+    first_use: set[bytes] = set()
+    for i, answer in enumerate(answers):
+        spend = spends[i]
+        if spend is None or (spend not in first_use and spend != b"old"):
+            assert isinstance(answer, Cursor), (i, answer)
+            if i >= 10:  # the oldest 10 were trimmed by MAXLEN 40
+                assert stored[answer] == blobs[i]
+            if spend is not None:
+                first_use.add(spend)
+        else:
+            assert isinstance(answer, AlreadySpent), (i, answer)
+    assert await store.count() == 40
+    assert await client.smembers(spent_key) == {b"old", *first_use}
+
+
+async def test_a_post_whose_caller_left_before_its_round_trip_is_not_stored(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    store = _store(client, redis_prefix)
+    first = asyncio.create_task(store.append(b"a" * SIZE))
+    await asyncio.sleep(0)  # its round trip is now in flight
+    gone = asyncio.create_task(store.append(b"b" * SIZE))
+    kept = asyncio.create_task(store.append(b"c" * SIZE))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await first
+    await kept
+    assert [b.blob for b in (await store.read_after(Cursor.ZERO, 10)).blobs] == [
+        b"a" * SIZE, b"c" * SIZE]
