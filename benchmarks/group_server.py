@@ -50,6 +50,7 @@ PIPE_BATCH = 100
 HTTP_WRITES = 2000
 CONCURRENCY_LEVELS = (1, 4, 16)
 SIZES = (1_000, 10_000, 100_000)
+_CLK = os.sysconf("SC_CLK_TCK")
 
 
 def _blob() -> bytes:
@@ -94,9 +95,18 @@ async def _raw_concurrent(url: str, n: int, concurrency: int) -> float:
     return rate
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
 async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = None,
-                      paid: Iterator[str] | None = None) -> float:
-    """Posts per second; with paid, each post carries the next redemption (of blob)."""
+                      paid: Iterator[str] | None = None,
+                      cpu: dict[str, float] | None = None, server_pid: int = 0) -> float:
+    """Posts per second; with paid, each post carries the next redemption (of blob). With
+    cpu, it gets the share of one core the client (this process) and the server (its
+    pid) used over the timed part: whether the client or the server is the bound."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False,
                                  timeout=30) as client:
@@ -112,9 +122,16 @@ async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = 
                     raise RuntimeError(f"POST /v1/blobs -> {response.status_code}")
 
         await worker()  # warm-up: connections, first request
+        client0 = time.process_time()
+        server0 = _cpu_seconds(server_pid) if server_pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return per * concurrency / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        if cpu is not None:
+            cpu["client"] = (time.process_time() - client0) / wall
+            if server_pid:
+                cpu["server"] = (_cpu_seconds(server_pid) - server0) / wall
+        return per * concurrency / wall
 
 
 def _raw_full_read(r: redis.Redis, key: str) -> tuple[int, float]:
@@ -232,17 +249,24 @@ def run() -> Results:
         pipe = _pipelined_fill(r, RAW_KEY, PIPE_WRITES)
         res.add("raw XADD pipelined", f"{pipe:,.0f}/s", f"n={PIPE_WRITES}, batches of {PIPE_BATCH}")
         r.delete(RAW_KEY)
+        ratios: list[float] = []
         for level in CONCURRENCY_LEVELS:
             conc = asyncio.run(_raw_concurrent(redis_server.url, HTTP_WRITES, level))
             r.delete(RAW_KEY)
-            posts = asyncio.run(_http_posts(base, HTTP_WRITES, level))
+            cpu: dict[str, float] = {}
+            posts = asyncio.run(_http_posts(base, HTTP_WRITES, level, cpu=cpu,
+                                            server_pid=process.pid or 0))
             res.add(f"raw XADD, {level:>2} concurrent clients", f"{conc:,.0f}/s",
                     f"n={HTTP_WRITES}, redis.asyncio")
             res.add(f"API POST /v1/blobs, {level:>2} concurrent clients", f"{posts:,.0f}/s",
-                    f"n={HTTP_WRITES}, httpx keep-alive")
+                    f"n={HTTP_WRITES}, httpx keep-alive; CPU: client "
+                    f"{cpu['client']:.0%}, server {cpu.get('server', 0):.0%} of a core")
             res.add(f"ratio API / raw XADD at {level:>2} clients", f"{posts / conc:.3f}")
+            ratios.append(posts / conc)
             if level == 1:
                 res.add("ratio API (1 client) / raw sequential XADD", f"{posts / seq:.3f}")
+        res.add("ratios API / raw XADD at " + " / ".join(map(str, CONCURRENCY_LEVELS)) + " clients",
+                " / ".join(f"{x:.2f}" for x in ratios), "goal >= 0.5 at every level")
         res.add("ratio API (16 clients) / raw pipelined XADD", f"{posts / pipe:.3f}")
         res.note("client and server share the 2 cores: the httpx client's CPU counts against the API")
         _token_posts(res, base, paid_base)
