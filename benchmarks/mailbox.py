@@ -27,9 +27,11 @@ each and their ratio (goal on 2 cores: >= 1.8x).
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -114,6 +116,28 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _mults_for(seconds: float) -> float:
+    """Raw variable-base multiplications per second in this process, over seconds."""
+    s = rbcl.crypto_core_ristretto255_scalar_random()
+    p = rbcl.crypto_core_ristretto255_random()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(100):
+            rbcl.crypto_scalarmult_ristretto255(s, p)
+        count += 100
+    return count / (time.perf_counter() - started)
+
+
+def _raw_scaling(workers: int) -> tuple[float, float]:
+    """The limit for the cores comparison: raw multiplications per second in 1 process,
+    and in `workers` processes at once (vCPUs of a VM need not scale linearly)."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_mults_for, 0.1).result()  # spawned and warm
+        one = pool.submit(_mults_for, 2.0).result()
+        many = sum(pool.map(_mults_for, [2.0] * workers))
+    return one, many
+
+
 def _pin(pid: int, cpu: int) -> None:
     """Every thread of a process onto one CPU (affinity is per thread)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -153,13 +177,18 @@ def _cores(res: Results, base_dir: Path, redis_url: str, env: dict[str, str],
             for client in clients.values():
                 client.close()
         one, many = max(rates[1]), max(rates[workers])
+        raw_one, raw_many = _raw_scaling(workers)
+        res.add(f"limit: raw scalar mults, 1 process / {workers} at once",
+                f"{raw_one:,.0f}/s / {raw_many:,.0f}/s",
+                f"ratio {raw_many / raw_one:.2f}: what {workers} cores give at best")
         for count, rate in ((1, one), (workers, many)):
             res.add(f"detect n= 8, {count} worker{'s' if count > 1 else ' (1 core)'}",
                     f"{rate:,.0f} tests/s",
                     "wall, best of 3 (" + ", ".join(f"{r:,.0f}" for r in rates[count])
                     + f"); last scan used {cpu[count]:.1f} CPU-s (process + workers)")
         res.add(f"ratio {workers} workers / 1 worker", f"{many / one:.2f}",
-                f"{workers} usable cores; goal on 2 cores >= 1.8")
+                f"{workers} usable cores; goal on 2 cores >= 1.8; "
+                f"{(many / one) / (raw_many / raw_one):.2f}x the raw ratio")
     finally:
         for proc in procs.values():
             proc.stop()

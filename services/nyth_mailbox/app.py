@@ -265,27 +265,34 @@ async def detect(state: MailboxState, key: Any, after: Cursor, limit: int,
     next is the last record examined, so a caller resuming from it never re-tests one.
     """
     raw_key = bytes(key.encode())
+
+    async def read_and_test(cursor: Cursor, count: int) -> tuple[Any, list[bool]]:
+        page = await state.store.read_after(cursor, count)
+        if not page.records:
+            return page, []
+        return page, await state.detection.match(
+            raw_key, [(record.tag, record.w) for record in page.records])
+
     matches: list[StoredRecord] = []
     cursor, scanned, more = after, 0, False
-    reading: asyncio.Task[Any] | None = asyncio.ensure_future(
-        state.store.read_after(cursor, min(DETECT_CHUNK, budget)))
+    pending: asyncio.Task[tuple[Any, list[bool]]] | None = asyncio.ensure_future(
+        read_and_test(cursor, min(DETECT_CHUNK, budget)))
     try:
         while scanned < budget and len(matches) < limit:
-            assert reading is not None
-            page = await reading
-            reading = None
+            assert pending is not None
+            page, results = await pending
+            pending = None
             if not page.records:
                 more = False
                 break
-            # The next page is read while the workers test this one, so the event loop's
-            # share (XRANGE, parsing) overlaps the tests instead of adding to them. It is
-            # thrown away when this page ends the call (budget or limit reached).
+            # The next page is read and handed to the workers before this one's results
+            # are looked at, so the workers never wait for the event loop between pages.
+            # Its tests are wasted when this page ends the call (limit reached): at most
+            # one page, and never past the budget.
             left = budget - scanned - len(page.records)
             if left > 0:
-                reading = asyncio.ensure_future(
-                    state.store.read_after(page.records[-1].id, min(DETECT_CHUNK, left)))
-            results = await state.detection.match(
-                raw_key, [(record.tag, record.w) for record in page.records])
+                pending = asyncio.ensure_future(
+                    read_and_test(page.records[-1].id, min(DETECT_CHUNK, left)))
             TESTS.inc(len(page.records))
             for record, hit in zip(page.records, results, strict=True):
                 scanned += 1
@@ -300,10 +307,10 @@ async def detect(state: MailboxState, key: Any, after: Cursor, limit: int,
                 # Whether anything is left: one cheap read of a single record.
                 more = bool((await state.store.read_after(cursor, 1)).records)
     finally:
-        if reading is not None:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await reading
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, PoolBroken):
+                await pending
     return matches, cursor, more, scanned
 
 

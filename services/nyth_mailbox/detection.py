@@ -123,6 +123,7 @@ class DetectionPool:
             raise ValueError(f"workers must be 1..{MAX_WORKERS}")
         self.workers = workers
         self._slots = asyncio.Semaphore(workers * PENDING_PER_WORKER)
+        self._thread_turn = asyncio.Lock()
         self._executor: concurrent.futures.ProcessPoolExecutor | None = (
             self._new_executor() if workers > 1 else None)
         self._closed = False
@@ -138,7 +139,9 @@ class DetectionPool:
         if self._closed:
             raise PoolBroken("the detection pool is shut down")
         if self._executor is None:
-            return await asyncio.to_thread(match_tags, key, items)
+            # One worker is one thread: callers take turns, never two passes at once.
+            async with self._thread_turn:
+                return await asyncio.to_thread(match_tags, key, items)
         ranges = split(len(items), self.workers)
         parts = await asyncio.gather(*(self._run(key, list(items[a:b])) for a, b in ranges))
         return [hit for part in parts for hit in part]
