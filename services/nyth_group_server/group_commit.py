@@ -76,6 +76,12 @@ class Batcher(Generic[T]):
         self.in_flight = True
         return batch
 
+    def drain(self) -> list[T]:
+        """Everything still queued, removed (shutdown)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
     def done(self) -> None:
         if not self.in_flight:
             raise RuntimeError("done() without a batch in flight")

@@ -157,8 +157,16 @@ class BlobStore(RetainedStream[StoredBlob]):
                     live = [p for p in batch if not p.future.done()]
                     if live:
                         await self._commit(live)
+                except Exception:  # noqa: S110 (answered to each post of the batch)
+                    # Every post of the failed round trip got its error; the posts queued
+                    # behind it must still go, or they would wait for the next arrival.
+                    pass
                 finally:
                     self._batcher.done()
+        except asyncio.CancelledError:
+            for waiting in self._batcher.drain():  # shutdown: nobody will send them
+                waiting.future.cancel()
+            raise
         finally:
             self._flusher = None
 

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from nyth.errors import DecodeError
 from nyth.runtime.tasks import cancel_and_wait
 from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +187,30 @@ async def test_a_post_whose_caller_left_before_its_round_trip_is_not_stored(
     await kept
     assert [b.blob for b in (await store.read_after(Cursor.ZERO, 10)).blobs] == [
         b"a" * SIZE, b"c" * SIZE]
+
+
+async def test_a_failed_round_trip_fails_its_posts_only(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Redis failing one round trip answers its posts with the error (a 503 upstream,
+    nothing acknowledged); posts queued behind it still go, without a new arrival."""
+    store = _store(client, redis_prefix)
+    script = store._append_batch
+    calls = 0
+
+    async def failing_once(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)  # the others queue meanwhile
+            raise RedisConnectionError("lost")
+        return await script(**kwargs)  # type: ignore[arg-type]
+
+    store._append_batch = failing_once  # type: ignore[assignment]
+    first = asyncio.create_task(store.append(b"a" * SIZE))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(store.append(bytes([i]) * SIZE)) for i in range(5)]
+    with pytest.raises(RedisConnectionError):
+        await first
+    ids = await asyncio.wait_for(asyncio.gather(*queued), 5)
+    assert [b.id for b in (await store.read_after(Cursor.ZERO, 10)).blobs] == sorted(ids)

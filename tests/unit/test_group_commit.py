@@ -40,6 +40,15 @@ def test_posts_queue_while_a_round_trip_is_in_flight_then_go_together() -> None:
     assert not b.in_flight  # nothing waited: nothing is in flight
 
 
+def test_drain_empties_the_queue() -> None:
+    b: Batcher[int] = Batcher(max_batch=1)
+    for i in range(3):
+        b.add(i)
+    assert b.take() == [0]
+    assert b.drain() == [1, 2]
+    assert len(b) == 0
+
+
 def test_done_without_a_batch_is_a_bug() -> None:
     b: Batcher[int] = Batcher(max_batch=2)
     with pytest.raises(RuntimeError):
