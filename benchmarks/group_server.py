@@ -6,7 +6,10 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
 
 (a) writes: raw XADD of 2048-byte values from redis-py (sequential; pipelined; and N
     concurrent asyncio clients, which lets redis-server group fsyncs the way it does for
-    the service) vs POST /v1/blobs with N concurrent httpx clients.
+    the service) vs POST /v1/blobs with N concurrent httpx clients, and with N clients of
+    a minimal HTTP/1.1 client (asyncio streams): on 2 shared cores httpx costs more CPU
+    per request than the server, so its figure measures the client as much as the
+    server. The CPU each side used is printed with each rate.
 (b)+(c) reads: for 10^3, 10^4, 10^5 stored blobs (filled by pipelined XADD straight into
     the server's stream key), a full read by raw XRANGE pages vs a full read through
     GET /v1/blobs pages, as JSON (base64 decoded by the client) and as binary pages
@@ -58,6 +61,7 @@ PIPE_BATCH = 100
 HTTP_WRITES = 2000
 CONCURRENCY_LEVELS = (1, 4, 16)
 SIZES = (1_000, 10_000, 100_000)
+_CLK = os.sysconf("SC_CLK_TCK")
 
 
 def _blob() -> bytes:
@@ -102,9 +106,18 @@ async def _raw_concurrent(url: str, n: int, concurrency: int) -> float:
     return rate
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
 async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = None,
-                      paid: Iterator[str] | None = None) -> float:
-    """Posts per second; with paid, each post carries the next redemption (of blob)."""
+                      paid: Iterator[str] | None = None,
+                      cpu: dict[str, float] | None = None, server_pid: int = 0) -> float:
+    """Posts per second; with paid, each post carries the next redemption (of blob). With
+    cpu, it gets the share of one core the client (this process) and the server (its
+    pid) used over the timed part: whether the client or the server is the bound."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, trust_env=False,
                                  timeout=30) as client:
@@ -120,9 +133,54 @@ async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = 
                     raise RuntimeError(f"POST /v1/blobs -> {response.status_code}")
 
         await worker()  # warm-up: connections, first request
+        client0 = time.process_time()
+        server0 = _cpu_seconds(server_pid) if server_pid else 0.0
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return per * concurrency / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        if cpu is not None:
+            cpu["client"] = (time.process_time() - client0) / wall
+            if server_pid:
+                cpu["server"] = (_cpu_seconds(server_pid) - server0) / wall
+        return per * concurrency / wall
+
+
+async def _lean_posts(base: str, n: int, concurrency: int,
+                      cpu: dict[str, float] | None = None, server_pid: int = 0) -> float:
+    """Posts per second from a minimal HTTP/1.1 keep-alive client (asyncio streams, one
+    connection per client): what the server sustains when the load generator costs
+    next to nothing, where httpx spends more CPU per request than the server does."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    blob = _blob()
+    request = (b"POST /v1/blobs HTTP/1.1\r\nhost: %s\r\ncontent-type: application/octet-stream"
+               b"\r\ncontent-length: %d\r\n\r\n" % (host.encode(), len(blob))) + blob
+    per = n // concurrency
+
+    async def worker(count: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for _ in range(count):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 201"):
+                    raise RuntimeError(f"POST /v1/blobs -> {head[:40]!r}")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(5) for _ in range(concurrency)))  # warm-up
+    client0 = time.process_time()
+    server0 = _cpu_seconds(server_pid) if server_pid else 0.0
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(per) for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    if cpu is not None:
+        cpu["client"] = (time.process_time() - client0) / wall
+        if server_pid:
+            cpu["server"] = (_cpu_seconds(server_pid) - server0) / wall
+    return per * concurrency / wall
 
 
 def _raw_full_read(r: redis.Redis, key: str) -> tuple[int, float]:
@@ -293,17 +351,37 @@ def run() -> Results:
         pipe = _pipelined_fill(r, RAW_KEY, PIPE_WRITES)
         res.add("raw XADD pipelined", f"{pipe:,.0f}/s", f"n={PIPE_WRITES}, batches of {PIPE_BATCH}")
         r.delete(RAW_KEY)
+        ratios: list[float] = []
+        lean_ratios: list[float] = []
         for level in CONCURRENCY_LEVELS:
             conc = asyncio.run(_raw_concurrent(redis_server.url, HTTP_WRITES, level))
             r.delete(RAW_KEY)
-            posts = asyncio.run(_http_posts(base, HTTP_WRITES, level))
+            cpu: dict[str, float] = {}
+            posts = asyncio.run(_http_posts(base, HTTP_WRITES, level, cpu=cpu,
+                                            server_pid=process.pid or 0))
+            lean_cpu: dict[str, float] = {}
+            lean = asyncio.run(_lean_posts(base, HTTP_WRITES, level, cpu=lean_cpu,
+                                           server_pid=process.pid or 0))
             res.add(f"raw XADD, {level:>2} concurrent clients", f"{conc:,.0f}/s",
                     f"n={HTTP_WRITES}, redis.asyncio")
             res.add(f"API POST /v1/blobs, {level:>2} concurrent clients", f"{posts:,.0f}/s",
-                    f"n={HTTP_WRITES}, httpx keep-alive")
+                    f"n={HTTP_WRITES}, httpx keep-alive; CPU: client "
+                    f"{cpu['client']:.0%}, server {cpu.get('server', 0):.0%} of a core")
             res.add(f"ratio API / raw XADD at {level:>2} clients", f"{posts / conc:.3f}")
+            res.add(f"API POST /v1/blobs, {level:>2} lean clients", f"{lean:,.0f}/s",
+                    f"n={HTTP_WRITES}, minimal HTTP/1.1 client; CPU: client "
+                    f"{lean_cpu['client']:.0%}, server {lean_cpu.get('server', 0):.0%} of a core")
+            res.add(f"ratio API (lean client) / raw XADD at {level:>2} clients",
+                    f"{lean / conc:.3f}")
+            ratios.append(posts / conc)
+            lean_ratios.append(lean / conc)
             if level == 1:
                 res.add("ratio API (1 client) / raw sequential XADD", f"{posts / seq:.3f}")
+        levels = " / ".join(map(str, CONCURRENCY_LEVELS))
+        res.add(f"ratios API / raw XADD at {levels} clients (httpx)",
+                " / ".join(f"{x:.2f}" for x in ratios), "goal >= 0.5 at every level")
+        res.add(f"ratios API / raw XADD at {levels} clients (lean client)",
+                " / ".join(f"{x:.2f}" for x in lean_ratios), "goal >= 0.5 at every level")
         res.add("ratio API (16 clients) / raw pipelined XADD", f"{posts / pipe:.3f}")
         res.note("client and server share the 2 cores: the httpx client's CPU counts against the API")
         _token_posts(res, base, paid_base)

@@ -14,14 +14,24 @@ Reported: tests per second of wall time and per CPU-second of the mailbox proces
 from /proc, so the client's CPU does not count), as a ratio to the limit measured in the
 same run: the raw variable-base scalar-multiplication rate of rbcl / 2 (a non-matching
 test needs ~2 multiplications x_i·U on average), re-measured just before each scan.
+These processes run detection with one worker (NYTH_DETECT_WORKERS=1, in a thread of the
+process), so the figures are per core.
+
+Cores: two more mailbox processes on the same stored records, one with 1 detection
+worker, pinned to one core (every thread), and one with one worker per core (the
+default: worker processes, nyth_mailbox.detection), scan everything at n = 8,
+alternately (1, N, N, 1, 1, N; the best of each kept). Reported: wall-clock tests/s of
+each and their ratio (goal on 2 cores: >= 1.8x).
 """
 
 from __future__ import annotations
 
 import base64
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -94,6 +104,96 @@ def _scan(client: httpx.Client, pid: int, key: fmd.DetectionKey) -> tuple[int, i
     return scanned, matches, time.perf_counter() - started, _cpu_seconds(pid) - cpu0
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and of its live children (the detection workers)."""
+    total = _cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += _cpu_seconds(int(child))
+            except FileNotFoundError:  # exited meanwhile
+                pass
+    return total
+
+
+def _mults_for(seconds: float) -> float:
+    """Raw variable-base multiplications per second in this process, over seconds."""
+    s = rbcl.crypto_core_ristretto255_scalar_random()
+    p = rbcl.crypto_core_ristretto255_random()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(100):
+            rbcl.crypto_scalarmult_ristretto255(s, p)
+        count += 100
+    return count / (time.perf_counter() - started)
+
+
+def _raw_scaling(workers: int) -> tuple[float, float]:
+    """The limit for the cores comparison: raw multiplications per second in 1 process,
+    and in `workers` processes at once (vCPUs of a VM need not scale linearly)."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_mults_for, 0.1).result()  # spawned and warm
+        one = pool.submit(_mults_for, 2.0).result()
+        many = sum(pool.map(_mults_for, [2.0] * workers))
+    return one, many
+
+
+def _pin(pid: int, cpu: int) -> None:
+    """Every thread of a process onto one CPU (affinity is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
+def _cores(res: Results, base_dir: Path, redis_url: str, env: dict[str, str],
+           key: fmd.DetectionKey) -> None:
+    workers = len(os.sched_getaffinity(0))
+    procs: dict[int, MailboxProcess] = {}
+    try:
+        for count in (1, workers):
+            proc = MailboxProcess(base_dir / f"cores-{count}", redis_url=redis_url,
+                                  stream_key=STORED, env={**env, "NYTH_DETECT_WORKERS": str(count)},
+                                  name=f"mailbox-{count}w")
+            procs[count] = proc
+            proc.start()
+        # "1 core" means one core: with one worker the tests run in a thread, and the
+        # event loop (HTTP, XRANGE of the next page) could otherwise run beside it on the
+        # second core. Redis and this client stay free to use either core in both cases.
+        _pin(procs[1].pid or 0, min(os.sched_getaffinity(0)))
+        rates: dict[int, list[float]] = {1: [], workers: []}
+        cpu: dict[int, float] = {}
+        clients = {count: httpx.Client(base_url=proc.base_url, trust_env=False, timeout=120)
+                   for count, proc in procs.items()}
+        try:
+            for count in procs:
+                _scan(clients[count], procs[count].pid or 0, key)  # warm-up: spawns workers
+            _pin(procs[1].pid or 0, min(os.sched_getaffinity(0)))  # threads made meanwhile
+            for count in (1, workers, workers, 1, 1, workers):
+                pid = procs[count].pid or 0
+                cpu0 = _tree_cpu_seconds(pid)
+                scanned, _matches, wall, _cpu = _scan(clients[count], pid, key)
+                cpu[count] = _tree_cpu_seconds(pid) - cpu0
+                rates[count].append(scanned / wall)
+        finally:
+            for client in clients.values():
+                client.close()
+        one, many = max(rates[1]), max(rates[workers])
+        raw_one, raw_many = _raw_scaling(workers)
+        res.add(f"limit: raw scalar mults, 1 process / {workers} at once",
+                f"{raw_one:,.0f}/s / {raw_many:,.0f}/s",
+                f"ratio {raw_many / raw_one:.2f}: what {workers} cores give at best")
+        for count, rate in ((1, one), (workers, many)):
+            res.add(f"detect n= 8, {count} worker{'s' if count > 1 else ' (1 core)'}",
+                    f"{rate:,.0f} tests/s",
+                    "wall, best of 3 (" + ", ".join(f"{r:,.0f}" for r in rates[count])
+                    + f"); last scan used {cpu[count]:.1f} CPU-s (process + workers)")
+        res.add(f"ratio {workers} workers / 1 worker", f"{many / one:.2f}",
+                f"{workers} usable cores; goal on 2 cores >= 1.8; "
+                f"{(many / one) / (raw_many / raw_one):.2f}x the raw ratio")
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
 def _posts(client: httpx.Client, pk: fmd.FmdPublicKey) -> float:
     bodies = [{"tag": base64.b64encode(fmd.flag(pk)).decode(), "nonce": 0,
                "ciphertext": base64.b64encode(os.urandom(RECORD_SIZE)).decode()}
@@ -132,7 +232,8 @@ def run() -> Results:
                "NYTH_LOG_LEVEL": "warning", "NYTH_MAX_RECORDS": str(10 * RECORDS)}
         for prefix in (STORED, LEGACY):
             proc = MailboxProcess(base_dir / prefix.replace(":", "-"),
-                                  redis_url=redis_server.url, stream_key=prefix, env=env)
+                                  redis_url=redis_server.url, stream_key=prefix,
+                                  env={**env, "NYTH_DETECT_WORKERS": "1"})
             procs.append(proc)
             proc.start()
 
@@ -158,6 +259,10 @@ def run() -> Results:
                 f"n={POSTS}, 1 client, AOF fsync each")
         res.note("both processes and the client share the machine's cores; one detect request "
                  "at a time, whose tests run in one worker thread")
+        for proc in procs:
+            proc.stop()
+        print("cores: 1 detection worker vs one per core", flush=True)
+        _cores(res, base_dir, redis_server.url, env, recipient.extract(8))
     finally:
         for proc in procs:
             proc.stop()

@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from nyth_group_server.faults import FaultPolicy, FaultsView, reader_dependency
+from nyth_group_server.group_commit import QueueFull
 from nyth_group_server.negotiation import NotAcceptable, choose_page_type
 from nyth_group_server.settings import GroupServerSettings
 from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed, Page
@@ -309,6 +310,9 @@ def _blob_routes(settings: GroupServerSettings) -> APIRouter:
             cursor = await _store(state, body, request.headers.get(TOKEN_HEADER))
         except TokenRefused as exc:
             return exc.response()
+        except QueueFull:
+            return error_json(503, "too many posts are waiting on this server; retry later",
+                              headers={"Retry-After": "2"})
         return JSONResponse({"id": str(cursor)}, status_code=201)
 
     @router.get(

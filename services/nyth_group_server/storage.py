@@ -2,7 +2,8 @@
 
 Redis layout for prefix P:
     P:blobs   stream; each entry {"b": <blob bytes>}; its id is the public cursor
-    P:new     pub-sub channel; each new entry's id is published there
+    P:new     pub-sub channel; after each append round trip (one or more entries),
+              the last id stored is published there
     P:tokens:<key id>:spent    set of the spend ids of tokens posted with (when tokens
                                are required; <key id> names the token key, see
                                nyth_group_server.tokens, which also keeps the replay ids)
@@ -26,29 +27,50 @@ from nyth.errors import DecodeError
 from nyth.proto.blob_page import encode_page_run
 from nyth.runtime.redis_link import ReplicaWait, eval_acknowledged
 from nyth.runtime.stream_store import Cursor, RetainedStream, cursor_from_redis, follow_channel
+from redis.exceptions import ResponseError
+
+from nyth_group_server.group_commit import (
+    Batcher,
+    Failed,
+    Outcome,
+    Spent,
+    batch_limit,
+    parse_outcomes,
+    script_args,
+)
 
 log = logging.getLogger(__name__)
 
 BLOB_FIELD = b"b"
 
-# XADD and PUBLISH in one round trip; atomic, so a subscriber woken by the id always
-# finds the entry in the stream.
-_APPEND_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[2])
-redis.call('PUBLISH', KEYS[2], id)
-return id
-"""
-
-# The same, paid for with a token: the spend id is recorded with the entry or neither
-# happens. Redis does not undo a script's earlier writes when a later command fails, so
-# the check comes first and the spend is written after the entry: a failing XADD (out
-# of memory) then spends nothing. Returns false (nil) for a token already spent.
-_APPEND_SPENT_LUA = """
-if redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 1 then return false end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('PUBLISH', KEYS[2], id)
-return id
+# A batch of posts in one round trip (group commit: nyth_group_server.group_commit).
+# ARGV: MAXLEN, then (blob, spend id or "") per post. Each post is what a lone append
+# was: a token already spent (before, or by an earlier post of this batch) stores
+# nothing; the spend is recorded after the entry, so an XADD that fails (out of memory)
+# spends nothing; one post's failing XADD does not fail the others (pcall). Answers per
+# post: its id, "S" (spent) or "E<error>". Atomic, and the PUBLISH of the last id comes
+# after every XADD, so a subscriber woken by it finds all of them in the stream.
+# KEYS: stream, channel, spent set (only read for posts with a spend id).
+_APPEND_BATCH_LUA = """
+local out = {}
+local last = false
+for i = 2, #ARGV, 2 do
+  local spend = ARGV[i + 1]
+  if spend ~= '' and redis.call('SISMEMBER', KEYS[3], spend) == 1 then
+    out[#out + 1] = 'S'
+  else
+    local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'b', ARGV[i])
+    if type(id) == 'table' and id.err then
+      out[#out + 1] = 'E' .. id.err
+    else
+      if spend ~= '' then redis.call('SADD', KEYS[3], spend) end
+      out[#out + 1] = id
+      last = id
+    end
+  end
+end
+if last then redis.call('PUBLISH', KEYS[2], last) end
+return out
 """
 
 
@@ -84,6 +106,13 @@ class AlreadySpent(Exception):
     """The post's token was spent before: nothing was stored."""
 
 @dataclass(frozen=True)
+class _Pending:
+    blob: bytes
+    spend_id: bytes | None
+    future: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True)
 class StoredBlob:
     id: Cursor
     blob: bytes
@@ -117,9 +146,10 @@ class BlobStore(RetainedStream[StoredBlob]):
         self.spent_key = spent_key
         # None: a post is acknowledged once the primary has it (NYTH_REDIS_WAIT_REPLICAS=0).
         self.wait = wait
-        self._append = redis.register_script(_APPEND_LUA)
-        self._append_spent = redis.register_script(_APPEND_SPENT_LUA)
         self._read_run = redis.register_script(_READ_RUN_LUA)
+        self._append_batch = redis.register_script(_APPEND_BATCH_LUA)
+        self._batcher: Batcher[_Pending] = Batcher(batch_limit(blob_size))
+        self._flusher: asyncio.Task[None] | None = None
 
     def decode(self, entries: list[Any]) -> list[StoredBlob]:
         blobs = []
@@ -134,21 +164,76 @@ class BlobStore(RetainedStream[StoredBlob]):
         """Store one blob; returns once Redis acknowledged it (fsynced, with our config)
         and, with self.wait, once that many replicas hold it (NotReplicated otherwise).
         With a token's spend id, atomically with recording it: AlreadySpent (and nothing
-        stored) if it was recorded before."""
+        stored) if it was recorded before. Concurrent appends share round trips
+        (group commit); QueueFull if too many are waiting already."""
         if len(blob) != self.blob_size:
             raise DecodeError(f"blob must be exactly {self.blob_size} bytes, got {len(blob)}")
-        if spend_id is None:
+        if spend_id is not None:
+            self._spent_key()  # a server without tokens has no spent set: fail here
+        loop = asyncio.get_running_loop()
+        pending = _Pending(blob, spend_id, loop.create_future())
+        self._batcher.add(pending)
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name="group-commit")
+        outcome = await pending.future
+        if isinstance(outcome, Spent):
+            raise AlreadySpent("this token was already spent")
+        if isinstance(outcome, Failed):
+            raise ResponseError(outcome.error)
+        return outcome
+
+    async def _flush(self) -> None:
+        """Send batches, one round trip at a time, until nobody waits."""
+        try:
+            while batch := self._batcher.take():
+                try:
+                    # A caller that stopped waiting (client gone) is not stored: nobody
+                    # would be told it was.
+                    live = [p for p in batch if not p.future.done()]
+                    if live:
+                        await self._commit(live)
+                except Exception:  # noqa: S110 (answered to each post of the batch)
+                    # Every post of the failed round trip got its error; the posts queued
+                    # behind it must still go, or they would wait for the next arrival.
+                    pass
+                finally:
+                    self._batcher.done()
+        except asyncio.CancelledError:
+            for waiting in self._batcher.drain():  # shutdown: nobody will send them
+                waiting.future.cancel()
+            raise
+        finally:
+            self._flusher = None
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        keys = [self.stream_key, self.channel]
+        if any(p.spend_id is not None for p in batch):
+            keys.append(self._spent_key())
+        try:
+            # With self.wait, the whole batch is acknowledged only once the replicas
+            # hold it (NotReplicated, answered 503 to each of its posts, otherwise).
             raw = await eval_acknowledged(
-                self.redis, self._append, _APPEND_LUA, keys=[self.stream_key, self.channel],
-                args=[self.max_blobs, blob], wait=self.wait)
-        else:
-            raw = await eval_acknowledged(
-                self.redis, self._append_spent, _APPEND_SPENT_LUA,
-                keys=[self.stream_key, self.channel, self._spent_key()],
-                args=[self.max_blobs, blob, spend_id], wait=self.wait)
-            if raw is None:
-                raise AlreadySpent("this token was already spent")
-        return cursor_from_redis(raw)
+                self.redis, self._append_batch, _APPEND_BATCH_LUA, keys=keys,
+                args=script_args(self.max_blobs, [(p.blob, p.spend_id) for p in batch]),
+                wait=self.wait)
+            try:
+                outcomes = parse_outcomes(raw, len(batch))
+            except DecodeError as exc:  # not our script's answer: a server fault, not the post's
+                raise ResponseError(str(exc)) from None
+        except BaseException as exc:
+            # The whole round trip failed: no post of it is acknowledged. (Some may be
+            # stored, as a lone append whose answer was lost could be; a retried post
+            # is harmless, a retried token is answered "spent".)
+            for p in batch:
+                if not p.future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        p.future.cancel()
+                    else:
+                        p.future.set_exception(exc)
+            raise
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if not p.future.done():
+                p.future.set_result(outcome)
 
     async def spend(self, spend_id: bytes) -> bool:
         """Record a spend without storing anything (the drop fault); False if it was

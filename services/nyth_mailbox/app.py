@@ -11,6 +11,7 @@ is enforced.
 import asyncio
 import base64
 import binascii
+import contextlib
 import importlib
 import json
 import logging
@@ -50,6 +51,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from nyth_mailbox.detection import DetectionPool, PoolBroken, default_workers
 from nyth_mailbox.settings import MailboxSettings
 from nyth_mailbox.storage import Cursor, MailboxStore, Notifier, StoredRecord
 
@@ -224,6 +226,7 @@ class MailboxState(OnionService[MailboxSettings]):
 
     store: MailboxStore
     notifier: Notifier
+    detection: DetectionPool
     detects_running: int = field(default=0, init=False)
     advertiser: Advertiser | None = field(default=None, init=False)  # None: no index configured
 
@@ -256,49 +259,59 @@ class DetectionUnavailable(Exception):
     pass
 
 
-def _matching(fmd: ModuleType, key: Any, records: list[StoredRecord]) -> list[bool]:
-    out = []
-    decode_tag, test = fmd.decode_tag, fmd.test
-    for record in records:
-        try:
-            # W stored at ingest: a non-matching test is then ~2 scalar multiplications.
-            # Tags were validated at ingest; only records with a stored W skip the re-check.
-            out.append(bool(test(key, decode_tag(record.tag, w=record.w,
-                                                 validated=record.w is not None))))
-        except ValueError:  # a tag stored before validation existed; never a match
-            out.append(False)
-    return out
-
-
 async def detect(state: MailboxState, key: Any, after: Cursor, limit: int,
                  budget: int) -> tuple[list[StoredRecord], Cursor, bool, int]:
     """Matches after a cursor, testing at most budget records: (matches, next, more, scanned).
 
     next is the last record examined, so a caller resuming from it never re-tests one.
     """
-    fmd = fmd_module()
-    assert fmd is not None
+    raw_key = bytes(key.encode())
+
+    async def read_and_test(cursor: Cursor, count: int) -> tuple[Any, list[bool]]:
+        page = await state.store.read_after(cursor, count)
+        if not page.records:
+            return page, []
+        return page, await state.detection.match(
+            raw_key, [(record.tag, record.w) for record in page.records])
+
     matches: list[StoredRecord] = []
     cursor, scanned, more = after, 0, False
-    while scanned < budget and len(matches) < limit:
-        page = await state.store.read_after(cursor, min(DETECT_CHUNK, budget - scanned))
-        if not page.records:
-            more = False
-            break
-        results = await asyncio.to_thread(_matching, fmd, key, page.records)
-        TESTS.inc(len(page.records))
-        for record, hit in zip(page.records, results, strict=True):
-            scanned += 1
-            cursor = record.id
-            if hit:
-                matches.append(record)
-                if len(matches) >= limit:
-                    break
-        more = page.more or cursor != page.next
-    else:
-        if scanned >= budget or len(matches) >= limit:
-            # Whether anything is left: one cheap read of a single record.
-            more = bool((await state.store.read_after(cursor, 1)).records)
+    pending: asyncio.Task[tuple[Any, list[bool]]] | None = asyncio.ensure_future(
+        read_and_test(cursor, min(DETECT_CHUNK, budget)))
+    try:
+        while scanned < budget and len(matches) < limit:
+            assert pending is not None
+            page, results = await pending
+            pending = None
+            if not page.records:
+                more = False
+                break
+            # The next page is read and handed to the workers before this one's results
+            # are looked at, so the workers never wait for the event loop between pages.
+            # Its tests are wasted when this page ends the call (limit reached): at most
+            # one page, and never past the budget.
+            left = budget - scanned - len(page.records)
+            if left > 0:
+                pending = asyncio.ensure_future(
+                    read_and_test(page.records[-1].id, min(DETECT_CHUNK, left)))
+            TESTS.inc(len(page.records))
+            for record, hit in zip(page.records, results, strict=True):
+                scanned += 1
+                cursor = record.id
+                if hit:
+                    matches.append(record)
+                    if len(matches) >= limit:
+                        break
+            more = page.more or cursor != page.next
+        else:
+            if scanned >= budget or len(matches) >= limit:
+                # Whether anything is left: one cheap read of a single record.
+                more = bool((await state.store.read_after(cursor, 1)).records)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, PoolBroken):
+                await pending
     return matches, cursor, more, scanned
 
 
@@ -314,7 +327,8 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             wait=ReplicaWait.from_settings(settings),
         )
         notifier = Notifier(store, poll_interval=FEED_POLL_SECONDS)
-        state = MailboxState(settings, identity, bundle, redis, store, notifier)
+        detection = DetectionPool(settings.detect_workers or default_workers())
+        state = MailboxState(settings, identity, bundle, redis, store, notifier, detection)
         app.state.nyth = state
         state.spawn(notifier.run(), "notifier")
         state.start(store)
@@ -337,6 +351,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
             if state.advertiser is not None:
                 state.advertiser.close()  # its proof of work runs in a thread
             await state.stop()
+            await detection.close()
 
     app = FastAPI(
         title="Nyth mailbox",
@@ -357,6 +372,7 @@ def create_app(settings: MailboxSettings) -> FastAPI:
     answer_redis_errors(app, log)
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(DetectionUnavailable, _no_detection)
+    app.add_exception_handler(PoolBroken, _pool_broken)
     # The largest body is a record: base64 of tag and ciphertext plus JSON framing.
     install_common(app, SERVICE,
                    max_body_bytes=b64_len(settings.record_size) + b64_len(TAG_SIZE) + 4096)
@@ -374,6 +390,11 @@ async def _invalid_input(request: Request, exc: Exception) -> Response:
 
 async def _no_detection(request: Request, exc: Exception) -> Response:
     return error_json(503, "detection is not available on this mailbox (no FMD module)")
+
+
+async def _pool_broken(request: Request, exc: Exception) -> Response:
+    return error_json(503, "a detection worker stopped; retry later",
+                      headers={"Retry-After": "2"})
 
 
 def _bundle_routes(settings: MailboxSettings) -> APIRouter:
@@ -598,8 +619,8 @@ async def _match_events(state: MailboxState, key: Any,
         woken = notifier.snapshot()
         try:
             matches, cursor, more, _scanned = await detect(state, key, cursor, budget, budget)
-        except RedisError as exc:
-            log.warning("stream read failed (%s); retrying", exc)
+        except (RedisError, PoolBroken) as exc:
+            log.warning("detection failed (%s); retrying", exc)
             await asyncio.sleep(1.0)
             continue
         for record in matches:

@@ -13,6 +13,8 @@ from nyth.proto.mailbox_bundle import MAX_POW_BITS, MAX_RECORD_SIZE, MIN_RECORD_
 from nyth.proto.mailbox_record import RECOMMENDED_RECORD_SIZE
 from pydantic import Field
 
+from nyth_mailbox.detection import MAX_WORKERS as MAX_DETECT_WORKERS
+
 
 class MailboxSettings(OnionServiceSettings, AdvertiserSettings):
     key_file: ClassVar[str] = "mailbox.key"
@@ -42,6 +44,11 @@ class MailboxSettings(OnionServiceSettings, AdvertiserSettings):
         4, ge=1, le=1024,
         description="POST /v1/detect calls running at once; more get 503 with Retry-After "
                     "instead of queueing CPU work without bound.",
+    )
+    detect_workers: int | None = Field(
+        None, ge=1, le=MAX_DETECT_WORKERS,
+        description="Processes that run detection tests (CPU-bound); unset: one per core "
+                    "this process may use. 1 runs them in a thread of the service itself.",
     )
     max_cards: int = Field(100_000, ge=1, le=MAX_U63, description="Contact cards kept at most.")
     max_card_lifetime_seconds: int = Field(

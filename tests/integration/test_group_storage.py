@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from nyth.errors import DecodeError
 from nyth.proto.blob_page import encode_page
 from nyth.runtime.tasks import cancel_and_wait
-from nyth_group_server.storage import BlobStore, Cursor, LiveFeed, Page
+from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed, Page
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +157,90 @@ async def test_binary_pages_are_read_after_byte_for_byte(client: aioredis.Redis,
             for cursor in cursors:
                 expected = _as_binary(await store.read_after(cursor, limit))
                 assert await store.read_binary_page(cursor, limit) == expected, (cursor, limit)
+
+
+async def test_concurrent_appends_share_round_trips_and_keep_their_own_answers(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Group commit: posts that arrive while a round trip is in flight go in the next one
+    together; each still gets its own id, or AlreadySpent for a token spent before or by
+    an earlier post of the same batch; every acknowledged id is in the stream with its
+    blob, and count retention stays exact."""
+    spent_key = f"{redis_prefix}:spent"
+    store = _store(client, redis_prefix, max_blobs=30, spent_key=spent_key)
+    await client.sadd(spent_key, b"old")
+    calls = 0
+    script = store._append_batch
+
+    async def counting(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)  # type: ignore[arg-type]
+
+    store._append_batch = counting  # type: ignore[assignment]
+    blobs = [bytes([i]) * SIZE for i in range(50)]
+    # Every third post pays, with only 4 distinct tokens: most are spent within the batch.
+    spends: list[bytes | None] = [None if i % 3 else b"t%d" % (i % 12) for i in range(50)]
+    spends[1] = b"old"
+    answers = await asyncio.gather(*(store.append(b, s) for b, s in zip(blobs, spends, strict=True)),
+                                   return_exceptions=True)
+    assert calls < 10  # 50 posts, far fewer round trips
+    first_use: set[bytes] = set()
+    acknowledged: dict[Cursor, bytes] = {}
+    for i, answer in enumerate(answers):
+        spend = spends[i]
+        if spend is None or (spend not in first_use and spend != b"old"):
+            assert isinstance(answer, Cursor), (i, answer)
+            acknowledged[answer] = blobs[i]
+            if spend is not None:
+                first_use.add(spend)
+        else:
+            assert isinstance(answer, AlreadySpent), (i, answer)
+    assert len(acknowledged) == 50 - 1 - (17 - 4)
+    # Count retention stays exact: the newest 30 acknowledged posts, each with its blob.
+    stored = {b.id: b.blob for b in (await store.read_after(Cursor.ZERO, 100)).blobs}
+    assert stored == {i: acknowledged[i] for i in sorted(acknowledged)[-30:]}
+    assert await client.smembers(spent_key) == {b"old", *first_use}
+
+
+async def test_a_post_whose_caller_left_before_its_round_trip_is_not_stored(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    store = _store(client, redis_prefix)
+    first = asyncio.create_task(store.append(b"a" * SIZE))
+    await asyncio.sleep(0)  # its round trip is now in flight
+    gone = asyncio.create_task(store.append(b"b" * SIZE))
+    kept = asyncio.create_task(store.append(b"c" * SIZE))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await first
+    await kept
+    assert [b.blob for b in (await store.read_after(Cursor.ZERO, 10)).blobs] == [
+        b"a" * SIZE, b"c" * SIZE]
+
+
+async def test_a_failed_round_trip_fails_its_posts_only(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Redis failing one round trip answers its posts with the error (a 503 upstream,
+    nothing acknowledged); posts queued behind it still go, without a new arrival."""
+    store = _store(client, redis_prefix)
+    script = store._append_batch
+    calls = 0
+
+    async def failing_once(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)  # the others queue meanwhile
+            raise RedisConnectionError("lost")
+        return await script(**kwargs)  # type: ignore[arg-type]
+
+    store._append_batch = failing_once  # type: ignore[assignment]
+    first = asyncio.create_task(store.append(b"a" * SIZE))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(store.append(bytes([i]) * SIZE)) for i in range(5)]
+    with pytest.raises(RedisConnectionError):
+        await first
+    ids = await asyncio.wait_for(asyncio.gather(*queued), 5)
+    assert [b.id for b in (await store.read_after(Cursor.ZERO, 10)).blobs] == sorted(ids)
