@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -299,6 +300,38 @@ def _takes_json_body(operation: dict[str, Any]) -> bool:
     return "application/json" in operation.get("requestBody", {}).get("content", {})
 
 
+MAX_QUERY_FIELDS = 64
+
+
+class SingleQueryValuesMiddleware:
+    """Every query parameter of ours takes one value. FastAPI would silently use the last
+    of a repeated one (`?page=x&page=0` reads page 0), so what a client sent and what it
+    was answered could differ, and the OpenAPI (one integer) would not describe what is
+    accepted: a repeated parameter is refused with 422 instead, as are absurdly many."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query:
+            problem = None
+            try:
+                seen: set[str] = set()
+                for key, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True,
+                                        max_num_fields=MAX_QUERY_FIELDS):
+                    if key in seen:
+                        problem = f"query parameter {key[:40]!r} is given more than once"
+                        break
+                    seen.add(key)
+            except ValueError:
+                problem = f"more than {MAX_QUERY_FIELDS} query parameters"
+            if problem is not None:
+                await error_json(422, problem)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = None,
                    path_body_bytes: Mapping[str, int] | None = None) -> None:
     """Apply the shared conventions to app: metrics, JSON errors, optional body limit
@@ -314,6 +347,7 @@ def install_common(app: FastAPI, service: str, *, max_body_bytes: int | None = N
     if max_body_bytes is not None:
         app.add_middleware(MaxBodySizeMiddleware, max_bytes=max_body_bytes,
                            path_limits=path_body_bytes)
+    app.add_middleware(SingleQueryValuesMiddleware)
     # Added last so it is the outermost of ours: it sees the final status, 413s included.
     app.add_middleware(_MetricsMiddleware, service=service)
 

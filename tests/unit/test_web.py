@@ -252,3 +252,21 @@ def test_openapi_documents_400_for_json_bodies(app_and_seen: tuple[FastAPI, dict
     assert {"400", "413", "422"} <= set(responses)
     # A route without a JSON body does not claim a 400 it never answers.
     assert "400" not in app_and_seen[0].openapi()["paths"]["/upload"]["post"]["responses"]
+
+
+def test_a_repeated_query_parameter_is_refused_not_silently_the_last() -> None:
+    app = FastAPI()
+
+    @app.get("/page")
+    async def page(page: int = 0) -> dict[str, int]:
+        return {"page": page}
+
+    install_common(app, "test-query")
+    client = TestClient(app)
+    assert client.get("/page?page=3").json() == {"page": 3}
+    repeated = client.get("/page?page=%C3%8B3&page=0.0")
+    assert repeated.status_code == 422
+    assert repeated.json() == {"error": "query parameter 'page' is given more than once"}
+    many = client.get("/page?" + "&".join(f"p{i}=1" for i in range(100)))
+    assert many.status_code == 422 and "query parameters" in many.json()["error"]
+    assert client.get("/page?page=1&other=&x=2").status_code == 200
