@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from nyth.proto.bundle import ServerBundle
 from nyth.runtime.redis_server import RedisServer
 from nyth_group_server.launch import GroupServerProcess
 
+from tests.fixtures.posting import Poster
 from tests.fixtures.sse import SseClient
 
 pytestmark = pytest.mark.integration
@@ -298,55 +298,6 @@ async def test_sigterm_stops_cleanly_with_streams_open(
 # -- durability ---------------------------------------------------------------------------
 
 
-class Poster:
-    """Threads posting random blobs as fast as they can, remembering every 201."""
-
-    def __init__(self, base_url: str, threads: int = 4) -> None:
-        self.base_url = base_url
-        self.acknowledged: dict[str, bytes] = {}
-        self.failures = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Poster:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, trust_env=False, timeout=5) as client:
-            while not self._stop.is_set():
-                blob = os.urandom(SIZE)
-                try:
-                    response = client.post("/v1/blobs", content=blob)
-                except httpx.HTTPError:
-                    with self._lock:
-                        self.failures += 1
-                    time.sleep(0.02)
-                    continue
-                with self._lock:
-                    if response.status_code == 201:
-                        self.acknowledged[response.json()["id"]] = blob
-                    else:
-                        self.failures += 1
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.acknowledged)
-
-    def wait_count(self, n: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count() < n:
-            assert time.monotonic() < deadline, f"only {self.count()} of {n} posts acknowledged"
-            time.sleep(0.01)
-
-
 def _assert_all_acknowledged_present(proc: GroupServerProcess, poster: Poster) -> None:
     with _client(proc, timeout=30) as client:
         stored = dict(_read_all(client))
@@ -358,7 +309,7 @@ def _assert_all_acknowledged_present(proc: GroupServerProcess, poster: Poster) -
 
 def test_kill_9_of_the_server_loses_no_acknowledged_post(launch: Launch) -> None:
     proc = launch()
-    with Poster(proc.base_url) as poster:
+    with Poster(proc.base_url, SIZE, threads=4, timeout=5) as poster:
         poster.wait_count(150)
         proc.kill()
         before_restart = poster.count()
@@ -373,7 +324,7 @@ def test_kill_9_of_redis_loses_no_acknowledged_post(tmp_path: Path, launch: Laun
     own_redis.start()
     try:
         proc = launch(redis=own_redis.url)
-        with Poster(proc.base_url) as poster:
+        with Poster(proc.base_url, SIZE, threads=4, timeout=5) as poster:
             poster.wait_count(150)
             own_redis.kill()
             acknowledged_at_kill = poster.count()

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from nyth.runtime.redis_service import RedisServiceProcess
 from nyth_group_server.launch import GroupServerProcess
 from nyth_mailbox.launch import MailboxProcess
 
+from tests.fixtures.posting import Poster
 from tests.fixtures.services import stop_and_check_log
 from tests.integration.test_mailbox import Mailbox, random_tag
 
@@ -61,62 +60,6 @@ def launch(tmp_path: Path, sentinel_cluster: SentinelCluster,
         stop_and_check_log(proc)
 
 
-class Poster:
-    """Threads posting random blobs, remembering every 201 and every other answer."""
-
-    def __init__(self, base_url: str, threads: int = 3) -> None:
-        self.base_url = base_url
-        self.acknowledged: dict[str, bytes] = {}
-        self.statuses: Counter[int] = Counter()
-        self.refusals: list[str] = []  # error texts of the 503s, bounded below
-        self.broken: list[str] = []  # answers that were not 201 / 503 + Retry-After
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Poster:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, trust_env=False, timeout=20) as client:
-            while not self._stop.is_set():
-                blob = os.urandom(SIZE)
-                try:
-                    response = client.post("/v1/blobs", content=blob)
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.broken.append(f"no answer: {exc!r}")
-                    continue
-                with self._lock:
-                    self.statuses[response.status_code] += 1
-                    if response.status_code == 201:
-                        self.acknowledged[response.json()["id"]] = blob
-                        continue
-                    if response.status_code == 503 and "retry-after" in response.headers:
-                        if len(self.refusals) < 10_000:
-                            self.refusals.append(response.json()["error"])
-                    else:
-                        self.broken.append(f"{response.status_code} {response.text[:200]}")
-                # The Retry-After itself would make this test slow; the pause only keeps
-                # the 503s of a switch from spinning a core the sentinels need.
-                time.sleep(0.05)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.acknowledged)
-
-    def wait_count(self, n: int, timeout: float) -> None:
-        wait_until(lambda: self.count() >= n, timeout, f"{n} posts acknowledged "
-                   f"(have {self.count()}, answers {dict(self.statuses)})")
-
-
 def _read_all(base_url: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     after = "0"
@@ -147,7 +90,7 @@ def test_acknowledged_posts_survive_the_primary_death(
         launch: Launch, sentinel_cluster: SentinelCluster, redis_prefix: str) -> None:
     cluster = sentinel_cluster
     proc = launch(NYTH_REDIS_WAIT_REPLICAS="1", NYTH_REDIS_WAIT_TIMEOUT_MS=str(WAIT_TIMEOUT_MS))
-    with Poster(proc.base_url) as poster:
+    with Poster(proc.base_url, SIZE) as poster:
         poster.wait_count(100, timeout=60)
         cluster.primary.kill()
         acknowledged_at_kill = poster.count()
@@ -171,7 +114,7 @@ def test_server_follows_the_new_primary_by_itself(
         launch: Launch, sentinel_cluster: SentinelCluster, redis_prefix: str) -> None:
     cluster = sentinel_cluster
     proc = launch()  # no WAIT: the new primary alone may acknowledge
-    with Poster(proc.base_url) as poster:
+    with Poster(proc.base_url, SIZE) as poster:
         poster.wait_count(100, timeout=60)
         cluster.primary.kill()
         acknowledged_at_kill = poster.count()
