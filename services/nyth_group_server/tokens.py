@@ -73,11 +73,12 @@ ISSUES_REFUSED = Counter(
 def load_or_create_token_key(path: Path, passphrase: str) -> tokens.TokenSecretKey:
     """The server's token key: a 32-byte seed sealed under the passphrase at path (like
     the onion key), made on first use. Stable across restarts, so tokens stay valid."""
-    if path.exists():
-        seed = keystore.open_sealed(path.read_bytes(), passphrase)
-        return tokens.TokenSecretKey.from_seed(seed)
-    seed = os.urandom(32)
-    keystore.write_private_file(path, keystore.seal(seed, passphrase))
+    with keystore.creation_lock(path.parent):
+        if path.exists():
+            seed = keystore.open_sealed(path.read_bytes(), passphrase)
+        else:
+            seed = os.urandom(32)
+            keystore.write_private_file(path, keystore.seal(seed, passphrase))
     return tokens.TokenSecretKey.from_seed(seed)
 
 

@@ -323,6 +323,14 @@ class OnionServiceSettings(NythSettings):
         None, description="host:port tor connects to for this service (default: listen address)."
     )
     onion_port: int = Field(80, ge=1, le=65535, description="Virtual port of the onion service.")
+    onionbalance_instance: int | None = Field(
+        None, ge=1, le=10,
+        description="Serve as instance N (Swarm: {{.Task.Slot}}) behind an Onionbalance front "
+                    "holding this service's key: runs a tor of its own instead of publishing "
+                    "through the gateway (excludes NYTH_TOR_CONTROL).")
+    tor_client_torrc_file: Path | None = Field(
+        None, description="A private Tor network's client options, for the tor an "
+                          "Onionbalance instance runs; unset on the real Tor network.")
 
     max_page: int = Field(1000, ge=1, le=100_000)
     stream_key: str = Field(
@@ -371,6 +379,15 @@ class OnionServiceSettings(NythSettings):
                          "redis_sentinel_password_file"):
                 if name in self.model_fields_set:
                     raise ValueError(f"{ENV_PREFIX}{name.upper()} needs NYTH_REDIS_SENTINELS")
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_publish(self) -> OnionServiceSettings:
+        if self.onionbalance_instance is not None and self.tor_control is not None:
+            raise ValueError("set only one of NYTH_TOR_CONTROL (publish through the gateway) "
+                             "and NYTH_ONIONBALANCE_INSTANCE (behind an Onionbalance front)")
+        if self.tor_client_torrc_file is not None and self.onionbalance_instance is None:
+            raise ValueError("NYTH_TOR_CLIENT_TORRC_FILE needs NYTH_ONIONBALANCE_INSTANCE")
         return self
 
     @model_validator(mode="after")

@@ -14,8 +14,11 @@ where it was written (docs/protocol.md §6.1).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import nacl.bindings
@@ -127,11 +130,30 @@ def write_private_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def creation_lock(directory: Path) -> Iterator[None]:
+    """Held while a key file in directory is read or created: replicas of one service that
+    share a data volume (a Swarm stack) start together, and two of them creating a key at
+    once would each go on with a key the other overwrote."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".create.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def load_identity(path: Path, passphrase: str) -> Identity:
+    """An identity sealed under passphrase at path (FileNotFoundError when there is none)."""
+    return Identity.from_seed(open_sealed(path.read_bytes(), passphrase))
+
+
 def load_or_create_identity(path: Path, passphrase: str) -> Identity:
     """The service's long-term identity, sealed under passphrase at path."""
-    if path.exists():
-        seed = open_sealed(path.read_bytes(), passphrase)
-        return Identity.from_seed(seed)
-    identity = Identity.generate()
-    write_private_file(path, seal(identity.seed, passphrase))
-    return identity
+    with creation_lock(path.parent):
+        if path.exists():
+            return load_identity(path, passphrase)
+        identity = Identity.generate()
+        write_private_file(path, seal(identity.seed, passphrase))
+        return identity

@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 
 from nyth.config import OnionServiceSettings
 from nyth.errors import AuthenticationError
-from nyth.keystore import load_or_create_identity, write_private_file
+from nyth.keystore import creation_lock, load_or_create_identity, write_private_file
 from nyth.proto.identity import Identity
 from nyth.runtime.redis_link import NotReplicated, close_redis
 from nyth.runtime.redis_link import redis_client as redis_client  # the services import it here
@@ -95,8 +95,15 @@ def load_or_issue_bundle(path: Path, identity: Identity, wanted: SignedBundle,
     otherwise wanted, signed and written there.
 
     Clients pin the exact bytes: re-signing with a fresh issued_at on every restart
-    would look like a key change to every one of them.
+    would look like a key change to every one of them. Replicas sharing the data dir
+    therefore also share the bundle: the first one to start issues it, under the lock.
     """
+    with creation_lock(path.parent):
+        return _load_or_issue_bundle(path, identity, wanted, log)
+
+
+def _load_or_issue_bundle(path: Path, identity: Identity, wanted: SignedBundle,
+                          log: logging.Logger) -> bytes:
     if path.exists():
         try:
             data = path.read_bytes()
@@ -191,6 +198,18 @@ class OnionService(Generic[SettingsT]):
         does it; a service without a retained stream calls it alone)."""
         if self.settings.tor_control:
             self._start_publisher()
+        elif self.settings.onionbalance_instance is not None:
+            self._start_instance(self.settings.onionbalance_instance)
+
+    def _start_instance(self, slot: int) -> None:
+        from nyth.tor.onionbalance import BalancedInstance
+
+        settings = self.settings
+        self.publisher = BalancedInstance(
+            self.identity, slot, virtual_port=settings.onion_port,
+            target=settings.effective_onion_target,
+            client_torrc_file=settings.tor_client_torrc_file)
+        self.spawn(self.publisher.run(), "onionbalance-instance")
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -2,6 +2,7 @@
 
     python -m nyth.tor.container network   # 3 authorities + 2 relays on this container's IP
     python -m nyth.tor.container gateway   # the tor client: SOCKS + control port
+    python -m nyth.tor.container onionbalance  # one onion in front of a service's replicas
 
 `network` writes the options clients need (DirAuthority lines...) to
 NYTH_TOR_CLIENT_TORRC_FILE (default /shared/client-torrc) once a consensus lists every
@@ -12,7 +13,8 @@ gateway that sees it change exits so its restart policy brings it back on the ne
 `gateway` waits for that file (when NYTH_TOR_CLIENT_TORRC_FILE is set and
 NYTH_TOR_PRIVATE_NETWORK is not 0) and for an authority to serve a consensus, then runs
 tor on fixed ports (NYTH_TOR_SOCKS_PORT 9050, NYTH_TOR_CONTROL_PORT 9051, bound to
-NYTH_TOR_LISTEN_HOST, default 0.0.0.0: keep it on an internal network) with the password
+NYTH_TOR_LISTEN_HOST, default 0.0.0.0: keep it on an internal network; a name, or a
+network in CIDR form meaning this container's address there) with the password
 from NYTH_TOR_CONTROL_PASSWORD[_FILE]. The control port there is Nyth's control filter
 (nyth.tor.control_filter): tor's own control port listens only on 127.0.0.1 inside the
 container (NYTH_TOR_INTERNAL_CONTROL_PORT, 9151). Onions may point only into the network
@@ -41,8 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -51,6 +51,7 @@ from nyth.config import ConfigError, read_secret
 from nyth.tor.control_filter import ControlFilterProxy, ControlFilterThread, TargetPolicy
 from nyth.tor.endpoints import ControlEndpoint
 from nyth.tor.gateway import TorGateway
+from nyth.tor.privnet import DEFAULT_VOTING_INTERVAL, wait_for_announced_network
 
 log = logging.getLogger("nyth.tor.container")
 
@@ -77,6 +78,39 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def own_address_in(network: str) -> str:
+    """This container's address in `network` (a CIDR). Swarm names a task in its DNS only
+    once the task is healthy, and the gateway is healthy only once it listens: there, it
+    is told the tor network's subnet instead of its own name."""
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"NYTH_TOR_LISTEN_HOST: {exc}") from None
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        # Connecting a UDP socket sends nothing: the kernel only picks the source address
+        # of the route into that network, which is ours on the interface attached to it.
+        probe.connect((str(net.network_address + 1), 9))
+        address = str(probe.getsockname()[0])
+    if ipaddress.ip_address(address) not in net:
+        raise ConfigError(f"NYTH_TOR_LISTEN_HOST: this container has no address in {net} "
+                          f"(the route there leaves from {address})")
+    return address
+
+
+def _resolve_own_name(name: str, deadline: float) -> str:
+    """The address of one of this container's own names. Swarm adds a task's names to its
+    DNS only once the task runs, so the first lookups may fail."""
+    while True:
+        try:
+            return socket.gethostbyname(name)
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} does not resolve: {exc}") from exc
+            log.info("waiting for %s to resolve (%s)", name, exc)
+            time.sleep(1.0)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -126,7 +160,8 @@ def run_network(args: argparse.Namespace) -> int:
     out.unlink(missing_ok=True)
     host = args.host or _own_ip()
     base = Path(tempfile.mkdtemp(prefix="privnet-"))
-    net = PrivateTorNetwork(base, authorities=args.authorities, relays=args.relays, host=host)
+    net = PrivateTorNetwork(base, authorities=args.authorities, relays=args.relays, host=host,
+                            voting_interval=args.voting_interval)
     followers = [_LogFollower(base / nick / "tor.log", f"[{nick}] ") for nick in net.nicknames]
     for follower in followers:
         follower.follow()
@@ -151,49 +186,6 @@ def run_network(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
         net.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _authority_dirports(lines: list[str]) -> list[tuple[str, int]]:
-    found = []
-    for line in lines:
-        parts = line.split()
-        if parts and parts[0] == "DirAuthority":
-            for part in parts[2:]:
-                host, sep, port = part.rpartition(":")
-                if sep and port.isdigit() and "=" not in part:
-                    found.append((host, int(port)))
-                    break
-    return found
-
-
-def _consensus_served(dirports: list[tuple[str, int]]) -> bool:
-    for host, port in dirports:
-        url = f"http://{host}:{port}/tor/status-vote/current/consensus-microdesc"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError, TimeoutError):
-            continue
-    return False
-
-
-def _wait_for_private_network(path: Path, deadline: float) -> list[str]:
-    """The client options once the file exists and an authority serves a consensus."""
-    announced = False
-    while time.monotonic() < deadline:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            text = ""
-        lines = [line for line in text.splitlines() if line.strip()]
-        if lines and _consensus_served(_authority_dirports(lines)):
-            return lines
-        if not announced:
-            log.info("waiting for the private Tor network (%s)", path)
-            announced = True
-        time.sleep(1.0)
-    raise TimeoutError(f"no private Tor network announced in {path} before the deadline")
 
 
 class FilteredGateway(TorGateway):
@@ -382,7 +374,7 @@ def run_gateway(args: argparse.Namespace) -> int:
     client_lines: list[str] = []
     client_text = ""
     if private:
-        client_lines = _wait_for_private_network(Path(args.client_torrc),
+        client_lines = wait_for_announced_network(Path(args.client_torrc),
                                                  time.monotonic() + args.wait_timeout)
         client_text = "\n".join(client_lines)
         # Each private network is new: state cached from an earlier one only slows tor down.
@@ -391,8 +383,10 @@ def run_gateway(args: argparse.Namespace) -> int:
     # A name (a network alias that only exists on the internal network) is resolved here,
     # so the ports never listen on another network this container is attached to.
     listen = args.listen_host
-    if listen not in ("0.0.0.0", "::", "") and not _is_ip(listen):
-        listen = socket.gethostbyname(listen)
+    if "/" in listen:
+        listen = own_address_in(listen)
+    elif listen not in ("0.0.0.0", "::", "") and not _is_ip(listen):
+        listen = _resolve_own_name(listen, time.monotonic() + 120)
     filtered = os.environ.get("NYTH_TOR_CONTROL_FILTER", "1") != "0"
     try:
         gateway = make_gateway(
@@ -457,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="address to bind and advertise (default: this container's IP)")
     net.add_argument("--authorities", type=int, default=int(env("NYTH_TOR_AUTHORITIES", "3")))
     net.add_argument("--relays", type=int, default=int(env("NYTH_TOR_RELAYS", "2")))
+    net.add_argument("--voting-interval", type=int,
+                     default=int(env("NYTH_TOR_VOTING_INTERVAL", str(DEFAULT_VOTING_INTERVAL))),
+                     help="seconds between consensuses (Onionbalance needs 20)")
     net.add_argument("--client-torrc", default=env("NYTH_TOR_CLIENT_TORRC_FILE", DEFAULT_CLIENT_TORRC))
     net.add_argument("--timeout", type=float, default=180.0)
     gw = sub.add_parser("gateway", help="run the tor gateway (SOCKS + control port)")
@@ -472,13 +469,22 @@ def main(argv: list[str] | None = None) -> int:
     gw.add_argument("--ready-file", default=env("NYTH_TOR_READY_FILE", DEFAULT_READY_FILE))
     gw.add_argument("--wait-timeout", type=float, default=600.0)
     gw.add_argument("--timeout", type=float, default=float(env("NYTH_TOR_BOOTSTRAP_TIMEOUT", "300")))
+    sub.add_parser("onionbalance", help="run the Onionbalance front of a service's replicas "
+                                        "(settings: nyth.tor.onionbalance_front)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     try:
+        if args.cmd == "onionbalance":
+            from nyth.tor.onionbalance_front import run_front
+
+            return run_front()
         return run_network(args) if args.cmd == "network" else run_gateway(args)
     except _Stop:
         return 0
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except TimeoutError as exc:
         log.error("%s", exc)
         return 1

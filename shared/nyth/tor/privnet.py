@@ -7,6 +7,7 @@ services need. Measured facts and the reasons behind the options are in
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import logging
 import math
@@ -33,7 +34,14 @@ TOR_GENCERT_BINARY = "tor-gencert"
 REQUIRED_FLAGS = frozenset({"Running", "Valid", "Fast", "Stable", "Guard", "HSDir"})
 
 # Seconds; tor's minimum for a test network. Consensus every 10 s, votes 4 s before.
-_VOTING_INTERVAL = 10
+DEFAULT_VOTING_INTERVAL = 10
+# What Onionbalance's testnet mode assumes (chutney's): it derives the onion service time
+# period (24 voting intervals) from it, and blinds the front's key for that period.
+ONIONBALANCE_VOTING_INTERVAL = 20
+# Onionbalance stores each of 2 descriptor replicas on 4 HSDirs, all distinct: with fewer
+# than 8 in the consensus, its placement loop never ends (seen: 100 % CPU, nothing
+# published).
+ONIONBALANCE_MIN_HSDIRS = 8
 # Seconds between launch and the first voting boundary: relays must have uploaded their
 # descriptors by the vote (boundary - 4 s) or they miss the first consensus.
 _FIRST_BOUNDARY_LEAD = 7
@@ -200,6 +208,7 @@ class PrivateTorNetwork:
         authorities: int = 3,
         relays: int = 2,
         host: str = "127.0.0.1",
+        voting_interval: int = DEFAULT_VOTING_INTERVAL,
     ) -> None:
         if authorities < 1:
             raise ValueError("a Tor network needs at least one directory authority")
@@ -207,8 +216,11 @@ class PrivateTorNetwork:
             # Measured: with fewer than 4 relays every onion connect times out
             # ("Failed to find node for hop #3").
             raise ValueError("onion services need at least 4 relays (authorities count)")
+        if not 10 <= voting_interval <= 300:
+            raise ValueError("the voting interval must be 10..300 s")
         self.base_dir = Path(base_dir)
         self.host = host
+        self.voting_interval = voting_interval
         self._nodes: list[_Node] = [
             _Node(f"auth{i}", True, self.base_dir / f"auth{i}", 0) for i in range(authorities)
         ] + [_Node(f"relay{i}", False, self.base_dir / f"relay{i}", 0) for i in range(relays)]
@@ -400,8 +412,8 @@ class PrivateTorNetwork:
                 "AuthoritativeDirectory 1",
                 "V3AuthoritativeDirectory 1",
                 f"DirPort {self.host}:{node.dir_port}",
-                f"V3AuthVotingInterval {_VOTING_INTERVAL}",
-                f"TestingV3AuthInitialVotingInterval {_VOTING_INTERVAL}",
+                f"V3AuthVotingInterval {self.voting_interval}",
+                f"TestingV3AuthInitialVotingInterval {self.voting_interval}",
                 "V3AuthVoteDelay 2",
                 "TestingV3AuthInitialVoteDelay 2",
                 "V3AuthDistDelay 2",
@@ -422,7 +434,7 @@ class PrivateTorNetwork:
     def _launch(self) -> None:
         # Put the first voting boundary _FIRST_BOUNDARY_LEAD seconds from now.
         first = math.ceil(time.time() + _FIRST_BOUNDARY_LEAD)
-        offset = first % _VOTING_INTERVAL
+        offset = first % self.voting_interval
         for node in self._nodes:
             node.process = TorProcess(node.nick, node.data_dir, self._node_torrc(node, offset))
             node.process.start()
@@ -475,3 +487,76 @@ class PrivateTorNetwork:
         raise TorLaunchError(
             f"private Tor network not ready before the deadline ({detail})\n" + self.log_tail()
         )
+
+
+def _authority_dirports(lines: list[str]) -> list[tuple[str, int]]:
+    found = []
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "DirAuthority":
+            for part in parts[2:]:
+                host, sep, port = part.rpartition(":")
+                if sep and port.isdigit() and "=" not in part:
+                    found.append((host, int(port)))
+                    break
+    return found
+
+
+def _served_consensus(dirports: list[tuple[str, int]]) -> str | None:
+    for host, port in dirports:
+        url = f"http://{host}:{port}/tor/status-vote/current/consensus-microdesc"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return str(response.read().decode("utf-8", "replace"))
+        except (urllib.error.URLError, OSError, TimeoutError):
+            continue
+    return None
+
+
+def _consensus_served(dirports: list[tuple[str, int]]) -> bool:
+    return _served_consensus(dirports) is not None
+
+
+@dataclass(frozen=True)
+class ConsensusSummary:
+    voting_interval: int  # seconds: fresh-until - valid-after
+    hsdirs: int  # relays with the HSDir flag
+
+
+def announced_consensus(lines: list[str]) -> ConsensusSummary | None:
+    """What the announced network's current consensus says, or None when no authority
+    serves one."""
+    consensus = _served_consensus(_authority_dirports(lines))
+    if consensus is None:
+        return None
+    times = {}
+    hsdirs = 0
+    for line in consensus.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("valid-after", "fresh-until"):
+            times[key] = calendar.timegm(time.strptime(value.strip(), "%Y-%m-%d %H:%M:%S"))
+        elif key == "s" and "HSDir" in value.split():
+            hsdirs += 1
+    if len(times) != 2:
+        return None
+    return ConsensusSummary(times["fresh-until"] - times["valid-after"], hsdirs)
+
+
+def wait_for_announced_network(path: Path, deadline: float) -> list[str]:
+    """The client options of a private network once the file its `network` container
+    writes exists and one of its authorities serves a consensus."""
+    announced = False
+    while time.monotonic() < deadline:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and _consensus_served(_authority_dirports(lines)):
+            return lines
+        if not announced:
+            log.info("waiting for the private Tor network (%s)", path)
+            announced = True
+        time.sleep(1.0)
+    raise TimeoutError(f"no private Tor network announced in {path} before the deadline")
