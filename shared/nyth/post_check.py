@@ -6,8 +6,9 @@ Posts N blobs of random bytes, or as many as it can in S seconds (C clients at o
 each post paid with a token when the server wants them), retrying each until the
 server acknowledges it (201), then reads
 the whole stream back and checks that every acknowledged blob is there, byte for byte,
-under the id it was acknowledged with. One JSON line per event on stdout; exit 0 when
-nothing acknowledged is missing, 1 otherwise, 2 on bad arguments.
+under the id it was acknowledged with. SIGINT or SIGTERM stops it starting new posts:
+it then finishes those under way and reads back. One JSON line per event on stdout;
+exit 0 when nothing acknowledged is missing, 1 otherwise, 2 on bad arguments.
 
 Operators run it against their own deployment (for example after `scripts/swarm up`, from a
 container on the stack's `tor` network); the Swarm test runs it while it kills replicas.
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -116,10 +118,14 @@ async def check(onion: str, socks: SocksEndpoint, posts: int, clients: int,
         queue = iter(range(posts))
 
         stop_at = None if seconds is None else time.monotonic() + seconds
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
 
         async def worker() -> None:
             for n in queue:
-                if stop_at is not None and time.monotonic() > stop_at:
+                if stopped.is_set() or (stop_at is not None and time.monotonic() > stop_at):
                     return
                 await _post_one(client, bundle, purse, n, tally)
 

@@ -1,0 +1,205 @@
+"""The Swarm deployment (scripts/swarm, infra/swarm/stack.yml) on a single-node swarm.
+
+Group-server replicas serve one onion through Onionbalance on the private Tor network.
+A client (nyth.post_check, run in the stack's discovery container, posting through the
+tor gateway) keeps posting while a replica is killed, the group server is scaled to 5
+and back to 3, and the Redis primary is killed; afterwards every acknowledged post must
+be stored, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nyth.runtime.devnet import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTHZ = ("import httpx, json; print(json.dumps(httpx.get('http://127.0.0.1:8080/healthz')"
+           ".json()))")
+# Signals the client started by `Swarm.start_client`, and nothing else in the container.
+STOP_CLIENT = ("import os, signal\n"
+               "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+               "    argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+               "    if argv[1:3] == [b'-m', b'nyth.post_check']:\n"
+               "        os.kill(int(pid), signal.SIGTERM)\n")
+
+
+def _swarm(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts" / "swarm"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Client:
+    """nyth.post_check's JSON lines as they arrive."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def acknowledged_since(self, moment: float) -> int:
+        return sum(1 for e in list(self.events) if e["event"] == "acknowledged" and e["t"] > moment)
+
+    def result(self) -> dict[str, Any]:
+        found = [e for e in self.events if e["event"] == "result"]
+        assert found, f"the client ended without a result: {self.events[-5:]}"
+        return found[-1]
+
+
+@dataclass
+class Swarm:
+    name: str
+    docker: Any
+
+    def service(self, short: str) -> str:
+        return f"{self.name}_{short}"
+
+    def replicas(self) -> dict[str, str]:
+        out = subprocess.run(
+            ["docker", "service", "ls", "--filter", f"label=com.docker.stack.namespace={self.name}",
+             "--format", "{{.Name}} {{.Replicas}}"], capture_output=True, text=True, check=True)
+        return dict(line.split(" ", 1) for line in out.stdout.splitlines() if line)
+
+    def wait_replicas(self, wanted: dict[str, int] | None = None, timeout: float = 600) -> None:
+        """Until every service runs as many tasks as it wants (Swarm counts a task with a
+        healthcheck only once it is healthy); `wanted` also pins some counts."""
+        def settled() -> bool:
+            current = self.replicas()
+            return bool(current) and all(
+                running == desired and (wanted is None or short not in wanted
+                                        or int(running) == wanted[short])
+                for name, counts in current.items()
+                for running, desired in [counts.split("/")[:2]]
+                for short in [name.removeprefix(f"{self.name}_")])
+        wait_until(settled, timeout, interval=2, what="every service's replicas",
+                   state=self.replicas)
+
+    def containers(self, short: str) -> list[Any]:
+        return list(self.docker.containers.list(filters={
+            "label": f"com.docker.swarm.service.name={self.service(short)}",
+            "status": "running"}))
+
+    def exec_python(self, container: Any, code: str) -> str:
+        result = container.exec_run(["/opt/nyth/bin/python", "-c", code])
+        assert result.exit_code == 0, result.output.decode()
+        return str(result.output.decode())
+
+    def start_client(self, onion: str) -> Client:
+        client = Client()
+        (container,) = self.containers("discovery")
+        # Everything it sends goes through the gateway's SOCKS port (NYTH_TOR_SOCKS).
+        _, stream = container.exec_run(
+            ["/opt/nyth/bin/python", "-m", "nyth.post_check", onion, "--posts", "100000",
+             "--seconds", "900", "--clients", "2"], stream=True, demux=True)
+
+        def pump() -> None:
+            buffer = b""
+            for out, _err in stream:
+                buffer += out or b""
+                *lines, buffer = buffer.split(b"\n")
+                client.events.extend(json.loads(line) for line in lines if line.strip())
+            client.done.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        return client
+
+    def stop_client(self) -> None:
+        (container,) = self.containers("discovery")
+        self.exec_python(container, STOP_CLIENT)
+
+    def sentinel_primary(self) -> str:
+        container = self.containers("redis-sentinel")[0]
+        result = container.exec_run(["redis-cli", "-p", "26379", "sentinel",
+                                     "get-master-addr-by-name", "nyth"])
+        return str(result.output.decode().split()[0])
+
+
+@pytest.fixture(scope="module")
+def swarm(nyth_image: str, docker_client: Any) -> Iterator[Swarm]:
+    was_active = docker_client.info()["Swarm"]["LocalNodeState"] == "active"
+    name = f"nythe2e{secrets.token_hex(3)}"
+    third = secrets.randbelow(200) + 20
+    env = {**os.environ, "STACK": name, "NYTH_SWARM_TOR_SUBNET": f"10.{third}.77.0/24"}
+    up = _swarm(env, "up")
+    deployed = Swarm(name, docker_client)
+    try:
+        assert up.returncode == 0, f"swarm up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
+        deployed.wait_replicas(timeout=600)
+        yield deployed
+    finally:
+        logs = subprocess.run(["docker", "service", "logs", "--tail", "30", "--raw",
+                               deployed.service("onionbalance")],
+                              capture_output=True, text=True, check=False)
+        print(logs.stdout[-6000:], logs.stderr[-6000:])
+        _swarm(env, "down", "-v", timeout=300)
+        if not was_active:
+            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
+                           check=False)
+
+
+def _front(swarm: Swarm) -> str:
+    """The one onion every replica serves (and says so in its /healthz)."""
+    healths = [json.loads(swarm.exec_python(c, HEALTHZ)) for c in swarm.containers("group-server")]
+    assert len(healths) == 3
+    onions = {h["onion"] for h in healths}
+    assert len(onions) == 1, f"replicas disagree on their onion: {onions}"
+    assert all(h["onion_state"] == "up" for h in healths), healths
+    return onions.pop()
+
+
+def _keeps_posting(client: Client, since: float, what: str, count: int = 10) -> None:
+    wait_until(lambda: client.acknowledged_since(since) >= count, 300, interval=1,
+               what=f"{count} posts acknowledged {what}",
+               state=lambda: [e for e in client.events if e["event"] != "acknowledged"][-3:])
+
+
+def test_replicas_behind_one_onion_survive_kills_and_scaling(swarm: Swarm) -> None:
+    front = _front(swarm)
+    client = swarm.start_client(front)
+    try:
+        _keeps_posting(client, 0, "through the front onion")
+
+        victim = swarm.containers("group-server")[0]
+        killed_at = time.time()
+        victim.kill()
+        _keeps_posting(client, killed_at, "after a replica was killed")
+        swarm.wait_replicas({"group-server": 3})
+
+        scaled_at = time.time()
+        subprocess.run(["docker", "service", "scale", "--detach",
+                        f"{swarm.service('group-server')}=5"], check=True, capture_output=True)
+        swarm.wait_replicas({"group-server": 5})
+        _keeps_posting(client, scaled_at, "while scaling to 5")
+        back_at = time.time()
+        subprocess.run(["docker", "service", "scale", "--detach",
+                        f"{swarm.service('group-server')}=3"], check=True, capture_output=True)
+        swarm.wait_replicas({"group-server": 3})
+        _keeps_posting(client, back_at, "while scaling back to 3")
+
+        assert swarm.sentinel_primary() == "redis"
+        (primary,) = swarm.containers("redis")
+        failed_over_at = time.time()
+        primary.kill()
+        wait_until(lambda: swarm.sentinel_primary() == "redis-replica", 120, interval=1,
+                   what="Sentinel to promote the replica", state=swarm.sentinel_primary)
+        _keeps_posting(client, failed_over_at, "after the Redis primary was killed")
+    finally:
+        swarm.stop_client()
+        client.done.wait(300)
+
+    result = client.result()
+    assert result["given_up"] == 0, result
+    assert result["missing"] == [], f"acknowledged but not stored: {result}"
+    assert result["acknowledged"] >= 50, result
+    print(f"swarm client: {result['acknowledged']} acknowledged, {result['retries']} retries")
