@@ -266,3 +266,38 @@ def test_redis_settings_are_checked(env: pytest.MonkeyPatch, variables: dict[str
         env.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         load_settings(GroupServerSettings)
+
+
+# -- behind an Onionbalance front (the Swarm stack) ------------------------------------------
+
+def test_an_onionbalance_instance_runs_its_own_tor(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_ONIONBALANCE_INSTANCE", "3")
+    env.setenv("NYTH_TOR_CLIENT_TORRC_FILE", str(tmp_path / "client-torrc"))
+    settings = load_settings(GroupServerSettings)
+    assert settings.onionbalance_instance == 3
+    assert settings.tor_client_torrc_file == tmp_path / "client-torrc"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"NYTH_TOR_CONTROL": "gateway:9051"}, "set only one of NYTH_TOR_CONTROL"),
+    ({"NYTH_ONIONBALANCE_INSTANCE": "0"}, "NYTH_ONIONBALANCE_INSTANCE"),
+    ({"NYTH_ONIONBALANCE_INSTANCE": "11"}, "NYTH_ONIONBALANCE_INSTANCE"),
+    ({"NYTH_ONIONBALANCE_INSTANCE": "{{.Task.Slot}}"}, "NYTH_ONIONBALANCE_INSTANCE"),
+])
+def test_bad_onionbalance_settings_are_refused(env: pytest.MonkeyPatch, extra: dict[str, str],
+                                               message: str) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_ONIONBALANCE_INSTANCE", "1")
+    for name, value in extra.items():
+        env.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(GroupServerSettings)
+
+
+def test_a_client_torrc_without_an_instance_is_refused(env: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    env.setenv("NYTH_KEY_PASSPHRASE", SECRET)
+    env.setenv("NYTH_TOR_CLIENT_TORRC_FILE", str(tmp_path / "client-torrc"))
+    with pytest.raises(ConfigError, match="needs NYTH_ONIONBALANCE_INSTANCE"):
+        load_settings(GroupServerSettings)

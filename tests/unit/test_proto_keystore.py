@@ -171,3 +171,21 @@ def test_non_canonical_memlimit_is_rejected(low: int) -> None:
 def test_seal_refuses_parameters_open_would_refuse(params: dict[str, int]) -> None:
     with pytest.raises(DecodeError):
         seal(SEED, "pw", **params)
+
+
+def _create_identity(args: tuple[str, str]) -> str:
+    from nyth.keystore import load_or_create_identity
+
+    path, passphrase = args
+    return load_or_create_identity(Path(path), passphrase).onion
+
+
+def test_replicas_starting_together_share_one_identity(tmp_path: Path) -> None:
+    """Several processes (a Swarm service's replicas on one data volume) creating the key at
+    once: one creates it, every other one loads that same key."""
+    import multiprocessing
+
+    path = str(tmp_path / "data" / "service.key")
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        onions = pool.map(_create_identity, [(path, "pw")] * 8)
+    assert len(set(onions)) == 1

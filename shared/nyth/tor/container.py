@@ -92,7 +92,10 @@ def own_address_in(network: str) -> str:
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         # Connecting a UDP socket sends nothing: the kernel only picks the source address
         # of the route into that network, which is ours on the interface attached to it.
-        probe.connect((str(net.network_address + 1), 9))
+        try:
+            probe.connect((str(net.network_address + 1), 9))
+        except OSError as exc:
+            raise ConfigError(f"NYTH_TOR_LISTEN_HOST: no route into {net}: {exc}") from None
         address = str(probe.getsockname()[0])
     if ipaddress.ip_address(address) not in net:
         raise ConfigError(f"NYTH_TOR_LISTEN_HOST: this container has no address in {net} "
