@@ -212,9 +212,13 @@ def create_app(settings: GroupServerSettings) -> FastAPI:
         state.start(store)
         if faults.forget_after_seconds is not None:
             state.spawn(faults.forget_loop(store, settings.trim_interval_seconds), "fault-forget")
-        state.advertiser = Advertiser.from_settings(
-            settings, ServerKind.GROUP_SERVER, identity, bundle,
-            ready=lambda: onion_status(state.publisher)[0] is not False)
+        # Behind an Onionbalance front every replica is the same server: the first
+        # instance alone advertises it (the others' adverts would only repeat it, each one
+        # paying the index's proof of work and most of them refused as too frequent).
+        if settings.onionbalance_instance in (None, 1):
+            state.advertiser = Advertiser.from_settings(
+                settings, ServerKind.GROUP_SERVER, identity, bundle,
+                ready=lambda: onion_status(state.publisher)[0] is not False)
         if state.advertiser is not None:
             state.spawn(state.advertiser.run(), "advertiser")
         log.info("group server %s.onion listening on %s:%d (blob %d B, keep %d blobs / %d s; "

@@ -28,15 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from python_socks import ProxyError
 
 from nyth.errors import NythError
-from nyth.group_server_client import MAX_PAGE, GroupServerClient, GroupServerError, TokenPurse
+from nyth.group_server_client import MAX_PAGE, GroupServerClient, TokenPurse
 from nyth.proto.bundle import ServerBundle
 from nyth.proto.identity import normalize_onion
 from nyth.tor.endpoints import SocksEndpoint
 from nyth.tor.socks import onion_http_client
 
 PAGE = MAX_PAGE
+# What one attempt may fail with; each is reported and the attempt retried. httpx passes
+# tor's SOCKS refusals (an unreachable onion, a failed introduction) on as python_socks'
+# own ProxyError, which is none of httpx's errors.
+ATTEMPT_ERRORS = (NythError, httpx.HTTPError, OSError, ProxyError)
 # A post that fails for longer than this is given up (reported, and counted as a failure).
 GIVE_UP_SECONDS = 600.0
 
@@ -62,7 +67,7 @@ async def _post_one(client: GroupServerClient, bundle: ServerBundle, purse: Toke
         try:
             token = await purse.take(client, bundle)
             blob_id = await client.post_blob(blob, token)
-        except (NythError, httpx.HTTPError, OSError) as exc:
+        except ATTEMPT_ERRORS as exc:
             tally.retries += 1
             if time.monotonic() - began > GIVE_UP_SECONDS:
                 tally.given_up += 1
@@ -82,7 +87,7 @@ async def _bundle(client: GroupServerClient) -> ServerBundle:
     while True:
         try:
             return await client.bundle()
-        except (NythError, httpx.HTTPError, OSError) as exc:
+        except ATTEMPT_ERRORS as exc:
             if time.monotonic() - began > GIVE_UP_SECONDS:
                 raise
             emit("retry", n=None, attempt=None, error=f"bundle: {type(exc).__name__}: {exc}")
@@ -92,10 +97,13 @@ async def _bundle(client: GroupServerClient) -> ServerBundle:
 async def _read_back(client: GroupServerClient, bundle: ServerBundle) -> dict[str, str]:
     stored: dict[str, str] = {}
     after = "0"
+    began = time.monotonic()
     while True:
         try:
             page = await client.read_page(after, PAGE, bundle.blob_size)
-        except (GroupServerError, httpx.HTTPError, OSError) as exc:
+        except ATTEMPT_ERRORS as exc:
+            if time.monotonic() - began > GIVE_UP_SECONDS:
+                raise
             emit("retry", n=None, attempt=None, error=f"read: {type(exc).__name__}: {exc}")
             await asyncio.sleep(2.0)
             continue
@@ -130,7 +138,13 @@ async def check(onion: str, socks: SocksEndpoint, posts: int, clients: int,
                 await _post_one(client, bundle, purse, n, tally)
 
         await asyncio.gather(*(worker() for _ in range(clients)))
-        stored = await _read_back(client, bundle)
+        try:
+            stored = await _read_back(client, bundle)
+        except ATTEMPT_ERRORS as exc:
+            emit("result", acknowledged=len(tally.acknowledged), stored=None, missing=None,
+                 retries=tally.retries, given_up=tally.given_up,
+                 error=f"cannot read the stream back: {type(exc).__name__}: {exc}")
+            return 1
     missing = sorted(i for i, digest in tally.acknowledged.items() if stored.get(i) != digest)
     emit("result", acknowledged=len(tally.acknowledged), stored=len(stored),
          missing=missing, retries=tally.retries, given_up=tally.given_up)

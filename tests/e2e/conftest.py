@@ -129,7 +129,9 @@ class Stack:
         self.wait_peer_online(peer)
 
 
-@pytest.fixture(scope="session")
+# Module scope: torn down before the Swarm test's module runs, so the two private Tor
+# networks never share the 2 cores.
+@pytest.fixture(scope="module")
 def stack(nyth_image: str, docker_client: Any) -> Iterator[Stack]:
     project = f"nyth-e2e-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "NYTH_ALICE_PORT": str(free_port()), "NYTH_BOB_PORT": str(free_port()),

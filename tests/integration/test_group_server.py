@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -404,3 +407,49 @@ async def test_published_onion_serves_the_api_through_tor(launch: Launch, tor_ga
         page = (await via_tor.get(f"{base}/v1/blobs")).json()
     assert [(b["id"], base64.b64decode(b["blob"])) for b in page["blobs"]] == [
         (posted.json()["id"], blob)]
+
+
+async def _published_onion(proc: GroupServerProcess) -> str:
+    async with httpx.AsyncClient(base_url=proc.base_url, trust_env=False) as local:
+        deadline = time.monotonic() + 90
+        while True:
+            health = (await local.get("/healthz")).json()
+            if health["onion_published"]:
+                return str(health["onion"])
+            assert time.monotonic() < deadline, f"onion never published: {health}"
+            await asyncio.sleep(0.5)
+
+
+def _post_check(onion: str, socks: Any, posts: int) -> tuple[int, list[dict[str, Any]]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "nyth.post_check", onion, "--posts", str(posts), "--clients", "2",
+         "--socks", str(socks)], capture_output=True, text=True, timeout=300)
+    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.slow
+async def test_post_check_confirms_a_server_through_tor(launch: Launch, tor_gateway: Any) -> None:
+    control = tor_gateway.control
+    proc = launch(NYTH_TOR_CONTROL=str(control), NYTH_TOR_CONTROL_PASSWORD=control.password)
+    onion = await _published_onion(proc)
+    code, events = await asyncio.to_thread(_post_check, onion, tor_gateway.socks, 12)
+    result = events[-1]
+    assert (code, result["event"], result["acknowledged"], result["missing"]) == (
+        0, "result", 12, [])
+    acknowledged = {e["id"] for e in events if e["event"] == "acknowledged"}
+    with _client(proc) as client:
+        assert acknowledged <= {blob_id for blob_id, _ in _read_all(client)}
+
+
+@pytest.mark.slow
+async def test_post_check_reports_posts_a_server_dropped(launch: Launch, tor_gateway: Any) -> None:
+    control = tor_gateway.control
+    proc = launch(NYTH_TOR_CONTROL=str(control), NYTH_TOR_CONTROL_PASSWORD=control.password,
+                  NYTH_DEV_MODE="true", NYTH_FAULT_DROP_FRACTION="0.5")
+    onion = await _published_onion(proc)
+    # Each blob is dropped with probability 1/2: all 40 kept would happen once in 2^40.
+    code, events = await asyncio.to_thread(_post_check, onion, tor_gateway.socks, 40)
+    result = events[-1]
+    assert code == 1 and result["acknowledged"] == 40
+    assert result["missing"], result
+    assert result["stored"] == 40 - len(result["missing"])
