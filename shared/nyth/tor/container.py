@@ -51,7 +51,11 @@ from nyth.config import ConfigError, read_secret
 from nyth.tor.control_filter import ControlFilterProxy, ControlFilterThread, TargetPolicy
 from nyth.tor.endpoints import ControlEndpoint
 from nyth.tor.gateway import TorGateway
-from nyth.tor.privnet import DEFAULT_VOTING_INTERVAL, wait_for_announced_network
+from nyth.tor.privnet import (
+    DEFAULT_VOTING_INTERVAL,
+    announced_lines,
+    wait_for_announced_network,
+)
 
 log = logging.getLogger("nyth.tor.container")
 
@@ -104,8 +108,9 @@ def own_address_in(network: str) -> str:
 
 
 def _resolve_own_name(name: str, deadline: float) -> str:
-    """The address of one of this container's own names. Swarm adds a task's names to its
-    DNS only once the task runs, so the first lookups may fail."""
+    """The address of one of this container's own names, which a container engine may
+    add to its DNS only a moment after the container starts (Swarm: only once the task is
+    healthy, which is why the Swarm stack gives the gateway a subnet instead)."""
     while True:
         try:
             return socket.gethostbyname(name)
@@ -375,11 +380,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     private = bool(args.client_torrc) and os.environ.get("NYTH_TOR_PRIVATE_NETWORK", "1") != "0"
     client_lines: list[str] = []
-    client_text = ""
     if private:
         client_lines = wait_for_announced_network(Path(args.client_torrc),
                                                  time.monotonic() + args.wait_timeout)
-        client_text = "\n".join(client_lines)
         # Each private network is new: state cached from an earlier one only slows tor down.
         shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -424,12 +427,8 @@ def run_gateway(args: argparse.Namespace) -> int:
                 log.error("the control filter stopped")
                 return 1
             if private:
-                try:
-                    now = "\n".join(line for line in Path(args.client_torrc).read_text().splitlines()
-                                    if line.strip())
-                except FileNotFoundError:
-                    now = client_text
-                if now != client_text:
+                now = announced_lines(Path(args.client_torrc))
+                if now and now != client_lines:
                     log.warning("the private Tor network was replaced: exiting to rejoin it")
                     return 1
             time.sleep(1.0)

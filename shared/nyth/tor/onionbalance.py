@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nyth.proto.identity import Identity
-from nyth.tor.privnet import TorProcess, torrc_quote, wait_for_announced_network
+from nyth.tor.privnet import (
+    TorProcess,
+    announced_lines,
+    torrc_quote,
+    wait_for_announced_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +176,5 @@ class BalancedInstance:
 
     async def _network_lines_changed(self, lines: list[str]) -> bool:
         assert self.client_torrc_file is not None
-        with contextlib.suppress(OSError):
-            current = [line for line in self.client_torrc_file.read_text().splitlines()
-                       if line.strip()]
-            return bool(current) and current != lines
-        return False
+        current = announced_lines(self.client_torrc_file)
+        return bool(current) and current != lines

@@ -41,6 +41,7 @@ from nyth.tor.privnet import (
     ONIONBALANCE_VOTING_INTERVAL,
     TorProcess,
     announced_consensus,
+    announced_lines,
     torrc_quote,
     wait_for_announced_network,
 )
@@ -219,11 +220,7 @@ def _supervise(settings: FrontSettings, tor: TorProcess, balancer: subprocess.Po
             log.error("tor exited with %s:\n%s", tor.returncode, tor.log_tail())
             return 1
         if network and settings.client_torrc is not None:
-            try:
-                current = [line for line in settings.client_torrc.read_text().splitlines()
-                           if line.strip()]
-            except OSError:
-                current = network
+            current = announced_lines(settings.client_torrc)
             if current and current != network:
                 log.warning("the private Tor network was announced anew: exiting to restart")
                 return 1

@@ -543,16 +543,22 @@ def announced_consensus(lines: list[str]) -> ConsensusSummary | None:
     return ConsensusSummary(times["fresh-until"] - times["valid-after"], hsdirs)
 
 
+def announced_lines(path: Path) -> list[str]:
+    """The client options in the file a `network` container writes (none while there is
+    no file): a change means a new network, which its clients must restart on."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def wait_for_announced_network(path: Path, deadline: float) -> list[str]:
     """The client options of a private network once the file its `network` container
     writes exists and one of its authorities serves a consensus."""
     announced = False
     while time.monotonic() < deadline:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            text = ""
-        lines = [line for line in text.splitlines() if line.strip()]
+        lines = announced_lines(path)
         if lines and _consensus_served(_authority_dirports(lines)):
             return lines
         if not announced:
