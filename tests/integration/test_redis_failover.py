@@ -95,7 +95,7 @@ def _kill_the_primary_while_posting(cluster: SentinelCluster, poster: Poster) ->
     # The new primary has no replica yet: with WAIT 1 nothing may be acknowledged
     # until the old primary is back, as a replica (Sentinel turns it into one).
     cluster.primary.start()
-    wait_until(lambda: cluster.replicas_online(cluster.replica) == 1, 90,
+    wait_until(lambda: cluster.replica_confirms_writes(cluster.replica), 90,
                "old primary back as the new primary's replica")
     poster.wait_count(acknowledged_at_kill + 100, timeout=60)
 
@@ -179,7 +179,7 @@ def test_no_replica_no_acknowledgement(launch: Launch, sentinel_cluster: Sentine
         assert client.get("/healthz").status_code == 200
         assert len(client.get("/v1/blobs").json()["blobs"]) == 2  # the primary has it
         cluster.replica.start()
-        wait_until(lambda: cluster.replicas_online(cluster.primary) == 1, 30,
+        wait_until(lambda: cluster.replica_confirms_writes(cluster.primary), 30,
                    "replica back in sync")
         assert client.post("/v1/blobs", content=os.urandom(SIZE)).status_code == 201
     assert _stream_length(cluster.replica, redis_prefix) == 3
@@ -204,7 +204,8 @@ def test_mailbox_through_sentinel_acknowledges_only_replicated_records(
     # the primary holds: it is refused the same way until the replica has it.
     assert mailbox.post(*second).status_code == 503
     cluster.replica.start()
-    wait_until(lambda: cluster.replicas_online(cluster.primary) == 1, 30, "replica back in sync")
+    wait_until(lambda: cluster.replica_confirms_writes(cluster.primary), 30,
+               "replica back in sync")
     assert mailbox.post(*second).status_code == 409
     with redis.Redis(cluster.replica.host, cluster.replica.port, db=DB) as replica:
         assert replica.xlen(f"{redis_prefix}:records") == 2
