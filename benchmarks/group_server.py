@@ -32,7 +32,8 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
     ports, as one onion address in front of them spreads its clients over them (an
     even spread, the best case of it). Each rate as a ratio to raw XADD on that
     primary at the same concurrency (measured before and after, the better taken),
-    and to the rate of 1 process; with the CPU that clients, servers and Redis used.
+    and to the rate of 1 process; with the CPU that clients, servers and Redis used,
+    and the append round trips and live-feed reads Redis served per post.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ PIPE_WRITES = 20000
 PIPE_BATCH = 100
 HTTP_WRITES = 2000
 CONCURRENCY_LEVELS = (1, 4, 16)
+LEAN_WARM_UP = 5                    # posts per lean client before the clock starts
 REPLICA_COUNTS = (1, 2, 4)
 # One client posts one at a time: more server processes cannot serve it faster.
 REPLICA_CLIENTS = (4, 16)
@@ -195,7 +197,7 @@ async def _lean_posts(bases: Sequence[str], n: int, concurrency: int,
             for _reader, writer in links:
                 writer.close()
 
-    await asyncio.gather(*(worker(5, i) for i in range(concurrency)))  # warm-up
+    await asyncio.gather(*(worker(LEAN_WARM_UP, i) for i in range(concurrency)))
     groups = dict(pids or {})
     client0 = time.process_time()
     before = {name: sum(map(_cpu_seconds, group)) for name, group in groups.items()}
@@ -357,7 +359,20 @@ def _replicated_posts(res: Results, base_dir: Path) -> None:
         cluster.stop()
 
 
-Sample = tuple[float, dict[str, float]]  # posts/s, and the CPU share of each process group
+# posts/s; the CPU share of each group of processes; Redis calls per post
+Sample = tuple[float, dict[str, float], dict[str, float]]
+
+
+def _calls_per_post(url: str, posts: int) -> dict[str, float]:
+    """Since the last CONFIG RESETSTAT: append round trips (a group commit carries several
+    posts) and live-feed reads (every server process reads every burst of posts)."""
+    with redis.Redis.from_url(url) as r:
+        stats = r.info("commandstats")
+
+    def calls(*names: str) -> float:
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names) / posts
+
+    return {"appends": calls("eval", "evalsha"), "feed reads": calls("xrange")}
 
 
 def _replica_samples(base_dir: Path, cluster: SentinelCluster,
@@ -380,10 +395,14 @@ def _replica_samples(base_dir: Path, cluster: SentinelCluster,
         for level in REPLICA_CLIENTS:
             for wait in (0, 1, 1, 0):
                 shares: dict[str, float] = {}
+                with redis.Redis.from_url(cluster.primary.url) as r:
+                    r.config_resetstat()
                 rate = asyncio.run(_lean_posts(
                     [base for _proc, base in sets[wait]], HTTP_WRITES, level, cpu=shares,
                     pids={"servers": _pids(*(proc for proc, _base in sets[wait])), **pids}))
-                samples.setdefault((wait, level), []).append((rate, shares))
+                posts = (HTTP_WRITES // level + LEAN_WARM_UP) * level
+                samples.setdefault((wait, level), []).append(
+                    (rate, shares, _calls_per_post(cluster.primary.url, posts)))
         return samples
     finally:
         for processes in sets.values():
@@ -420,15 +439,17 @@ def _replica_posts(res: Results, base_dir: Path) -> None:
         res.add(f"raw XADD on the primary, {level:>2} clients", f"{limit:,.0f}/s",
                 "before / after: " + " / ".join(f"{r:,.0f}" for r in raw[level]))
         for wait, label in ((0, "no WAIT"), (1, "WAIT 1 ")):
-            one = max(rate for rate, _ in by_count[1][(wait, level)])
+            one = max(sample[0] for sample in by_count[1][(wait, level)])
             for count in REPLICA_COUNTS:
                 samples = by_count[count][(wait, level)]
-                best, shares = max(samples, key=lambda sample: sample[0])
+                best, shares, calls = max(samples, key=lambda sample: sample[0])
                 servers = f"{count} server{'s' if count > 1 else ' '}"
                 res.add(f"{servers}, {label}, {level:>2} lean clients", f"{best:,.0f}/s",
-                        f"n={HTTP_WRITES} x2 (" + ", ".join(f"{r:,.0f}" for r, _ in samples)
-                        + "); CPU of a core, best run: "
-                        + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+                        f"n={HTTP_WRITES} x2 (" + ", ".join(f"{r[0]:,.0f}" for r in samples)
+                        + "); best run: CPU of a core "
+                        + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+                        + "; Redis calls per post "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in calls.items()))
                 res.add(f"  ratio to raw XADD at {level:>2} clients", f"{best / limit:.3f}",
                         f"x{best / one:.2f} the rate of 1 server")
     res.note("(f) clients, servers, Redis primary + replica and sentinels share the same "
