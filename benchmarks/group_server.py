@@ -26,6 +26,14 @@ it, reached over its local HTTP port (no Tor: this isolates the service's own co
     sentinels, one acknowledging posts once the primary has them, one only once the
     replica has them too (NYTH_REDIS_WAIT_REPLICAS=1); each as a ratio to raw XADD on
     that primary at the same concurrency, same run.
+(f) replicas: 1, 2 and 4 server processes of one server (one data dir, one stream
+    prefix) on one Redis primary with one replica (through the sentinels, as (e)), with
+    and without WAIT; lean clients send their posts round-robin over the processes'
+    ports, as one onion address in front of them spreads its clients over them (an
+    even spread, the best case of it). Each rate as a ratio to raw XADD on that
+    primary at the same concurrency (measured before and after, the better taken),
+    and to the rate of 1 process; with the CPU that clients, servers and Redis used,
+    and the append round trips and live-feed reads Redis served per post.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import base64
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -44,7 +52,7 @@ import redis
 import redis.asyncio as aioredis
 from nyth.ports import free_port
 from nyth.proto import blob_page, tokens
-from nyth.runtime.process import ServiceProcess
+from nyth.runtime.process import ManagedProcess, ServiceProcess
 from nyth.runtime.redis_sentinel import SentinelCluster
 from nyth.runtime.redis_server import RedisServer
 
@@ -60,6 +68,10 @@ PIPE_WRITES = 20000
 PIPE_BATCH = 100
 HTTP_WRITES = 2000
 CONCURRENCY_LEVELS = (1, 4, 16)
+LEAN_WARM_UP = 5                    # posts per lean client before the clock starts
+REPLICA_COUNTS = (1, 2, 4)
+# One client posts one at a time: more server processes cannot serve it faster.
+REPLICA_CLIENTS = (4, 16)
 SIZES = (1_000, 10_000, 100_000)
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -112,6 +124,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK
 
 
+def _pids(*processes: ManagedProcess) -> list[int]:
+    return [pid for pid in (process.pid for process in processes) if pid is not None]
+
+
 async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = None,
                       paid: Iterator[str] | None = None,
                       cpu: dict[str, float] | None = None, server_pid: int = 0) -> float:
@@ -145,22 +161,32 @@ async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = 
         return per * concurrency / wall
 
 
-async def _lean_posts(base: str, n: int, concurrency: int,
-                      cpu: dict[str, float] | None = None, server_pid: int = 0) -> float:
+async def _lean_posts(bases: Sequence[str], n: int, concurrency: int,
+                      cpu: dict[str, float] | None = None,
+                      pids: Mapping[str, Sequence[int]] | None = None) -> float:
     """Posts per second from a minimal HTTP/1.1 keep-alive client (asyncio streams, one
-    connection per client): what the server sustains when the load generator costs
-    next to nothing, where httpx spends more CPU per request than the server does."""
-    host, port = base.removeprefix("http://").rsplit(":", 1)
+    connection per client and server): what the servers sustain when the load generator
+    costs next to nothing, where httpx spends more CPU per request than the server does.
+
+    Each client sends its posts round-robin over bases (starting at its own offset), as
+    one onion address in front of several server processes spreads them. With cpu, it
+    gets the share of one core this process ("client") and each group of pids used over
+    the timed part.
+    """
+    targets = [base.removeprefix("http://").rsplit(":", 1) for base in bases]
     blob = _blob()
-    request = (b"POST /v1/blobs HTTP/1.1\r\nhost: %s\r\ncontent-type: application/octet-stream"
-               b"\r\ncontent-length: %d\r\n\r\n" % (host.encode(), len(blob))) + blob
+    requests = [(b"POST /v1/blobs HTTP/1.1\r\nhost: %s\r\ncontent-type: "
+                 b"application/octet-stream\r\ncontent-length: %d\r\n\r\n"
+                 % (host.encode(), len(blob))) + blob for host, _port in targets]
     per = n // concurrency
 
-    async def worker(count: int) -> None:
-        reader, writer = await asyncio.open_connection(host, int(port))
+    async def worker(count: int, offset: int) -> None:
+        links = [await asyncio.open_connection(host, int(port)) for host, port in targets]
         try:
-            for _ in range(count):
-                writer.write(request)
+            for k in range(count):
+                index = (offset + k) % len(links)
+                reader, writer = links[index]
+                writer.write(requests[index])
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 201"):
                     raise RuntimeError(f"POST /v1/blobs -> {head[:40]!r}")
@@ -168,18 +194,20 @@ async def _lean_posts(base: str, n: int, concurrency: int,
                               if line.lower().startswith(b"content-length:"))
                 await reader.readexactly(length)
         finally:
-            writer.close()
+            for _reader, writer in links:
+                writer.close()
 
-    await asyncio.gather(*(worker(5) for _ in range(concurrency)))  # warm-up
+    await asyncio.gather(*(worker(LEAN_WARM_UP, i) for i in range(concurrency)))
+    groups = dict(pids or {})
     client0 = time.process_time()
-    server0 = _cpu_seconds(server_pid) if server_pid else 0.0
+    before = {name: sum(map(_cpu_seconds, group)) for name, group in groups.items()}
     started = time.perf_counter()
-    await asyncio.gather(*(worker(per) for _ in range(concurrency)))
+    await asyncio.gather(*(worker(per, i) for i in range(concurrency)))
     wall = time.perf_counter() - started
     if cpu is not None:
         cpu["client"] = (time.process_time() - client0) / wall
-        if server_pid:
-            cpu["server"] = (_cpu_seconds(server_pid) - server0) / wall
+        for name, group in groups.items():
+            cpu[name] = (sum(map(_cpu_seconds, group)) - before[name]) / wall
     return per * concurrency / wall
 
 
@@ -228,7 +256,9 @@ def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
 
 
 def _start_server(base_dir: Path, name: str, redis_url: str | None, prefix: str,
-                  **env: str) -> tuple[ServiceProcess, str]:
+                  data_dir: str | None = None, **env: str) -> tuple[ServiceProcess, str]:
+    """A server process; those given the same data_dir are replicas of one server (one
+    key, one bundle) when they also share the prefix."""
     port = free_port()
     secret = base_dir / "passphrase"
     if not secret.exists():
@@ -236,7 +266,7 @@ def _start_server(base_dir: Path, name: str, redis_url: str | None, prefix: str,
         secret.chmod(0o600)
     process = ServiceProcess.python_module(
         name, "nyth_group_server",
-        {"NYTH_DATA_DIR": str(base_dir / name), "NYTH_LISTEN_PORT": str(port),
+        {"NYTH_DATA_DIR": str(base_dir / (data_dir or name)), "NYTH_LISTEN_PORT": str(port),
          "NYTH_STREAM_KEY": prefix,
          # None: env names the sentinels instead.
          **({"NYTH_REDIS_URL": redis_url} if redis_url is not None else {}),
@@ -329,6 +359,103 @@ def _replicated_posts(res: Results, base_dir: Path) -> None:
         cluster.stop()
 
 
+# posts/s; the CPU share of each group of processes; Redis calls per post
+Sample = tuple[float, dict[str, float], dict[str, float]]
+
+
+def _calls_per_post(url: str, posts: int) -> dict[str, float]:
+    """Since the last CONFIG RESETSTAT: append round trips (a group commit carries several
+    posts) and live-feed reads (every server process reads every burst of posts)."""
+    with redis.Redis.from_url(url) as r:
+        stats = r.info("commandstats")
+
+    def calls(*names: str) -> float:
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names) / posts
+
+    return {"appends": calls("eval", "evalsha"), "feed reads": calls("xrange")}
+
+
+def _replica_samples(base_dir: Path, cluster: SentinelCluster,
+                     count: int) -> dict[tuple[int, int], list[Sample]]:
+    """By (wait, clients): count replicas per wait setting, each measured twice (no WAIT,
+    WAIT, WAIT, no WAIT, so drift hits both alike)."""
+    sets: dict[int, list[tuple[ServiceProcess, str]]] = {0: [], 1: []}
+    # Its own prefix per set: every process of a prefix follows its live feed (one
+    # XRANGE per burst of posts), so replicas of another set would still cost CPU.
+    names = {wait: f"gs-r{count}-wait{wait}" for wait in sets}
+    try:
+        for wait, name in names.items():
+            for i in range(count):
+                sets[wait].append(_start_server(
+                    base_dir, f"{name}-{i}", None, f"bench:{name}", data_dir=name,
+                    NYTH_REDIS_WAIT_REPLICAS=str(wait), NYTH_MAX_BLOBS=str(10 * HTTP_WRITES),
+                    **cluster.redis_env()))
+        pids = {"redis": _pids(cluster.primary, cluster.replica)}
+        samples: dict[tuple[int, int], list[Sample]] = {}
+        for level in REPLICA_CLIENTS:
+            for wait in (0, 1, 1, 0):
+                shares: dict[str, float] = {}
+                with redis.Redis.from_url(cluster.primary.url) as r:
+                    r.config_resetstat()
+                rate = asyncio.run(_lean_posts(
+                    [base for _proc, base in sets[wait]], HTTP_WRITES, level, cpu=shares,
+                    pids={"servers": _pids(*(proc for proc, _base in sets[wait])), **pids}))
+                posts = (HTTP_WRITES // level + LEAN_WARM_UP) * level
+                samples.setdefault((wait, level), []).append(
+                    (rate, shares, _calls_per_post(cluster.primary.url, posts)))
+        return samples
+    finally:
+        for processes in sets.values():
+            for proc, _base in processes:
+                proc.stop()
+        # A small data set keeps the AOF rewrites of later measurements short.
+        with redis.Redis.from_url(cluster.primary.url) as r:
+            r.delete(*(f"bench:{name}:blobs" for name in names.values()))
+
+
+def _replica_posts(res: Results, base_dir: Path) -> None:
+    """(f): posts to 1, 2 and 4 server processes on one Redis primary, round-robin."""
+    print("(f) server replicas on one Redis", flush=True)
+    cluster = SentinelCluster(base_dir / "redis-replicas")
+    try:
+        cluster.start()
+        raw: dict[int, list[float]] = {level: [] for level in REPLICA_CLIENTS}
+
+        def measure_raw() -> None:
+            for level in REPLICA_CLIENTS:
+                raw[level].append(asyncio.run(
+                    _raw_concurrent(cluster.primary.url, HTTP_WRITES, level)))
+                with redis.Redis.from_url(cluster.primary.url) as r:
+                    r.delete(RAW_KEY)
+
+        measure_raw()
+        by_count = {count: _replica_samples(base_dir, cluster, count)
+                    for count in REPLICA_COUNTS}
+        measure_raw()  # before and after: the limit is the better of the two
+    finally:
+        cluster.stop()
+    for level in REPLICA_CLIENTS:
+        limit = max(raw[level])
+        res.add(f"raw XADD on the primary, {level:>2} clients", f"{limit:,.0f}/s",
+                "before / after: " + " / ".join(f"{r:,.0f}" for r in raw[level]))
+        for wait, label in ((0, "no WAIT"), (1, "WAIT 1 ")):
+            one = max(sample[0] for sample in by_count[1][(wait, level)])
+            for count in REPLICA_COUNTS:
+                samples = by_count[count][(wait, level)]
+                best, shares, calls = max(samples, key=lambda sample: sample[0])
+                servers = f"{count} server{'s' if count > 1 else ' '}"
+                res.add(f"{servers}, {label}, {level:>2} lean clients", f"{best:,.0f}/s",
+                        f"n={HTTP_WRITES} x2 (" + ", ".join(f"{r[0]:,.0f}" for r in samples)
+                        + "); best run: CPU of a core "
+                        + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+                        + "; Redis calls per post "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in calls.items()))
+                res.add(f"  ratio to raw XADD at {level:>2} clients", f"{best / limit:.3f}",
+                        f"x{best / one:.2f} the rate of 1 server")
+    res.note("(f) clients, servers, Redis primary + replica and sentinels share the same "
+             "2 cores: more than 2 server processes cannot add CPU")
+
+
 def run() -> Results:
     res = Results("group-server (local HTTP, no Tor; redis AOF appendfsync always)")
     base_dir = workdir("gs")
@@ -360,8 +487,8 @@ def run() -> Results:
             posts = asyncio.run(_http_posts(base, HTTP_WRITES, level, cpu=cpu,
                                             server_pid=process.pid or 0))
             lean_cpu: dict[str, float] = {}
-            lean = asyncio.run(_lean_posts(base, HTTP_WRITES, level, cpu=lean_cpu,
-                                           server_pid=process.pid or 0))
+            lean = asyncio.run(_lean_posts([base], HTTP_WRITES, level, cpu=lean_cpu,
+                                           pids={"server": _pids(process)}))
             res.add(f"raw XADD, {level:>2} concurrent clients", f"{conc:,.0f}/s",
                     f"n={HTTP_WRITES}, redis.asyncio")
             res.add(f"API POST /v1/blobs, {level:>2} concurrent clients", f"{posts:,.0f}/s",
@@ -387,6 +514,7 @@ def run() -> Results:
         _token_posts(res, base, paid_base)
         r.delete(STREAM_KEY, "bench:gs-tokens:blobs")
         _replicated_posts(res, base_dir)
+        _replica_posts(res, base_dir)
 
         # -- (b)+(c) reads ----------------------------------------------------------------
         print("(b)+(c) reads", flush=True)

@@ -26,10 +26,11 @@ import redis
 from nyth.proto import fmd
 from nyth.proto.contact_card import ContactCard
 from nyth.proto.identity import Identity
-from nyth.proto.mailbox_bundle import MailboxBundle, card_pow_ok, pow_ok, solve_card_pow, solve_pow
+from nyth.proto.mailbox_bundle import card_pow_ok, pow_ok, solve_pow
 from nyth.runtime.devnet import wait_until
 from nyth_mailbox.launch import MailboxProcess
 
+from tests.fixtures.mailbox import Mailbox, random_tag
 from tests.fixtures.services import stop_and_check_log
 
 pytestmark = pytest.mark.integration
@@ -57,60 +58,6 @@ def launch(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[Launch
     yield _launch
     for proc in started:
         stop_and_check_log(proc)
-
-
-class Mailbox:
-    """A tiny client: enough of the sender's and the recipient's side for the tests."""
-
-    def __init__(self, proc: MailboxProcess) -> None:
-        self.http = httpx.Client(base_url=proc.base_url, trust_env=False, timeout=20)
-        bundle = self.http.get("/v1/bundle").json()
-        self.onion = bundle["onion"]
-        self.bundle = MailboxBundle.verify(base64.b64decode(bundle["bundle"]), self.onion)
-
-    def post(self, tag: bytes, ciphertext: bytes, nonce: int | None = None) -> httpx.Response:
-        if nonce is None:
-            nonce = solve_pow(self.bundle.onion_public_key, tag, ciphertext,
-                              self.bundle.pow_bits)
-        return self.http.post("/v1/records", json={
-            "tag": base64.b64encode(tag).decode(), "nonce": nonce,
-            "ciphertext": base64.b64encode(ciphertext).decode()})
-
-    def download_all(self, limit: int = 1000) -> list[tuple[str, bytes, bytes]]:
-        out, after = [], "0"
-        while True:
-            page = self.http.get("/v1/records", params={"after": after, "limit": limit})
-            assert page.status_code == 200, page.text
-            body = page.json()
-            out += [(r["id"], base64.b64decode(r["tag"]), base64.b64decode(r["ciphertext"]))
-                    for r in body["records"]]
-            after = body["next"]
-            if not body["more"]:
-                return out
-
-    def detect_all(self, key: bytes, limit: int = 100) -> tuple[list[str], int]:
-        ids, after, calls = [], "0", 0
-        while True:
-            response = self.http.post("/v1/detect", json={
-                "detection_key": base64.b64encode(key).decode(), "after": after,
-                "limit": limit})
-            assert response.status_code == 200, response.text
-            body = response.json()
-            calls += 1
-            ids += [r["id"] for r in body["records"]]
-            after = body["next"]
-            if not body["more"]:
-                return ids, calls
-
-    def put_card(self, onion: str, data: bytes, nonce: int | None = None) -> httpx.Response:
-        if nonce is None:
-            nonce = solve_card_pow(self.bundle.onion_public_key, data, self.bundle.pow_bits)
-        return self.http.put(f"/v1/cards/{onion}",
-                             json={"card": base64.b64encode(data).decode(), "nonce": nonce})
-
-
-def random_tag() -> bytes:
-    return bytes(fmd.flag(fmd.FmdSecretKey.generate().public_key()))
 
 
 def card_for(mb: Mailbox, identity: Identity, issued: int | None = None, lifetime: int = 86400,

@@ -2,9 +2,11 @@
 all bound to loopback, for tests and benchmarks (docs/operations.md, "Redis failover").
 
 Three sentinels with a quorum of two: one sentinel alone can neither declare the primary
-dead nor elect itself to run the failover, so a single slow sentinel cannot cause one.
-The detection times are short (about a second) so a test's failover takes seconds; a
-deployment keeps Sentinel's longer defaults (docs).
+dead nor elect itself to run the failover, so a single slow sentinel cannot cause one,
+as long as the detection time (DOWN_AFTER_MS) is longer than the 5 s for which a
+sentinel keeps the others' "the primary is down" answers (below). It is still short next
+to Sentinel's default of 30 s, which a deployment keeps (docs), so a test's failover
+takes seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from nyth.runtime.redis_server import RedisServer
 
 SERVICE_NAME = "nyth"
 QUORUM = 2
+# A sentinel that switches to a new primary keeps the other sentinels' answers that the
+# old one was down for 5 s (Redis 7.0, sentinel.c: SENTINEL_ASK_PERIOD * 5) and counts
+# them for the new one. With 1 s, one sentinel missing the new primary's first PONG for
+# a second on a loaded machine made that a quorum, and a second failover went back to
+# the old primary just restarted with stale data. Longer than 5 s, a sentinel has to
+# find a real quorum first.
+DOWN_AFTER_MS = 6000
+# Written by replica_confirms_writes, in database 0 (tests and benchmarks use others).
+PROBE_KEY = "nyth:sentinel-cluster:probe"
 
 
 class RedisSentinel(ManagedProcess):
@@ -38,7 +49,7 @@ class RedisSentinel(ManagedProcess):
         port: int = 0,
         host: str = "127.0.0.1",
         executable: str = "redis-server",
-        down_after_ms: int = 1000,
+        down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = 5000,
         start_timeout: float = 20.0,
         stop_grace: float = 10.0,
@@ -134,7 +145,8 @@ class SentinelCluster:
     """
 
     def __init__(self, data_dir: Path, *, service_name: str = SERVICE_NAME,
-                 databases: int = 16, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+                 databases: int = 16, sentinels: int = 3,
+                 down_after_ms: int = DOWN_AFTER_MS) -> None:
         data_dir = Path(data_dir)
         self.service_name = service_name
         self.primary = RedisServer(data_dir / "primary", databases=databases)
@@ -149,15 +161,15 @@ class SentinelCluster:
         self.servers = (self.primary, self.replica)
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start everything and return once the replica is in sync and every sentinel
-        knows the replica and the other sentinels (a failover needs all of it)."""
+        """Start everything and return once the replica confirms writes and every
+        sentinel knows the replica and the other sentinels (a failover needs all of it)."""
         try:
             self.primary.start()
             self.replica.start()
             for sentinel in self.sentinels:
                 sentinel.start()
-            wait_until(lambda: self.replicas_online(self.primary) == 1, timeout,
-                       "replica in sync with the primary")
+            wait_until(lambda: self.replica_confirms_writes(self.primary), timeout,
+                       "replica in sync with the primary, confirming writes")
             wait_until(self._sentinels_see_everything, timeout,
                        "sentinels know the replica and each other")
         except BaseException:
@@ -189,6 +201,25 @@ class SentinelCluster:
         return sum(1 for key, value in info.items()
                    if key.startswith("slave") and isinstance(value, dict)
                    and value.get("state") == "online")
+
+    @staticmethod
+    def replica_confirms_writes(server: RedisServer, timeout_ms: int = 100) -> bool:
+        """Whether a replica confirms a write on server (WAIT 1) within timeout_ms.
+
+        What a service with NYTH_REDIS_WAIT_REPLICAS=1 needs, and more than
+        `replicas_online`: after a full resync the primary lists the replica online, but
+        streams writes to it only from the first REPLCONF ACK it gets after that. The
+        replica's immediate ACK can arrive just before (while the primary has not yet
+        seen its RDB child end), and the next one comes with the replica's once-a-second
+        cron: until then WAIT times out.
+        """
+        try:
+            with redis.Redis(server.host, server.port,
+                             socket_timeout=2.0 + timeout_ms / 1000) as client:
+                client.incr(PROBE_KEY)  # WAIT counts the writes of its own connection
+                return int(client.execute_command("WAIT", 1, timeout_ms)) >= 1
+        except redis.RedisError:
+            return False
 
     def redis_env(self, db: int = 0) -> dict[str, str]:
         return {
