@@ -163,10 +163,14 @@ async def _http_posts(base: str, n: int, concurrency: int, blob: bytes | None = 
 
 async def _lean_posts(bases: Sequence[str], n: int, concurrency: int,
                       cpu: dict[str, float] | None = None,
-                      pids: Mapping[str, Sequence[int]] | None = None) -> float:
+                      pids: Mapping[str, Sequence[int]] | None = None,
+                      *, floor: bool = False) -> float:
     """Posts per second from a minimal HTTP/1.1 keep-alive client (asyncio streams, one
     connection per client and server): what the servers sustain when the load generator
     costs next to nothing, where httpx spends more CPU per request than the server does.
+
+    floor: GET a path no route has instead (a 404 through the same middlewares and
+    router, no Redis): the most requests per second this HTTP stack answers at all.
 
     Each client sends its posts round-robin over bases (starting at its own offset), as
     one onion address in front of several server processes spreads them. With cpu, it
@@ -178,6 +182,11 @@ async def _lean_posts(bases: Sequence[str], n: int, concurrency: int,
     requests = [(b"POST /v1/blobs HTTP/1.1\r\nhost: %s\r\ncontent-type: "
                  b"application/octet-stream\r\ncontent-length: %d\r\n\r\n"
                  % (host.encode(), len(blob))) + blob for host, _port in targets]
+    expected = b"HTTP/1.1 201"
+    if floor:
+        requests = [b"GET /v1/no-such-path HTTP/1.1\r\nhost: %s\r\n\r\n" % host.encode()
+                    for host, _port in targets]
+        expected = b"HTTP/1.1 404"
     per = n // concurrency
 
     async def worker(count: int, offset: int) -> None:
@@ -188,8 +197,8 @@ async def _lean_posts(bases: Sequence[str], n: int, concurrency: int,
                 reader, writer = links[index]
                 writer.write(requests[index])
                 head = await reader.readuntil(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 201"):
-                    raise RuntimeError(f"POST /v1/blobs -> {head[:40]!r}")
+                if not head.startswith(expected):
+                    raise RuntimeError(f"{requests[index][:24]!r} -> {head[:40]!r}")
                 length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))
                 await reader.readexactly(length)
@@ -500,6 +509,10 @@ def run() -> Results:
                     f"{lean_cpu['client']:.0%}, server {lean_cpu.get('server', 0):.0%} of a core")
             res.add(f"ratio API (lean client) / raw XADD at {level:>2} clients",
                     f"{lean / conc:.3f}")
+            floor = asyncio.run(_lean_posts([base], HTTP_WRITES, level, floor=True))
+            res.add(f"HTTP floor (a 404, no Redis), {level:>2} lean clients", f"{floor:,.0f}/s",
+                    f"ratio to raw XADD {floor / conc:.3f}: no request through this HTTP "
+                    "stack is answered faster")
             ratios.append(posts / conc)
             lean_ratios.append(lean / conc)
             if level == 1:
