@@ -167,8 +167,13 @@ def swarm(nyth_image: str, docker_client: Any) -> Iterator[Swarm]:
 
 def _front(swarm: Swarm) -> str:
     """The one onion every replica serves (and says so in its /healthz)."""
-    healths = [json.loads(swarm.exec_python(c, HEALTHZ)) for c in swarm.containers("group-server")]
-    assert len(healths) == 3
+    def replicas() -> list[dict[str, Any]]:
+        return [json.loads(swarm.exec_python(c, HEALTHZ)) for c in swarm.containers("group-server")]
+
+    # A replica is healthy once it answers; its own tor may still be bootstrapping.
+    wait_until(lambda: [h["onion_state"] for h in replicas()] == ["up"] * 3, 180, interval=1,
+               what="3 replicas with their instance's tor up", state=replicas)
+    healths = replicas()
     onions = {h["onion"] for h in healths}
     assert len(onions) == 1, f"replicas disagree on their onion: {onions}"
     assert all(h["onion_state"] == "up" for h in healths), healths
