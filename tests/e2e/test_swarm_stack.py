@@ -133,6 +133,13 @@ class Swarm:
         (container,) = self.containers("discovery")
         self.exec_python(container, STOP_CLIENT)
 
+    def sentinel_view(self) -> dict[str, Any]:
+        """What the sentinels say and log (a timeout reports it)."""
+        logs = subprocess.run(["docker", "service", "logs", "--tail", "15", "--raw",
+                               self.service("redis-sentinel")],
+                              capture_output=True, text=True, check=False)
+        return {"primary": self.sentinel_primary(), "log": (logs.stdout + logs.stderr)[-3000:]}
+
     def sentinel_primary(self) -> str:
         container = self.containers("redis-sentinel")[0]
         result = container.exec_run(["redis-cli", "-p", "26379", "sentinel",
@@ -216,7 +223,7 @@ def test_replicas_behind_one_onion_survive_kills_and_scaling(swarm: Swarm) -> No
         failed_over_at = time.time()
         primary.kill()
         wait_until(lambda: swarm.sentinel_primary() == "redis-replica", 120, interval=1,
-                   what="Sentinel to promote the replica", state=swarm.sentinel_primary)
+                   what="Sentinel to promote the replica", state=swarm.sentinel_view)
         _keeps_posting(client, failed_over_at, "after the Redis primary was killed")
         ended_at = time.time()
     finally:
