@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.sse",
     "tests.fixtures.browser",
+    "tests.fixtures.env",
 ]
 
 TIERS = ("unit", "integration", "e2e")

@@ -12,12 +12,9 @@ SECRET = "correct horse battery staple"
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for name in list(__import__("os").environ):
-        if name.startswith("NYTH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NYTH_DATA_DIR", str(tmp_path / "data"))
-    return monkeypatch
+def env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    clean_env.setenv("NYTH_DATA_DIR", str(tmp_path / "data"))
+    return clean_env
 
 
 def test_defaults(env: pytest.MonkeyPatch) -> None:

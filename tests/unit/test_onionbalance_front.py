@@ -77,13 +77,10 @@ def test_published_needs_a_publish_attempt_for_every_service() -> None:
 
 
 @pytest.fixture
-def front_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for name in list(__import__("os").environ):
-        if name.startswith("NYTH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("NYTH_ONIONBALANCE_KEY_FILE", str(tmp_path / "group_server.key"))
-    monkeypatch.setenv("NYTH_KEY_PASSPHRASE", "a passphrase")
-    return monkeypatch
+def front_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    clean_env.setenv("NYTH_ONIONBALANCE_KEY_FILE", str(tmp_path / "group_server.key"))
+    clean_env.setenv("NYTH_KEY_PASSPHRASE", "a passphrase")
+    return clean_env
 
 
 def test_front_settings_defaults(front_env: pytest.MonkeyPatch) -> None:
