@@ -12,7 +12,7 @@ from nyth.runtime.devnet import Devnet
 from rich.console import Console
 
 devnet_app = typer.Typer(help="A whole network on this machine (private Tor network included).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode="markdown")
 console = Console()
 
 
@@ -22,9 +22,10 @@ def up(
     peers: Annotated[str, typer.Option(help="comma-separated demo peer names")] = "alice,bob",
     relays: Annotated[int, typer.Option(min=1, max=8, help="relays besides the 3 authorities")] = 2,
 ) -> None:
-    """Start redis-server, a private Tor network, a tor gateway, a group server, a
-    mailbox, a discovery index and demo peers; print how to reach them; stop everything
-    on Ctrl-C."""
+    """Run a whole network here until Ctrl-C.
+
+    Starts redis-server, a private Tor network, a tor gateway, a group server, a mailbox,
+    a discovery index and demo peers, and prints how to reach them."""
     names = [n.strip() for n in peers.split(",") if n.strip()]
     started = time.monotonic()
     devnet = Devnet(directory.resolve())

@@ -18,12 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
 
+# Markdown: help paragraphs are rewrapped to the terminal (typer's "rich" mode keeps the
+# docstrings' own line breaks, which made ragged lines at 80 columns).
+HELP_STYLE: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
 app = typer.Typer(help="Nyth: metadata-resistant messaging over Tor onion services.",
-                  no_args_is_help=True)
-profile_app = typer.Typer(help="Create, unlock and show your profile.", no_args_is_help=True)
-contact_app = typer.Typer(help="Contacts and contact requests.", no_args_is_help=True)
-group_app = typer.Typer(help="Groups on untrusted group servers.", no_args_is_help=True)
-server_app = typer.Typer(help="Pinned servers (group servers, mailboxes).", no_args_is_help=True)
+                  **HELP_STYLE)
+profile_app = typer.Typer(help="Create, unlock and show your profile.", **HELP_STYLE)
+contact_app = typer.Typer(help="Contacts and contact requests.", **HELP_STYLE)
+group_app = typer.Typer(help="Groups on untrusted group servers.", **HELP_STYLE)
+server_app = typer.Typer(help="Pinned servers (group servers, mailboxes).", **HELP_STYLE)
 app.add_typer(profile_app, name="profile")
 app.add_typer(contact_app, name="contact")
 app.add_typer(group_app, name="group")
@@ -136,6 +139,7 @@ def profile_create(name: str,
 
 @profile_app.command("unlock")
 def profile_unlock(passphrase: Annotated[str, typer.Option(prompt=True, hide_input=True)]) -> None:
+    """Unlock your profile with its passphrase."""
     result = call("POST", "/v1/profile/unlock", {"passphrase": passphrase})
     if as_json():
         show(result)
@@ -145,6 +149,7 @@ def profile_unlock(passphrase: Annotated[str, typer.Option(prompt=True, hide_inp
 
 @profile_app.command("show")
 def profile_show() -> None:
+    """Your name, address and onion state."""
     result = call("GET", "/v1/profile")
     if as_json():
         show(result)
@@ -179,8 +184,10 @@ def _onion(text: str) -> str:
 
 @contact_app.command("add")
 def contact_add(address: str, text: str = typer.Option("", help="a note with the request")) -> None:
-    """Send a contact request to a contact id (nyth1…, reaches them even offline, through
-    their mailbox) or to a bare onion address (P2P only)."""
+    """Send a contact request.
+
+    To a contact id (nyth1…: it reaches them even offline, through their mailbox) or to a
+    bare onion address (P2P only)."""
     address = address.strip()
     body = ({"contact_id": address} if address.lower().startswith("nyth1")
             else {"onion": _onion(address)})
@@ -226,8 +233,10 @@ def _contact_lines(c: dict[str, Any]) -> list[str]:
 
 @contact_app.command("list")
 def contact_list() -> None:
-    """Contacts: name, status, connection (with why) and recent round trips (p50/p95 in
-    seconds, and how many), each with its full onion address."""
+    """Your contacts, their connection states and round trips.
+
+    Name, status, connection (with why) and recent round trips (p50/p95 in seconds, and
+    how many), each with its full onion address."""
     result = call("GET", "/v1/contacts")
     if as_json():
         show(result)
@@ -248,8 +257,10 @@ def contact_list() -> None:
 def contact_mailbox_confirm(
         onion: str, mailbox: str,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
-    """Answer a proposed mailbox change of a contact: name the proposed mailbox to use it
-    from now on, or the current one to keep it (dismissing the proposal)."""
+    """Answer a contact's proposed mailbox change.
+
+    Name the proposed mailbox to use it from now on, or the current one to keep it
+    (dismissing the proposal)."""
     try:
         wanted, contact_onion = normalize_onion(mailbox), normalize_onion(onion)
     except DecodeError as exc:
@@ -278,11 +289,13 @@ def contact_mailbox_confirm(
 
 @contact_app.command("accept")
 def contact_accept(onion: str) -> None:
+    """Accept a contact request."""
     _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/accept"), lambda r: t(r["status"]))
 
 
 @contact_app.command("refuse")
 def contact_refuse(onion: str) -> None:
+    """Refuse a contact request."""
     _print_or_json(call("POST", f"/v1/contacts/{_onion(onion)}/refuse"), lambda r: t(r["status"]))
 
 
@@ -335,8 +348,10 @@ def group_create(
             "--auto", help="choose the servers from the discovery directories")] = False,
         k: Annotated[int | None, typer.Option(help="with --auto: how many servers")] = None,
         json_opt: JsonOpt = False) -> None:
-    """Create a group on the servers named with --server, or on servers chosen for you by
-    the default policy with --auto (nyth discover shows what it chooses from)."""
+    """Create a group (on --server onions, or chosen for you with --auto).
+
+    With --auto the default policy chooses the servers; `nyth discover` shows what it
+    chooses from."""
     as_json(json_opt)
     if auto == bool(server):
         raise typer.BadParameter("name servers with --server, or give --auto")
@@ -356,6 +371,7 @@ def group_create(
 
 @group_app.command("list")
 def group_list() -> None:
+    """Your groups, with message and missing counts."""
     result = call("GET", "/v1/groups")
     if as_json():
         show(result)
@@ -366,12 +382,14 @@ def group_list() -> None:
 
 @group_app.command("invite")
 def group_invite(gid: str, contact: str) -> None:
+    """Invite a contact to a group."""
     result = call("POST", f"/v1/groups/{gid}/invite", {"contact": _onion(contact)})
     _print_or_json(result, lambda r: f"invite {_state_text(r)}")
 
 
 @group_app.command("invites")
 def group_invites() -> None:
+    """Group invites waiting for your answer."""
     result = call("GET", "/v1/groups/invites")
     if as_json():
         show(result)
@@ -382,12 +400,14 @@ def group_invites() -> None:
 
 @group_app.command("join")
 def group_join(gid: str) -> None:
+    """Accept a group invite."""
     result = call("POST", f"/v1/groups/invites/{gid}/accept")
     _print_or_json(result, lambda r: f"joined {t(r['name'])} ({r['id']})")
 
 
 @group_app.command("post")
 def group_post(gid: str, text: str) -> None:
+    """Post a message to a group."""
     result = call("POST", f"/v1/groups/{gid}/messages", {"text": text})
     _print_or_json(result, lambda r: f"{r['hash'][:16]} {_state_text(r)}")
 
@@ -403,6 +423,7 @@ def _author(message: dict[str, Any]) -> str:
 
 @group_app.command("read")
 def group_read(gid: str, limit: int = 100) -> None:
+    """A group's messages, oldest first."""
     result = call("GET", f"/v1/groups/{gid}/messages", limit=limit)
     if as_json():
         show(result)
@@ -505,8 +526,10 @@ def group_recovery(gid: str, strategies: Annotated[list[str] | None, typer.Argum
 
 @app.command()
 def mailbox() -> None:
-    """Your contact id, your mailbox's state, and what it can learn (detection setting,
-    false-positive rate, expected detections p·N + M, recommended n)."""
+    """Your contact id, your mailbox's state, and what it can learn.
+
+    The detection setting, false-positive rate, expected detections p·N + M and the
+    recommended n."""
     result = call("GET", "/v1/mailbox")
     if as_json():
         show(result)
@@ -570,8 +593,10 @@ def _print_hanging(line: str) -> None:
 def discover(kind: Annotated[str | None, typer.Option(
                  help="group-server or mailbox")] = None,
              json_opt: JsonOpt = False) -> None:
-    """Servers the discovery indexes measured, best ranked first, with why each ranks
-    where it does; where indexes disagree; and each index's state."""
+    """Servers the discovery indexes measured, best ranked first.
+
+    With why each ranks where it does, where indexes disagree, and each index's
+    state."""
     as_json(json_opt)
     if kind not in (None, "group-server", "mailbox"):
         raise typer.BadParameter("--kind is group-server or mailbox")
@@ -634,9 +659,10 @@ def _pinned_server_lines(s: dict[str, Any]) -> list[str]:
 
 @app.command()
 def servers() -> None:
-    """Pinned group servers and mailboxes: what they promise, their state, recent round
-    trips (p50/p95 in seconds, and how many), and any changed bundle waiting for your
-    review."""
+    """Pinned group servers and mailboxes, and their states.
+
+    What they promise, their state, recent round trips (p50/p95 in seconds, and how
+    many), and any changed bundle waiting for your review."""
     result = call("GET", "/v1/servers")
     if as_json():
         show(result)
@@ -656,9 +682,10 @@ def servers() -> None:
 @server_app.command("repin")
 def server_repin(onion: str,
                  yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False) -> None:
-    """Show what changed in the bundle a server presents, and accept it (re-pin) after you
-    confirm. Only the bundle shown here can be pinned: if the server presents another one
-    by then, nothing changes."""
+    """Show a server's changed bundle, and re-pin it after you confirm.
+
+    Only the bundle shown here can be pinned: if the server presents another one by then,
+    nothing changes."""
     try:
         wanted = normalize_onion(onion)
     except DecodeError as exc:

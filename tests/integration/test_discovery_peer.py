@@ -192,9 +192,15 @@ def test_a_stopped_server_seen_down_by_one_index_and_up_by_another(net: Net) -> 
         return next((s for s in net.discovery(net.dave)["servers"]
                      if s["onion"] == fading.onion), None)
 
+    def state() -> dict[str, Any]:
+        # What dave holds of each index (state, reason, refusal) and fading's adverts, so a
+        # timeout says whether the index, the advert or dave's reading is behind.
+        return {"row": row(), "dave's indexes": net.discovery(net.dave)["indexes"],
+                "fading's adverts": _health(fading)["adverts"]}
+
     wait_until(lambda: (r := row()) and r["state"] == "up" and sorted(r["listed_by"])
                == sorted([a, d]), 240, interval=3,
-               what="dave to see 'fading' up, listed by A and D", state=row)
+               what="dave to see 'fading' up, listed by A and D", state=state)
     fading.process.stop()
     seen = wait_until(lambda: (r := row()) and any(x.startswith("state:")
                                                    for x in r["disagreements"]) and r,
