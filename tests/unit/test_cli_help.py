@@ -5,6 +5,7 @@ rewrapped to the terminal instead of keeping the docstring's own line breaks."""
 from __future__ import annotations
 
 import inspect
+import itertools
 from typing import Any
 
 import pytest
@@ -50,7 +51,7 @@ def test_help_at_80_columns(name: str, command: Any) -> None:
     assert max(len(line) for line in lines) <= 80, result.output
     # Every paragraph of the help is rewrapped to the terminal: none of it ends a line
     # short when the next line of the same paragraph would have fitted there.
-    for first, second in zip(lines, lines[1:], strict=False):
+    for first, second in itertools.pairwise(lines):
         text, following = first.strip(" │"), second.strip(" │")
         if text and following and not following.startswith(("-", "*", "╰", "╭")):
             word = following.split()[0]
