@@ -243,10 +243,14 @@ def test_replicas_behind_one_onion_survive_kills_and_scaling(swarm: Swarm) -> No
         swarm.scale("redis", 0)
         wait_until(lambda: swarm.sentinel_primary() == "redis-replica", 120, interval=1,
                    what="Sentinel to promote the replica", state=swarm.sentinel_view)
+        promoted_at = time.time()
         swarm.scale("redis", 1)
         wait_until(lambda: "redis" in swarm.sentinel_replicas(), 120, interval=1,
                    what="the old primary back as the new primary's replica",
                    state=swarm.sentinel_view)
+        print(f"swarm: replica promoted {promoted_at - failed_over_at:.0f} s after the primary "
+              f"was killed; the old primary back as a replica {time.time() - promoted_at:.0f} s "
+              "after it was scaled back up")
         _keeps_posting(client, failed_over_at, "after the Redis primary was killed")
         ended_at = time.time()
     finally:
