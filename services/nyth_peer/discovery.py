@@ -76,8 +76,13 @@ def _b64(data: bytes) -> str:
 
 class Discovery:
     def __init__(self, store: Store, http_factory: HttpFactory, pin_server: PinServer, *,
-                 indexes: list[str], healthz: list[str], refresh_seconds: float) -> None:
+                 indexes: list[str], healthz: list[str], refresh_seconds: float,
+                 on_onion_failure: Callable[[], None] | None = None) -> None:
         self.store = store
+        # After a failed read (an index or a directory server unreachable), as the rest of
+        # the peer does: tor otherwise avoids the directories of a failed onion lookup for
+        # a while, and an index that just came online would stay unreadable.
+        self._on_onion_failure = on_onion_failure
         self.pins = Pins(store)
         self._http = http_factory  # a client with a Tor circuit of its own per call
         self._pin_server = pin_server  # pins a directory server's bundle (GroupError)
@@ -157,6 +162,10 @@ class Discovery:
                 roles.append(f"directory group of index {onion[:8]}…")
         return roles
 
+    def _failed(self) -> None:
+        if self._on_onion_failure is not None:
+            self._on_onion_failure()
+
     # -- state -----------------------------------------------------------------------------
     def row(self, onion: str) -> dict[str, Any]:
         return self.store.get(TABLE, onion) or {"onion": onion}
@@ -197,6 +206,7 @@ class Discovery:
         index_error = await self._sync_from_index(onion)
         if index_error is None:
             return
+        self._failed()
         pinned = self.pins.pinned(INDEX, onion)
         if pinned is None:
             self._set(onion, "unreachable", f"the index: {index_error}; no bundle of it is "
@@ -255,6 +265,8 @@ class Discovery:
                 await self._read_directory_server(onion, server, reader)
             except Exception as exc:
                 errors.append(f"{server[:8]}…: {failure_reason(exc)}")
+        if errors:
+            self._failed()
         read = len(index.directory_onions) - len(errors)
         if reader.summary():
             self._refused(onion, reader.summary() or "")

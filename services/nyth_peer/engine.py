@@ -132,7 +132,8 @@ class Engine:
                 socks, timeout=120.0, username=user, password=password)),
             self.groups.pin_server, indexes=self.settings.discovery_indexes,
             healthz=self.settings.discovery_healthz,
-            refresh_seconds=self.settings.discovery_refresh_seconds)
+            refresh_seconds=self.settings.discovery_refresh_seconds,
+            on_onion_failure=self.forget_onion_failures)
 
     def recovery_policy(self) -> RecoveryPolicy:
         return RecoveryPolicy(first_delay_ms=int(self.settings.recovery_grace_seconds * 1000),

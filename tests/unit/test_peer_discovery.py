@@ -125,7 +125,8 @@ def net() -> Net:
     return Net()
 
 
-def discovery(tmp_path: Path, net: Net, pinned: list[str] | None = None) -> Discovery:
+def discovery(tmp_path: Path, net: Net, pinned: list[str] | None = None,
+              failures: list[str] | None = None) -> Discovery:
     async def pin_server(onion: str, bundle: bytes) -> None:
         ServerBundle.verify(bundle, onion)
         if pinned is not None:
@@ -133,7 +134,9 @@ def discovery(tmp_path: Path, net: Net, pinned: list[str] | None = None) -> Disc
 
     return Discovery(Store(tmp_path / "profile.db", KEY),
                      lambda: httpx.AsyncClient(transport=httpx.MockTransport(net.handle)),
-                     pin_server, indexes=[INDEX.onion], healthz=[], refresh_seconds=300)
+                     pin_server, indexes=[INDEX.onion], healthz=[], refresh_seconds=300,
+                     on_onion_failure=None if failures is None else
+                     lambda: failures.append("newnym"))
 
 
 def index_view(d: Discovery) -> dict[str, Any]:
@@ -203,6 +206,22 @@ async def test_a_changed_index_bundle_is_refused_loudly(tmp_path: Path, net: Net
     # The pinned bundle still names the directory group: it is read instead.
     assert (view["source"], view["epoch"]) == (GROUP_SOURCE, 2)
     assert d.pins.pinned(INDEX_PIN, INDEX.onion) == index_bundle()
+
+
+async def test_a_failed_read_makes_tor_forget_failed_lookups(tmp_path: Path,
+                                                               net: Net) -> None:
+    """As everywhere in the peer: after an index could not be read, the engine's NEWNYM
+    (forget_onion_failures) runs, so an index that comes online is read at the next try."""
+    failures: list[str] = []
+    d = discovery(tmp_path, net, failures=failures)
+    await d.refresh()
+    assert failures == []
+    net.index_up = False
+    await d.refresh()
+    assert failures == ["newnym"]
+    net.index_up = True
+    await d.refresh()
+    assert failures == ["newnym"] and index_view(d)["source"] == INDEX_SOURCE
 
 
 async def test_unreachable_before_any_pin(tmp_path: Path, net: Net) -> None:
