@@ -246,7 +246,8 @@ class BlobStore(RetainedStream[StoredBlob]):
         ids: list[tuple[int, int]] = []
         blobs: list[bytes] = []
         for raw_id, fields in entries:
-            blob = fields[1] if fields[0] == BLOB_FIELD else _field(fields, BLOB_FIELD)
+            blob = (fields[1] if len(fields) == 2 and fields[0] == BLOB_FIELD
+                    else _field(fields, BLOB_FIELD))
             if blob is None or len(blob) != self.blob_size:
                 continue  # not ours (a shared Redis), as in decode()
             # Redis wrote this id itself: "<ms>-<seq>", both parts u64.

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from nyth.errors import DecodeError
 from nyth.proto.blob_page import encode_page
+from nyth.runtime.stream_store import cursor_from_redis
 from nyth.runtime.tasks import cancel_and_wait
 from nyth_group_server.storage import AlreadySpent, BlobStore, Cursor, LiveFeed, Page
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -150,6 +151,9 @@ async def test_binary_pages_are_read_after_byte_for_byte(client: aioredis.Redis,
     await client.xadd(store.stream_key, {"other": "y"})
     await client.xadd(store.stream_key, {"b": b"not one of ours: the wrong size"})
     ids.append(await store.append(os.urandom(SIZE)))
+    # A blob-sized "b" field after another field: read_after serves it, so must this.
+    ids.append(cursor_from_redis(await client.xadd(store.stream_key,
+                                                   {"x": "1", "b": os.urandom(SIZE)})))
     cursors = [Cursor.ZERO, *ids, Cursor((1 << 64) - 1, (1 << 64) - 1)]
     for when in (clock.now, clock.now + 31):  # then the first three have expired
         clock.now = when
