@@ -14,6 +14,9 @@ Only what `docker stack deploy` cannot take or Swarm does otherwise is changed:
   127.0.0.1: see docs/operations.md);
 - every environment variable named under `x-swarm-unset` in the override is removed from
   that service (an override can add or change variables, not remove them).
+
+With `--dns-options` it prints the override's `x-swarm-dns-options` instead, one
+"service option" per line, for scripts/swarm to apply after the deploy.
 """
 
 from __future__ import annotations
@@ -73,9 +76,21 @@ def stack_from_compose(compose: dict[str, Any], unset: dict[str, list[str]],
     return compose
 
 
-def main(compose_file: str, override_file: str) -> int:
-    compose = yaml.safe_load(Path(compose_file).read_text())
+def dns_options(override: dict[str, Any]) -> list[tuple[str, str]]:
+    """(service, resolver option) pairs under `x-swarm-dns-options`, in the file's order:
+    what scripts/swarm sets after each deploy (a stack file has no `dns_opt`)."""
+    return [(service, str(option))
+            for service, options in (override.get("x-swarm-dns-options") or {}).items()
+            for option in options]
+
+
+def main(compose_file: str, override_file: str, *mode: str) -> int:
     override = yaml.safe_load(Path(override_file).read_text()) or {}
+    if mode == ("--dns-options",):
+        for service, option in dns_options(override):
+            print(service, option)
+        return 0
+    compose = yaml.safe_load(Path(compose_file).read_text())
     stack = stack_from_compose(compose, override.get("x-swarm-unset", {}),
                                override.get("x-swarm-drop", []))
     yaml.safe_dump(stack, sys.stdout, sort_keys=False)
@@ -83,4 +98,4 @@ def main(compose_file: str, override_file: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:]))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.swarm_stack import stack_from_compose
+from scripts.swarm_stack import dns_options, stack_from_compose
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = ROOT / "infra" / "swarm" / "stack.yml"
@@ -53,6 +53,17 @@ def test_published_ports_become_host_mode_ports(monkeypatch: pytest.MonkeyPatch)
     ports = stack_from_compose(compose, {}, [])["services"]["x"]["ports"]
     assert ports == [{"target": 8700, "published": 9123, "protocol": "tcp", "mode": "host"},
                      {"target": 8700, "published": 8702, "protocol": "tcp", "mode": "host"}]
+
+
+def test_redis_and_its_sentinels_get_fast_failing_lookups_sentinels_first() -> None:
+    """A stack file cannot carry resolver options; scripts/swarm sets these after a deploy.
+    Every Redis-side service of the stack needs one (a missing name must fail at once)."""
+    override = yaml.safe_load(OVERRIDE.read_text())
+    options = dns_options(override)
+    assert options == [("redis-sentinel", "ndots:0"), ("redis-replica", "ndots:0"),
+                       ("redis", "ndots:0")]
+    assert {service for service, _ in options} <= set(override["services"])
+    assert dns_options({}) == []
 
 
 def test_every_secret_the_override_mounts_is_declared() -> None:
