@@ -44,7 +44,7 @@ import http.client
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -250,14 +250,12 @@ def _api_full_read(client: httpx.Client) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
+def _binary_full_read(fetch: Callable[[str], bytes]) -> tuple[int, float]:
+    """Every blob through binary pages; fetch(after) answers one page's body."""
     started = time.perf_counter()
     count, after = 0, "0"
-    headers = {"accept": blob_page.MEDIA_TYPE}
     while True:
-        response = client.get("/v1/blobs", params={"after": after, "limit": PAGE},
-                              headers=headers)
-        page = blob_page.decode_page(response.content, blob_size=BLOB_SIZE, max_count=PAGE)
+        page = blob_page.decode_page(fetch(after), blob_size=BLOB_SIZE, max_count=PAGE)
         count += len(page.blobs)
         after = str(page.next)
         if not page.more:
@@ -265,29 +263,31 @@ def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
+def _api_full_read_binary(client: httpx.Client) -> tuple[int, float]:
+    headers = {"accept": blob_page.MEDIA_TYPE}
+    return _binary_full_read(lambda after: client.get(
+        "/v1/blobs", params={"after": after, "limit": PAGE}, headers=headers).content)
+
+
 def _api_full_read_binary_lean(base: str) -> tuple[int, float]:
     """The binary full read from a minimal client (the standard library's keep-alive
     HTTP/1.1 connection): what the server sustains when the reader costs next to
     nothing, where httpx spends ≈ 40 % more time per 2 MB page than http.client."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    started = time.perf_counter()
-    count, after = 0, "0"
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def fetch(after: str) -> bytes:
+        connection.request("GET", f"/v1/blobs?after={after}&limit={PAGE}",
+                           headers={"accept": blob_page.MEDIA_TYPE})
+        answer = connection.getresponse()
+        if answer.status != 200:
+            raise RuntimeError(f"binary page: HTTP {answer.status}")
+        return answer.read()
+
     try:
-        while True:
-            connection.request("GET", f"/v1/blobs?after={after}&limit={PAGE}",
-                               headers={"accept": blob_page.MEDIA_TYPE})
-            answer = connection.getresponse()
-            if answer.status != 200:
-                raise RuntimeError(f"binary page: HTTP {answer.status}")
-            page = blob_page.decode_page(answer.read(), blob_size=BLOB_SIZE, max_count=PAGE)
-            count += len(page.blobs)
-            after = str(page.next)
-            if not page.more:
-                break
+        return _binary_full_read(fetch)
     finally:
         connection.close()
-    return count, time.perf_counter() - started
 
 
 def _start_server(base_dir: Path, name: str, redis_url: str | None, prefix: str,
