@@ -3,7 +3,11 @@
 Redis layout for prefix P:
     P:blobs   stream; each entry {"b": <blob bytes>}; its id is the public cursor
     P:new     pub-sub channel; after each append round trip (one or more entries),
-              the last id stored is published there
+              what it stored is announced there: "<previous> <id> <id>...\n" (the
+              stream's last id before the round trip, then each new entry's), then
+              the new blobs back to back. Every process's live feed takes the
+              entries from it, without reading the stream, when <previous> is the
+              last id it holds (nothing between was missed).
     P:tokens:<key id>:spent    set of the spend ids of tokens posted with (when tokens
                                are required; <key id> names the token key, see
                                nyth_group_server.tokens, which also keeps the replay ids)
@@ -49,11 +53,16 @@ BLOB_FIELD = b"b"
 # nothing; the spend is recorded after the entry, so an XADD that fails (out of memory)
 # spends nothing; one post's failing XADD does not fail the others (pcall). Answers per
 # post: its id, "S" (spent) or "E<error>". Atomic, and the PUBLISH of the last id comes
-# after every XADD, so a subscriber woken by it finds all of them in the stream.
+# after every XADD, so a subscriber woken by it finds all of them in the stream. It
+# announces the new entries themselves: live feeds then need no XRANGE per round trip
+# (measured: that read, with the wake-up before it, was ≈ 0.6 ms of a lone post's
+# ≈ 2.2 ms of server CPU, in every process).
 # KEYS: stream, channel, spent set (only read for posts with a spend id).
 _APPEND_BATCH_LUA = """
 local out = {}
-local last = false
+local ids, blobs = {}, {}
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = newest[1] and newest[1][1] or '0-0'
 for i = 2, #ARGV, 2 do
   local spend = ARGV[i + 1]
   if spend ~= '' and redis.call('SISMEMBER', KEYS[3], spend) == 1 then
@@ -65,11 +74,15 @@ for i = 2, #ARGV, 2 do
     else
       if spend ~= '' then redis.call('SADD', KEYS[3], spend) end
       out[#out + 1] = id
-      last = id
+      ids[#ids + 1] = id
+      blobs[#blobs + 1] = ARGV[i]
     end
   end
 end
-if last then redis.call('PUBLISH', KEYS[2], last) end
+if #ids > 0 then
+  redis.call('PUBLISH', KEYS[2],
+             previous .. ' ' .. table.concat(ids, ' ') .. '\\n' .. table.concat(blobs))
+end
 return out
 """
 
@@ -82,6 +95,22 @@ def _field(fields: list[bytes], name: bytes) -> bytes | None:
         return fields[1]
     return next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == name),
                 None)
+
+
+def _announced(data: bytes, blob_size: int) -> tuple[Cursor, list[StoredBlob]] | None:
+    """An append round trip's message on the channel: the id the stream ended at before
+    it and the entries it stored. None for anything else (a message from an older
+    server, which carried the last id alone)."""
+    header, newline, joined = data.partition(b"\n")
+    ids = header.split(b" ")
+    if not newline or len(ids) < 2 or len(joined) != (len(ids) - 1) * blob_size:
+        return None
+    try:
+        previous, *stored = map(cursor_from_redis, ids)
+    except (DecodeError, UnicodeDecodeError):
+        return None
+    return previous, [StoredBlob(cursor, joined[k * blob_size:(k + 1) * blob_size])
+                      for k, cursor in enumerate(stored)]
 
 
 class AlreadySpent(Exception):
@@ -273,7 +302,8 @@ class LiveFeed:
     The feed keeps the newest blobs it has seen in a ring. Every entry with an id in
     (floor, head] is in the ring, so a client whose cursor is >= floor is served from
     memory; a client further behind reads from Redis itself. Thousands of clients cost
-    one XRANGE per burst of posts, not one each.
+    one XRANGE per burst of posts, not one each; and none at all while the channel's
+    announcements follow on from one another.
     """
 
     def __init__(
@@ -292,7 +322,25 @@ class LiveFeed:
 
     async def run(self) -> None:
         await follow_channel(self.store, poll_interval=self.poll_interval,
-                             on_change=lambda _woken: self.refresh(), log=log, name="live feed")
+                             on_change=lambda _woken: self.refresh(), log=log, name="live feed",
+                             absorb=self.absorb)
+
+    def absorb(self, message: bytes) -> bool:
+        """Take an append round trip's announcement into the ring. False if it does not
+        follow on from the head (a message missed while reconnecting, an entry written
+        without one, an older server's message): refresh() must read."""
+        if self.head is None:
+            return False
+        announced = _announced(message, self.store.blob_size)
+        if announced is None:
+            return False
+        previous, blobs = announced
+        if blobs[-1].id <= self.head:
+            return True  # read already (sent while the subscription's first read ran)
+        if previous != self.head:
+            return False
+        self._add(blobs, blobs[-1].id)
+        return True
 
     async def refresh(self) -> None:
         if self.head is None:
@@ -304,18 +352,20 @@ class LiveFeed:
             entries: Any = await self.store.redis.xrange(
                 self.store.stream_key, min=f"({self.head}", max="+", count=self.page_size
             )
-            blobs = self.store.decode(entries)
             if entries:
-                last = cursor_from_redis(entries[-1][0])
-                for blob in blobs:
-                    if len(self._ring) == self._ring.maxlen:
-                        self.floor = self._ids[0]
-                    self._ring.append(blob)
-                    self._ids.append(blob.id)
-                self.head = last
-                self._wake()
+                self._add(self.store.decode(entries), cursor_from_redis(entries[-1][0]))
             if len(entries) < self.page_size:
                 return
+
+    def _add(self, blobs: list[StoredBlob], head: Cursor) -> None:
+        """Every entry up to head is now seen; blobs are those of them that are ours."""
+        for blob in blobs:
+            if len(self._ring) == self._ring.maxlen:
+                self.floor = self._ids[0]
+            self._ring.append(blob)
+            self._ids.append(blob.id)
+        self.head = head
+        self._wake()
 
     def close(self) -> None:
         """Server shutdown: release every waiting stream so it can end cleanly."""

@@ -127,6 +127,50 @@ async def test_live_feed_wakes_on_posts_from_another_client(
         assert await cancel_and_wait(task, timeout=10)
 
 
+async def _xrange_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+async def test_live_feed_takes_announced_posts_without_reading_and_reads_after_a_gap(
+    redis_url: str, client: aioredis.Redis, redis_prefix: str
+) -> None:
+    store = _store(client, redis_prefix)
+    start = await store.append(b"s" * SIZE)
+    feed = LiveFeed(store, poll_interval=30.0, ring_size=16)
+    task = asyncio.create_task(feed.run())
+    other_client = aioredis.Redis.from_url(redis_url)
+    try:
+        await asyncio.wait_for(_until(lambda: feed.head == start), 30)
+        reads = await _xrange_calls(client)
+        other = _store(other_client, redis_prefix)
+        posted = [await other.append(bytes([i]) * SIZE) for i in range(3)]
+        posted += await asyncio.gather(*(other.append(bytes([9 - i]) * SIZE) for i in range(3)))
+        await asyncio.wait_for(_until(lambda: feed.head == posted[-1]), 30)
+        # Every round trip announced its entries: the feed read none of them.
+        assert await _xrange_calls(client) == reads
+        cached = feed.cached_after(start)
+        assert cached is not None
+        assert [(b.id, b.blob) for b in cached] == [
+            (b.id, b.blob) for b in (await store.read_after(start, 100)).blobs]
+        assert [b.id for b in cached] == posted
+        # An entry written without an announcement: the next announcement does not
+        # follow on from the feed's head, so the feed reads, and misses nothing.
+        unannounced = cursor_from_redis(await client.xadd(store.stream_key, {"b": b"u" * SIZE}))
+        after = await other.append(b"a" * SIZE)
+        await asyncio.wait_for(_until(lambda: feed.head == after), 30)
+        assert await _xrange_calls(client) > reads
+        cached = feed.cached_after(start)
+        assert cached is not None and [b.id for b in cached] == [*posted, unannounced, after]
+        # A message that is no announcement (an older server's: the last id alone) is read.
+        older = cursor_from_redis(await client.xadd(store.stream_key, {"b": b"o" * SIZE}))
+        await client.publish(store.channel, str(older))
+        await asyncio.wait_for(_until(lambda: feed.head == older), 30)
+    finally:
+        await other_client.aclose()
+        assert await cancel_and_wait(task, timeout=10)
+
+
 async def _until(predicate: object) -> None:
     while not predicate():  # type: ignore[operator]
         await asyncio.sleep(0.01)

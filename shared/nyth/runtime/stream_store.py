@@ -152,12 +152,17 @@ async def follow_channel(
     on_change: Callable[[bool], Awaitable[None]],
     log: logging.Logger,
     name: str,
+    absorb: Callable[[bytes], bool] | None = None,
 ) -> None:
     """Subscribe to the stream's channel for ever, one subscription per process.
 
     Awaits on_change(True) once subscribed (whatever was posted while we were not is
     then found by reading) and after each burst of messages, on_change(False) after each
     quiet poll_interval. Reconnects with backoff while Redis is away.
+
+    absorb, for channels whose messages carry what was written: each message is offered
+    to it, and only one it cannot take (False: it does not follow on from what the
+    subscriber holds) leads to on_change(True), which reads.
     """
     backoff = 0.1
     while True:
@@ -169,6 +174,10 @@ async def follow_channel(
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                    timeout=poll_interval)
+                if message is not None and absorb is not None:
+                    if not absorb(message["data"]):
+                        await on_change(True)
+                    continue
                 if message is not None:
                     # A burst of posts: drain the queued wake-ups, then react once.
                     while await pubsub.get_message(ignore_subscribe_messages=True,
