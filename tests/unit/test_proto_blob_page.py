@@ -162,8 +162,12 @@ def test_the_encoder_refuses_what_it_cannot_write() -> None:
     with pytest.raises(DecodeError, match="1 stream ids for 2 blobs"):
         encode_page([(1, 0)], [bytes(64)] * 2, (1, 0), False, 64)
     with pytest.raises(DecodeError, match="127 bytes of blobs for 2 blobs of 64 bytes"):
-        encode_page_run([(1, 0), (1, 1)], bytes(127), (1, 1), False, 64)
-    assert encode_page_run([(1, 0), (1, 1)], b"a" * 64 + b"b" * 64, (1, 1), True, 64) == \
+        encode_page_run([1, 0, 1, 1], bytes(127), (1, 1), False, 64)
+    with pytest.raises(DecodeError, match="odd number"):
+        encode_page_run([1, 0, 1], bytes(128), (1, 1), False, 64)
+    with pytest.raises(DecodeError, match="64 bits"):
+        encode_page_run([1, -1], bytes(64), (1, 1), False, 64)
+    assert encode_page_run([1, 0, 1, 1], b"a" * 64 + b"b" * 64, (1, 1), True, 64) == \
         encode_page([(1, 0), (1, 1)], [b"a" * 64, b"b" * 64], (1, 1), True, 64)
     with pytest.raises(DecodeError, match="64 bits"):
         encode_page([(1 << 64, 0)], [bytes(64)], (1, 0), False, 64)

@@ -86,24 +86,27 @@ def encode_page(ids: Sequence[tuple[int, int]], blobs: Sequence[bytes], next_id:
         raise DecodeError(f"every blob of a page must be {blob_size} bytes")
     if len(ids) != len(blobs):
         raise DecodeError(f"{len(ids)} stream ids for {len(blobs)} blobs")
-    return encode_page_run(ids, b"".join(blobs), next_id, more, blob_size)
+    return encode_page_run([part for pair in ids for part in pair], b"".join(blobs), next_id,
+                           more, blob_size)
 
 
-def encode_page_run(ids: Sequence[tuple[int, int]], run: bytes, next_id: tuple[int, int],
+def encode_page_run(id_parts: Sequence[int], run: bytes, next_id: tuple[int, int],
                     more: bool, blob_size: int) -> bytes:
-    """encode_page for blobs already back to back in run (as a server's store can hand
-    them over in one piece); DecodeError unless run holds one blob_size blob per id."""
-    count = len(ids)
+    """encode_page for blobs already back to back in run and their ids as one flat
+    sequence (ms, seq, ms, seq...), as a server's store can hand them over without an
+    object per blob; DecodeError unless run holds one blob_size blob per id."""
+    if len(id_parts) % 2:
+        raise DecodeError("stream ids come as (ms, seq) pairs: an odd number of parts")
+    count = len(id_parts) // 2
     _check_limits(blob_size, count)
     if len(run) != count * blob_size:
         raise DecodeError(f"{len(run)} bytes of blobs for {count} blobs of {blob_size} bytes")
     _check_id(*next_id)
-    flat = [part for pair in ids for part in pair]
-    if any(not 0 <= part <= _U64_MAX for part in flat):
+    if id_parts and (min(id_parts) < 0 or max(id_parts) > _U64_MAX):
         raise DecodeError("stream id parts must each fit in 64 bits")
     return b"".join((
         _HEADER.pack(MAGIC, FLAG_MORE if more else 0, blob_size, count, *next_id),
-        struct.pack(f">{2 * count}Q", *flat),
+        struct.pack(f">{len(id_parts)}Q", *id_parts),
         run,
     ))
 
