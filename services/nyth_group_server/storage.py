@@ -52,11 +52,10 @@ BLOB_FIELD = b"b"
 # was: a token already spent (before, or by an earlier post of this batch) stores
 # nothing; the spend is recorded after the entry, so an XADD that fails (out of memory)
 # spends nothing; one post's failing XADD does not fail the others (pcall). Answers per
-# post: its id, "S" (spent) or "E<error>". Atomic, and the PUBLISH of the last id comes
-# after every XADD, so a subscriber woken by it finds all of them in the stream. It
-# announces the new entries themselves: live feeds then need no XRANGE per round trip
-# (measured: that read, with the wake-up before it, was ≈ 0.6 ms of a lone post's
-# ≈ 2.2 ms of server CPU, in every process).
+# post: its id, "S" (spent) or "E<error>". Atomic, and the PUBLISH comes after every
+# XADD, so a subscriber woken by it finds all of them in the stream. It announces the
+# new entries themselves (see P:new above): every process's live feed would otherwise
+# read each burst back with an XRANGE of its own.
 # KEYS: stream, channel, spent set (only read for posts with a spend id).
 _APPEND_BATCH_LUA = """
 local out = {}
