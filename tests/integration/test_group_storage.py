@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
@@ -102,15 +103,24 @@ async def test_foreign_entries_in_the_stream_are_never_served(
     assert [b.id for b in page.blobs] == [blob_id]
 
 
+@asynccontextmanager
+async def _running_feed(store: BlobStore, ring_size: int) -> AsyncIterator[tuple[LiveFeed, Cursor]]:
+    """A live feed on store, running, once it holds a first blob (also yielded)."""
+    first = await store.append(b"f" * SIZE)
+    feed = LiveFeed(store, poll_interval=30.0, ring_size=ring_size)
+    task = asyncio.create_task(feed.run())
+    try:
+        await asyncio.wait_for(_until(lambda: feed.head == first), 30)
+        yield feed, first
+    finally:
+        assert await cancel_and_wait(task, timeout=10)
+
+
 async def test_live_feed_wakes_on_posts_from_another_client(
     redis_url: str, client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store = _store(client, redis_prefix)
-    before = await store.append(b"a" * SIZE)
-    feed = LiveFeed(store, poll_interval=30.0, ring_size=4)
-    task = asyncio.create_task(feed.run())
-    try:
-        await asyncio.wait_for(_until(lambda: feed.head == before), 30)
+    async with _running_feed(store, ring_size=4) as (feed, before):
         # Another process's store on the same Redis: only pub-sub can tell us in time.
         other_client = aioredis.Redis.from_url(redis_url)
         other = _store(other_client, redis_prefix)
@@ -123,8 +133,6 @@ async def test_live_feed_wakes_on_posts_from_another_client(
         assert cached is not None and [b.id for b in cached] == posted[3:]
         # ...a cursor behind the ring must go to Redis.
         assert feed.cached_after(before) is None
-    finally:
-        assert await cancel_and_wait(task, timeout=10)
 
 
 async def _xrange_calls(client: aioredis.Redis) -> int:
@@ -136,12 +144,8 @@ async def test_live_feed_takes_announced_posts_without_reading_and_reads_after_a
     redis_url: str, client: aioredis.Redis, redis_prefix: str
 ) -> None:
     store = _store(client, redis_prefix)
-    start = await store.append(b"s" * SIZE)
-    feed = LiveFeed(store, poll_interval=30.0, ring_size=16)
-    task = asyncio.create_task(feed.run())
-    other_client = aioredis.Redis.from_url(redis_url)
-    try:
-        await asyncio.wait_for(_until(lambda: feed.head == start), 30)
+    async with aioredis.Redis.from_url(redis_url) as other_client, \
+            _running_feed(store, ring_size=16) as (feed, start):
         reads = await _xrange_calls(client)
         other = _store(other_client, redis_prefix)
         posted = [await other.append(bytes([i]) * SIZE) for i in range(3)]
@@ -166,9 +170,6 @@ async def test_live_feed_takes_announced_posts_without_reading_and_reads_after_a
         older = cursor_from_redis(await client.xadd(store.stream_key, {"b": b"o" * SIZE}))
         await client.publish(store.channel, str(older))
         await asyncio.wait_for(_until(lambda: feed.head == older), 30)
-    finally:
-        await other_client.aclose()
-        assert await cancel_and_wait(task, timeout=10)
 
 
 async def _until(predicate: object) -> None:
