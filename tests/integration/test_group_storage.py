@@ -110,7 +110,7 @@ async def _running_feed(store: BlobStore, ring_size: int) -> AsyncIterator[tuple
     feed = LiveFeed(store, poll_interval=30.0, ring_size=ring_size)
     task = asyncio.create_task(feed.run())
     try:
-        await asyncio.wait_for(_until(lambda: feed.head == first), 30)
+        await _feed_at(feed, first, "the feed's first read")
         yield feed, first
     finally:
         assert await cancel_and_wait(task, timeout=10)
@@ -150,7 +150,7 @@ async def test_live_feed_takes_announced_posts_without_reading_and_reads_after_a
         other = _store(other_client, redis_prefix)
         posted = [await other.append(bytes([i]) * SIZE) for i in range(3)]
         posted += await asyncio.gather(*(other.append(bytes([9 - i]) * SIZE) for i in range(3)))
-        await asyncio.wait_for(_until(lambda: feed.head == posted[-1]), 30)
+        await _feed_at(feed, posted[-1], "the announced posts")
         # Every round trip announced its entries: the feed read none of them.
         assert await _xrange_calls(client) == reads
         cached = feed.cached_after(start)
@@ -162,18 +162,23 @@ async def test_live_feed_takes_announced_posts_without_reading_and_reads_after_a
         # follow on from the feed's head, so the feed reads, and misses nothing.
         unannounced = cursor_from_redis(await client.xadd(store.stream_key, {"b": b"u" * SIZE}))
         after = await other.append(b"a" * SIZE)
-        await asyncio.wait_for(_until(lambda: feed.head == after), 30)
+        await _feed_at(feed, after, "the post after an unannounced entry")
         assert await _xrange_calls(client) > reads
         cached = feed.cached_after(start)
         assert cached is not None and [b.id for b in cached] == [*posted, unannounced, after]
         # A message that is no announcement (an older server's: the last id alone) is read.
         older = cursor_from_redis(await client.xadd(store.stream_key, {"b": b"o" * SIZE}))
         await client.publish(store.channel, str(older))
-        await asyncio.wait_for(_until(lambda: feed.head == older), 30)
+        await _feed_at(feed, older, "an entry named by an id-only message")
 
 
-async def _until(predicate: object) -> None:
-    while not predicate():  # type: ignore[operator]
+async def _feed_at(feed: LiveFeed, cursor: Cursor, what: str, timeout: float = 30.0) -> None:
+    """Wait until the feed's head is cursor; fail saying where the head is stuck."""
+    deadline = time.monotonic() + timeout
+    while feed.head != cursor:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"live feed head {feed.head} after {timeout:.0f} s, "
+                                 f"waiting for {cursor} ({what})")
         await asyncio.sleep(0.01)
 
 
